@@ -1,0 +1,249 @@
+"""Preference data: load rows from local files or the Hub, and normalise TRL's formats.
+
+Formats (TRL's names):
+
+* standard, explicit prompt: ``{"prompt": str, "chosen": str, "rejected": str}``
+* standard, implicit prompt: ``{"chosen": str, "rejected": str}``; the prompt is the longest common
+  character prefix of the two.
+* conversational, explicit prompt: ``prompt``/``chosen``/``rejected`` are lists of ``{role, content}``.
+* conversational, implicit prompt: ``chosen``/``rejected`` are full conversations; the shared message
+  prefix is the prompt.
+
+Every problem names ``file:row`` (1-based row; JSONL rows are line numbers) so users can fix their data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import InputError
+
+Format = Literal["standard", "conversational"]
+
+
+@dataclass(frozen=True)
+class PreferenceRow:
+    """One normalised preference pair. ``prompt``/``chosen``/``rejected`` are str (standard) or
+    lists of ``{"role", "content"}`` dicts (conversational)."""
+
+    prompt: Any
+    chosen: Any
+    rejected: Any
+    format: Format
+    source: str  # "file:row", for messages
+
+
+@dataclass
+class RowProblems:
+    """Bad rows found while loading; ``skipped`` counts rows dropped per reason."""
+
+    messages: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, reason: str, message: str) -> None:
+        self.messages.append(message)
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def iter_raw_rows(path: str, *, split: str = "train") -> Iterator[tuple[str, Any]]:
+    """Yield ``(location, row)`` from a local JSONL/JSON/Parquet file, a ``save_to_disk`` folder, or a
+    Hub dataset id. Raises :class:`InputError` for unreadable input."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "dataset_info.json").exists() and not (p / "dataset_dict.json").exists():
+            raise InputError(f"{path}: folder is not a dataset saved with datasets' save_to_disk "
+                             "(no dataset_info.json); point data.train at a .jsonl/.json/.parquet file or such a folder")
+        import datasets
+
+        ds = datasets.load_from_disk(str(p))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise InputError(f"{path}: DatasetDict has splits {sorted(ds)}, not '{split}'")
+            ds = ds[split]
+        for i, row in enumerate(ds):
+            yield f"{path}:{i + 1}", row
+        return
+    if p.exists():
+        suffix = p.suffix.lower()
+        if suffix == ".jsonl":
+            yield from _iter_jsonl(p)
+        elif suffix == ".json":
+            yield from _iter_json(p)
+        elif suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                table = pq.read_table(p)
+            except Exception as exc:  # pyarrow raises many types
+                raise InputError(f"{path}: cannot read Parquet file ({type(exc).__name__}: {exc})") from None
+            for i, row in enumerate(table.to_pylist()):
+                yield f"{path}:{i + 1}", row
+        else:
+            raise InputError(f"{path}: unsupported data file type '{suffix}'; use .jsonl, .json, .parquet "
+                             "or a datasets save_to_disk folder")
+        return
+    if _looks_like_hub_id(path):
+        yield from _iter_hub(path, split)
+        return
+    raise InputError(f"{path}: data file not found; check the path (relative paths are resolved "
+                     "from the job file's folder)")
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    parts = path.split("/")
+    return (len(parts) == 2 and all(parts) and not path.startswith((".", "/"))
+            and not any(path.endswith(s) for s in (".jsonl", ".json", ".parquet")))
+
+
+def _iter_hub(repo_id: str, split: str) -> Iterator[tuple[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(repo_id, split=split)
+    except Exception as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        hint = ("the Hub is unreachable (offline mode); download the dataset first and point data.train "
+                "at a local file") if offline else "check the dataset id and your network"
+        raise InputError(f"{repo_id}: cannot load Hub dataset ({type(exc).__name__}); {hint}") from None
+    for i, row in enumerate(ds):
+        yield f"{repo_id}:{i + 1}", row
+
+
+def _iter_jsonl(p: Path) -> Iterator[tuple[str, Any]]:
+    with p.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{p}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{p}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                                 "each line must be one JSON object") from None
+
+
+def _iter_json(p: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p}:{exc.lineno}: invalid JSON ({exc.msg}); the file must hold a list of objects") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise InputError(f"{p}: JSON file must hold a list of row objects (or {{\"data\": [...]}})")
+    for i, row in enumerate(data):
+        yield f"{p}:{i + 1}", row
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
+
+
+def normalise_row(location: str, row: Any) -> PreferenceRow:
+    """Check one raw row and return it normalised; raises :class:`InputError` naming ``location``."""
+    if not isinstance(row, dict):
+        raise InputError(f"{location}: row must be a JSON object with 'chosen' and 'rejected', got {type(row).__name__}")
+    for key in ("chosen", "rejected"):
+        if key not in row or row[key] is None:
+            raise InputError(f"{location}: missing field '{key}'; every row needs 'chosen' and 'rejected' "
+                             "(and optionally 'prompt')")
+    chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        if prompt is None:
+            prompt, chosen, rejected = _split_common_prefix_str(chosen, rejected)
+        elif not isinstance(prompt, str):
+            raise InputError(f"{location}: field 'prompt' must be a string like 'chosen'/'rejected', "
+                             f"got {type(prompt).__name__}")
+        fmt: Format = "standard"
+        empty = [k for k, v in (("chosen", chosen), ("rejected", rejected)) if not v.strip()]
+    elif _is_messages(chosen) and _is_messages(rejected):
+        if prompt is None:
+            prompt, chosen, rejected = _split_common_prefix_messages(chosen, rejected)
+        elif not _is_messages(prompt):
+            raise InputError(f"{location}: field 'prompt' must be a list of {{role, content}} messages "
+                             "like 'chosen'/'rejected'")
+        fmt = "conversational"
+        empty = [k for k, v in (("chosen", chosen), ("rejected", rejected))
+                 if not v or not any(m["content"].strip() for m in v)]
+    else:
+        raise InputError(
+            f"{location}: 'chosen' and 'rejected' must both be strings (standard format) or both lists of "
+            f"{{role, content}} messages (conversational); got {_type_name(chosen)} and {_type_name(rejected)}"
+        )
+    if empty:
+        raise InputError(f"{location}: empty completion in '{empty[0]}'; remove the row or fill it in")
+    if chosen == rejected:
+        raise InputError(f"{location}: 'chosen' is identical to 'rejected', so the pair carries no preference; "
+                         "remove the row")
+    return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected, format=fmt, source=location)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list that is not {role, content} messages" if not _is_messages(value) else "messages"
+    return type(value).__name__
+
+
+def _split_common_prefix_str(a: str, b: str) -> tuple[str, str, str]:
+    n = len(os.path.commonprefix([a, b]))
+    return a[:n], a[n:], b[n:]
+
+
+def _split_common_prefix_messages(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n], a[n:], b[n:]
+
+
+def load_preference_rows(path: str, *, on_bad_row: Literal["error", "skip"] = "error",
+                         split: str = "train") -> tuple[list[PreferenceRow], RowProblems]:
+    """Load and normalise every row of ``path``.
+
+    With ``on_bad_row="error"`` the first bad row raises :class:`InputError`; with ``"skip"`` bad rows are
+    dropped and counted in the returned :class:`RowProblems`. An empty result always raises.
+    """
+    rows: list[PreferenceRow] = []
+    problems = RowProblems()
+    formats: set[str] = set()
+    for location, raw in iter_raw_rows(path, split=split):
+        try:
+            row = normalise_row(location, raw)
+        except InputError as exc:
+            if on_bad_row == "error":
+                raise InputError(f"{exc.message} (or set data.on_bad_row: skip)") from None
+            problems.add("bad_row", exc.message)
+            continue
+        formats.add(row.format)
+        rows.append(row)
+    if not rows:
+        detail = f" ({len(problems.messages)} bad rows skipped, first: {problems.messages[0]})" if problems.messages else ""
+        raise InputError(f"{path}: dataset is empty{detail}; it needs at least one preference pair")
+    if len(formats) > 1:
+        raise InputError(f"{path}: mixes standard (string) and conversational (message list) rows; use one format")
+    return rows, problems
+
+
+def file_fingerprint(path: str) -> str:
+    """sha256 of a data file (or of every file in a folder, in name order); the Hub id for remote data."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if p.is_file():
+        files = [p]
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+    else:
+        return "hub:" + path
+    for f in files:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,134 @@
+"""Tokenise preference rows at the prompt/completion boundary, TRL's way, but never silently misaligned.
+
+* standard: ``completion = ids(prompt + chosen)[len(ids(prompt)):] + [eos]``.
+* conversational: the prompt is rendered with the chat template and ``add_generation_prompt=True``; the
+  completion is the rest of ``render(prompt + chosen)``; no extra EOS (the template closes the turn).
+
+TRL only *warns* when ``ids(prompt)`` is not a prefix of ``ids(prompt + chosen)`` (its issues #5213,
+#6105, #4481) and trains on misaligned labels. Here it is a row error naming ``file:row``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .data import PreferenceRow, RowProblems
+from .errors import InputError
+
+OverlongPolicy = Literal["truncate", "drop", "error"]
+
+
+@dataclass(frozen=True)
+class TokenizedPair:
+    """Token ids of one pair: the shared prompt and the two completions (completion tokens only)."""
+
+    prompt_ids: tuple[int, ...]
+    chosen_ids: tuple[int, ...]
+    rejected_ids: tuple[int, ...]
+    source: str
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of the two full sequences (prompt counted twice), as trainers report throughput."""
+        return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+
+def check_tokenizer(tokenizer: Any, fmt: str) -> None:
+    """Raise :class:`InputError` when the tokenizer cannot serve this data format."""
+    if tokenizer.eos_token_id is None:
+        raise InputError("model.name_or_path: the tokenizer has no eos_token; set one in tokenizer_config.json "
+                         "(completions must end with EOS)")
+    if tokenizer.pad_token_id is None:
+        raise InputError("model.name_or_path: the tokenizer has no pad_token; set pad_token in "
+                         "tokenizer_config.json (for example to the eos token)")
+    if fmt == "conversational" and not getattr(tokenizer, "chat_template", None):
+        raise InputError("data: conversational (message list) rows need a chat template, but the tokenizer has "
+                         "none; add chat_template.jinja to the model folder or use standard string rows")
+
+
+def _ids(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt))
+
+
+def _encode_row(tokenizer: Any, row: PreferenceRow) -> tuple[list[int], list[int], list[int]]:
+    if row.format == "standard":
+        prompt_ids = _ids(tokenizer, row.prompt, True)
+        full = [_ids(tokenizer, row.prompt + c, True) for c in (row.chosen, row.rejected)]
+        eos = [tokenizer.eos_token_id]
+    else:
+        prompt_ids = _ids(tokenizer, _render(tokenizer, row.prompt, True), False)
+        full = [_ids(tokenizer, _render(tokenizer, row.prompt + c, False), False) for c in (row.chosen, row.rejected)]
+        eos = []
+    n = len(prompt_ids)
+    for name, ids in zip(("chosen", "rejected"), full, strict=True):
+        if ids[:n] != prompt_ids:
+            at = next((i for i in range(min(n, len(ids))) if ids[i] != prompt_ids[i]), min(n, len(ids)))
+            raise InputError(
+                f"{row.source}: the prompt's tokens are not a prefix of prompt+{name}'s tokens (they differ at "
+                f"token {at}); the boundary would be misaligned. Usually the prompt ends mid-word or with a "
+                "space that belongs to the completion: end the prompt on a token boundary (e.g. move a trailing "
+                "space to the start of the completion)"
+            )
+    chosen, rejected = full[0][n:] + eos, full[1][n:] + eos
+    if not chosen or not rejected:
+        raise InputError(f"{row.source}: a completion has no tokens after the prompt; fill it in or remove the row")
+    if chosen == rejected:
+        raise InputError(f"{row.source}: chosen and rejected tokenize identically; remove the row")
+    return prompt_ids, chosen, rejected
+
+
+def tokenize_rows(
+    rows: list[PreferenceRow],
+    tokenizer: Any,
+    *,
+    max_length: int,
+    overlong: OverlongPolicy = "truncate",
+    on_bad_row: Literal["error", "skip"] = "error",
+    problems: RowProblems | None = None,
+) -> tuple[list[TokenizedPair], RowProblems]:
+    """Tokenise rows into :class:`TokenizedPair` objects.
+
+    ``max_length`` bounds each of the two sequences (prompt + completion). Over-long pairs follow
+    ``overlong``: ``truncate`` keeps the whole prompt and cuts the completions (a prompt that leaves no room
+    is dropped or an error, per ``on_bad_row``), ``drop`` drops the pair and counts it, ``error`` stops.
+    """
+    problems = problems if problems is not None else RowProblems()
+    if rows:
+        check_tokenizer(tokenizer, rows[0].format)
+    out: list[TokenizedPair] = []
+    for row in rows:
+        try:
+            prompt, chosen, rejected = _encode_row(tokenizer, row)
+            longest = len(prompt) + max(len(chosen), len(rejected))
+            if longest > max_length:
+                if overlong == "error":
+                    raise InputError(f"{row.source}: pair is {longest} tokens, over data.max_length={max_length}; "
+                                     "raise max_length or set data.overlong: truncate or drop")
+                if overlong == "drop":
+                    problems.add("overlong", f"{row.source}: {longest} tokens > max_length {max_length}")
+                    continue
+                room = max_length - len(prompt)
+                if room < 1:
+                    raise InputError(f"{row.source}: prompt alone is {len(prompt)} tokens, leaving no room for the "
+                                     f"completion within data.max_length={max_length}; raise max_length or "
+                                     "shorten the prompt")
+                chosen, rejected = chosen[:room], rejected[:room]
+                problems.skipped["truncated"] = problems.skipped.get("truncated", 0) + 1
+                if chosen == rejected:
+                    raise InputError(f"{row.source}: chosen and rejected are identical after truncation to "
+                                     f"max_length={max_length}; raise max_length or remove the row")
+        except InputError as exc:
+            if on_bad_row == "error":
+                raise
+            problems.add("bad_row", exc.message)
+            continue
+        out.append(TokenizedPair(tuple(prompt), tuple(chosen), tuple(rejected), row.source))
+    if not out:
+        first = f" (first problem: {problems.messages[0]})" if problems.messages else ""
+        raise InputError(f"data: no usable preference pairs after tokenization{first}")
+    return out, problems

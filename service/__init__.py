@@ -1,0 +1,1 @@
+"""service: job spec, CLI and stage pipeline around hdpo_core."""
