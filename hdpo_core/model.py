@@ -1,0 +1,151 @@
+"""Load the policy and its reference: the one place where LoRA and full fine-tuning differ.
+
+* LoRA (peft): the reference is the same model with the adapter switched off; no second copy.
+* Full fine-tuning: the reference is a frozen copy loaded from the same folder.
+
+Loading is strict by default: ``trust_remote_code`` off, safetensors only (pickle ``.bin`` weights only with
+``allow_pickle``), and a Hub id that cannot be reached is one clear :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    name_or_path: str
+    dtype: str = "float32"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+def _check_local_folder(opts: ModelOptions) -> None:
+    path = Path(opts.name_or_path)
+    if not path.exists():
+        return
+    if not (path / "config.json").exists():
+        raise InputError(f"model.name_or_path: {path} has no config.json; point it at a Hugging Face model folder")
+    has_safe = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt"))
+    if not has_safe and has_pickle and not opts.allow_pickle:
+        raise InputError(f"model.name_or_path: {path} has only pickle weights (.bin), which can run code when "
+                         "loaded; convert them to safetensors or set model.allow_pickle: true if you trust them")
+    if not has_safe and not has_pickle:
+        raise InputError(f"model.name_or_path: {path} has no weights (*.safetensors)")
+
+
+def _load_error(opts: ModelOptions, what: str, exc: Exception) -> InputError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+    if Path(opts.name_or_path).exists():
+        return InputError(f"model.name_or_path: cannot load the {what} from {opts.name_or_path} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+    hint = "the Hub is unreachable (offline mode): download the model and point model.name_or_path at the folder" \
+        if offline else "check the model id and your network, or use a local folder"
+    return InputError(f"model.name_or_path: '{opts.name_or_path}' is not a local folder and the {what} could not be "
+                      f"fetched from the Hub ({type(exc).__name__}); {hint}")
+
+
+def load_tokenizer(opts: ModelOptions) -> Any:
+    from transformers import AutoTokenizer
+
+    _check_local_folder(opts)
+    try:
+        tok = AutoTokenizer.from_pretrained(opts.name_or_path, revision=opts.revision,
+                                            trust_remote_code=opts.trust_remote_code)
+    except Exception as exc:
+        raise _load_error(opts, "tokenizer", exc) from None
+    return tok
+
+
+def load_causal_lm(opts: ModelOptions) -> nn.Module:
+    """Load a ``*ForCausalLM`` in ``opts.dtype`` (safetensors only unless ``allow_pickle``)."""
+    from transformers import AutoModelForCausalLM
+
+    _check_local_folder(opts)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            opts.name_or_path, revision=opts.revision, dtype=DTYPES[opts.dtype],
+            trust_remote_code=opts.trust_remote_code, use_safetensors=None if opts.allow_pickle else True,
+            attn_implementation=opts.attn_implementation,
+        )
+    except Exception as exc:
+        raise _load_error(opts, "model", exc) from None
+    return model
+
+
+def apply_lora(model: nn.Module, lora: LoraOptions) -> nn.Module:
+    """Wrap ``model`` in a peft LoRA model; only adapter weights train."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                        task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise InputError(f"lora.target_modules: {str(exc).splitlines()[0][:200]}; use 'all-linear' or module "
+                         "names of this model") from None
+
+
+def build_policy_and_reference(opts: ModelOptions, lora: LoraOptions | None) -> tuple[nn.Module, nn.Module | None]:
+    """Returns ``(policy, frozen_reference)``; the reference is ``None`` under LoRA (adapter-off instead)."""
+    base = load_causal_lm(opts)
+    if opts.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
+    if lora is not None:
+        return apply_lora(base, lora), None
+    reference = copy.deepcopy(base).eval()
+    reference.requires_grad_(False)
+    return base, reference
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout makes policy and reference disagree at step 0; DPO trainers switch it off (TRL does)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def model_fingerprint(opts: ModelOptions) -> str:
+    """Cheap identity of the weights: config plus name, size and head/tail bytes of each weight file
+    (a Hub id is identified by id and revision)."""
+    path = Path(opts.name_or_path)
+    h = hashlib.sha256(json.dumps([opts.name_or_path if not path.exists() else "", opts.revision, opts.dtype]).encode())
+    if path.exists():
+        for f in sorted(path.iterdir()):
+            if f.suffix in {".safetensors", ".bin", ".json"} and f.is_file():
+                h.update(f.name.encode())
+                size = f.stat().st_size
+                h.update(str(size).encode())
+                with f.open("rb") as fh:
+                    h.update(fh.read(1 << 20))
+                    if size > 1 << 21:
+                        fh.seek(-(1 << 20), os.SEEK_END)
+                        h.update(fh.read())
+    return h.hexdigest()[:16]

@@ -1,0 +1,304 @@
+"""The H-DPO training loop on accelerate: one readable function, no LoRA/full mode flags.
+
+Determinism and resume: the data order is a pure function of ``(seed, step)`` (a seeded permutation per
+epoch, concatenated), so a resumed run sees exactly the batches an uninterrupted one would; weights,
+optimizer, scheduler, RNG and the alpha controller come back from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .alpha import AlphaController
+from .batching import TokenBatch, packed_batch, padded_batch
+from .errors import Interrupted, RunError
+from .forward import SequenceScorer, SequenceScores, score
+from .refcache import RefLogps
+from .steps import LossSettings, StepSums, run_micro_batches
+from .tokenize import TokenizedPair
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    total_steps: int
+    batch_size: int = 8
+    micro_batch_size: int = 4
+    learning_rate: float = 1e-6
+    scheduler: str = "cosine"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    seed: int = 0
+    log_every: int = 1
+    save_every: int = 50
+    eval_every: int | None = None
+    keep_checkpoints: int = 2
+    packing: bool = True
+    row_tokens: int = 4096
+    on_nonfinite: str = "stop"
+    beta: float = 0.1
+    sft_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    checkpoints: Path
+    final: Path
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks into the service layer (the core never writes the run folder's bookkeeping itself)."""
+
+    on_metrics: Callable[[dict[str, Any]], None] = lambda m: None
+    on_progress: Callable[[int, int], None] = lambda step, total: None
+    on_message: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    resumed_from: int | None
+    final_dir: Path
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def batch_order(num_pairs: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Pair indices of global batch ``step``: a seeded permutation per epoch, epochs concatenated."""
+    start = step * batch_size
+    out: list[int] = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), num_pairs)
+        perm = torch.randperm(num_pairs, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+        out.extend(perm[offset:offset + batch_size - len(out)])
+    return out
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def make_batcher(opts: TrainOptions, pad_token_id: int) -> Callable[[Sequence[TokenizedPair]], TokenBatch]:
+    if opts.packing:
+        return lambda pairs: packed_batch(pairs, pad_token_id, row_tokens=opts.row_tokens)
+    return lambda pairs: padded_batch(pairs, pad_token_id)
+
+
+def _optimizer_and_scheduler(model: nn.Module, opts: TrainOptions) -> tuple[torch.optim.Optimizer, Any]:
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = torch.cuda.is_available() and all(p.is_cuda for p in params)
+    optimizer = torch.optim.AdamW(params, lr=opts.learning_rate, betas=opts.adam_betas, eps=opts.adam_eps,
+                                  weight_decay=opts.weight_decay, fused=fused or None)
+    scheduler = get_scheduler("constant_with_warmup" if opts.scheduler == "constant" else opts.scheduler,
+                              optimizer, num_warmup_steps=opts.warmup_steps, num_training_steps=opts.total_steps)
+    return optimizer, scheduler
+
+
+def train(
+    accelerator: Any,
+    policy: nn.Module,
+    reference: nn.Module | None,
+    pairs: Sequence[TokenizedPair],
+    *,
+    pad_token_id: int,
+    alpha: AlphaController,
+    opts: TrainOptions,
+    paths: TrainPaths,
+    ref_cache: RefLogps | None = None,
+    eval_fn: Callable[[int], dict[str, float]] | None = None,
+    save_final: Callable[[nn.Module], None],
+    hooks: TrainHooks | None = None,
+    chunk_size: int = 1024,
+) -> TrainResult:
+    """Train ``policy`` with H-DPO for ``opts.total_steps`` optimizer steps, resuming if a checkpoint exists.
+
+    Args:
+        accelerator: an ``accelerate.Accelerator`` (device placement, mixed precision, DDP/FSDP, reduce).
+        policy: the causal LM to train (a peft model under LoRA).
+        reference: frozen reference model for full fine-tuning; ``None`` under LoRA (adapter switched off).
+        pairs: tokenised training pairs.
+        alpha: gives alpha per step (constant, schedule or controller).
+        ref_cache: precomputed reference log-probs per pair (skips the reference forward).
+        eval_fn: called every ``opts.eval_every`` steps with the step; returns ``eval/*`` metrics.
+        save_final: writes the final adapter/model folder from the unwrapped policy (main process only).
+    """
+    hooks = hooks or TrainHooks()
+    world = accelerator.num_processes
+    per_rank = opts.batch_size // world
+    if opts.batch_size % (opts.micro_batch_size * world):
+        raise RunError(f"train.batch_size ({opts.batch_size}) must be divisible by train.micro_batch_size "
+                       f"({opts.micro_batch_size}) x processes ({world})")
+    torch.manual_seed(opts.seed)
+    policy.train()
+    scorer = SequenceScorer(policy, chunk_size=chunk_size)
+    optimizer, scheduler = _optimizer_and_scheduler(policy, opts)
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    ref_scorer = None
+    if reference is not None and ref_cache is None:
+        ref_scorer = SequenceScorer(reference.to(accelerator.device), chunk_size=chunk_size).eval()
+    make_batch = make_batcher(opts, pad_token_id)
+    raw_scorer = accelerator.unwrap_model(scorer)
+
+    def ref_scores(idx: Sequence[int], batch: TokenBatch) -> SequenceScores:
+        if ref_cache is not None:
+            return ref_cache.take(idx)
+        with torch.no_grad(), accelerator.autocast():
+            if ref_scorer is not None:
+                return score(ref_scorer, batch)
+            with raw_scorer.reference_mode():
+                return score(raw_scorer, batch)
+
+    start_step, resumed = 0, None
+    ckpt.clean_partial(paths.checkpoints)
+    last = ckpt.latest_checkpoint(paths.checkpoints)
+    if last is not None:
+        state = ckpt.load_checkpoint(last, model=raw_scorer.model, optimizer=optimizer, scheduler=scheduler)
+        start_step = resumed = int(state["step"])
+        alpha.load_state(state.get("alpha_state", {}))
+        hooks.on_message(f"resuming from {last.name} (step {start_step})")
+
+    def backward(loss: torch.Tensor, is_last: bool) -> None:
+        ctx = accelerator.no_sync(scorer) if not is_last and world > 1 else _nullcontext()
+        with ctx:
+            accelerator.backward(loss)
+
+    def save(step: int) -> None:
+        if accelerator.is_main_process:
+            ckpt.save_checkpoint(paths.checkpoints, step, model=raw_scorer.model, optimizer=optimizer,
+                                 scheduler=scheduler, state={"alpha_state": alpha.state()},
+                                 keep=opts.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    metrics: dict[str, Any] = {}
+    progress = _progress(accelerator, start_step, opts.total_steps)
+    with _StopFlag() as stop:
+        for step in range(start_step, opts.total_steps):
+            t0 = time.perf_counter()
+            order = batch_order(len(pairs), opts.batch_size, step, opts.seed)
+            mine = order[accelerator.process_index * per_rank:(accelerator.process_index + 1) * per_rank]
+            micro = [mine[i:i + opts.micro_batch_size] for i in range(0, per_rank, opts.micro_batch_size)]
+            a = alpha.value(step)
+            with accelerator.autocast():
+                sums = run_micro_batches(micro, pairs, make_batch, scorer, ref_scores,
+                                         LossSettings(a, opts.beta, opts.sft_weight),
+                                         loss_scale=world / opts.batch_size, backward=backward,
+                                         device=accelerator.device)
+            grad_norm = _grad_norm(accelerator, scorer, opts.max_grad_norm)
+            total = StepSums.from_tensor(accelerator.reduce(sums.as_tensor().to(accelerator.device), "sum").cpu())
+            means = total.means()
+            finite = math.isfinite(means["loss"]) and math.isfinite(grad_norm)
+            if finite:
+                optimizer.step()
+            else:
+                _handle_nonfinite(step + 1, means["loss"], grad_norm, opts, hooks, paths)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            alpha.update(step, means["entropy"])
+            elapsed = time.perf_counter() - t0
+            metrics = {"step": step + 1, **means, "alpha": a, "learning_rate": scheduler.get_last_lr()[0],
+                       "grad_norm": grad_norm, "tokens": int(total.values["tokens"]),
+                       "tokens_per_s": total.values["tokens"] / max(elapsed, 1e-9), "step_time_s": elapsed,
+                       "peak_memory_mb": peak_memory_mb(), "epoch": (step + 1) * opts.batch_size / len(pairs),
+                       "skipped": not finite}
+            if eval_fn is not None and opts.eval_every and (step + 1) % opts.eval_every == 0:
+                metrics.update(eval_fn(step + 1))
+            if accelerator.is_main_process and ((step + 1) % opts.log_every == 0 or step + 1 == opts.total_steps):
+                hooks.on_metrics(metrics)
+            progress(metrics)
+            if accelerator.is_main_process:
+                hooks.on_progress(step + 1, opts.total_steps)
+            if (step + 1) % opts.save_every == 0 and step + 1 < opts.total_steps:
+                save(step + 1)
+            if stop.signal is not None:
+                save(step + 1)
+                raise Interrupted(f"stopped by signal {stop.signal} after step {step + 1}; checkpoint written, "
+                                  "rerun the same job to resume")
+    if accelerator.is_main_process:
+        save_final(raw_scorer.model)
+    save(opts.total_steps)
+    return TrainResult(steps=opts.total_steps, resumed_from=resumed, final_dir=paths.final, last_metrics=metrics)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _grad_norm(accelerator: Any, scorer: nn.Module, max_norm: float | None) -> float:
+    params = [p for p in scorer.parameters() if p.requires_grad]
+    if max_norm:
+        return float(accelerator.clip_grad_norm_(params, max_norm))
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def _handle_nonfinite(step: int, loss: float, grad_norm: float, opts: TrainOptions, hooks: TrainHooks,
+                      paths: TrainPaths) -> None:
+    what = f"loss={loss}" if not math.isfinite(loss) else f"grad_norm={grad_norm}"
+    last = ckpt.latest_checkpoint(paths.checkpoints)
+    kept = f"; last good checkpoint: {last}" if last else ""
+    if opts.on_nonfinite == "stop":
+        raise RunError(f"step {step}: non-finite {what}{kept}. Lower train.learning_rate, check the data, or set "
+                       "train.on_nonfinite: skip")
+    hooks.on_message(f"warning: step {step}: non-finite {what}; update skipped (train.on_nonfinite: skip)")
+
+
+def _progress(accelerator: Any, start: int, total: int) -> Callable[[dict[str, Any]], None]:
+    if not accelerator.is_main_process:
+        return lambda m: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, leave=True)
+
+    def update(m: dict[str, Any]) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['rewards/accuracies']:.2f}",
+                        tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
+        if m["step"] >= total:
+            bar.close()
+
+    return update

@@ -1,0 +1,123 @@
+"""The stage pipeline behind `hdpo-tune run`: validate -> train -> eval -> merge -> export -> push.
+
+Every stage is idempotent: a finished stage is recorded in ``status.json`` (``stages``) and skipped when the
+job is run again, unless ``force``. A failure writes ``state: failed`` with the one-line error; SIGTERM/SIGINT
+writes ``interrupted`` after the trainer's checkpoint. Only the main process writes the run folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hdpo_core.errors import HdpoError, Interrupted
+
+from .rundir import RunDir
+from .spec import JobSpec, load_spec, spec_to_dict
+
+STAGES = ("train", "eval", "merge", "export", "push")
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return bool(PartialState().is_main_process)
+
+
+def _enabled(spec: JobSpec, stage: str) -> bool:
+    section = getattr(spec, stage if stage != "push" else "hub", None)
+    if stage == "train":
+        return True
+    if section is None:
+        return False
+    if stage == "push":
+        return bool(getattr(section, "repo_id", None))
+    if stage == "export":
+        onnx = getattr(section, "onnx", None)
+        return bool(onnx is not None and getattr(onnx, "enabled", False))
+    if stage == "merge" and spec.lora is None:
+        return bool(getattr(section, "enabled", True))
+    return bool(getattr(section, "enabled", True))
+
+
+def _stage_fn(stage: str, spec: JobSpec, rd: RunDir, force: bool) -> Callable[[], dict[str, Any]]:
+    if stage == "train":
+        from .train_stage import run_train_stage
+
+        return lambda: run_train_stage(spec, rd)
+    if stage == "eval":
+        from .eval_stage import run_eval_for_job
+
+        return lambda: run_eval_for_job(spec, rd.path)
+    from . import ship
+
+    if stage == "merge":
+        return lambda: ship.merge_run(rd.path, force=force) or {}
+    if stage == "export":
+        return lambda: ship.export_run(rd.path, force=force) or {}
+    return lambda: ship.push_run(rd.path) or {}
+
+
+def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run every enabled stage of ``job``; returns per-stage results. Raises :class:`HdpoError`."""
+    spec = load_spec(job)
+    rd = RunDir(Path(spec.output.dir))
+    resolved = spec_to_dict(spec)
+    main = _is_main()
+    if main:
+        if not force:
+            rd.check_compatible(resolved)
+        rd.path.mkdir(parents=True, exist_ok=True)
+        rd.write_resolved_spec(resolved)
+        rd.write_versions()
+    done = set((rd.read_status() or {}).get("stages_done", [])) if not force else set()
+    results: dict[str, Any] = {}
+    for stage in STAGES:
+        if only and stage not in only or not _enabled(spec, stage):
+            continue
+        if stage in done:
+            print(f"{stage}: already done in {rd.path} (use --force to redo)", file=sys.stderr)
+            continue
+        if main:
+            rd.write_status(stage, "running", stages_done=sorted(done))
+        try:
+            results[stage] = _stage_fn(stage, spec, rd, force)()
+        except Interrupted as exc:
+            if main:
+                rd.write_status(stage, "interrupted", error=exc.message, stages_done=sorted(done))
+            raise
+        except HdpoError as exc:
+            if main:
+                rd.write_status(stage, "failed", error=exc.message, stages_done=sorted(done))
+            raise
+        except BaseException as exc:
+            if main:
+                rd.write_status(stage, "failed", error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                                stages_done=sorted(done))
+            raise
+        done.add(stage)
+        if main:
+            rd.write_status(stage, "running", stages_done=sorted(done))
+    if main:
+        rd.write_status("done", "succeeded", stages_done=sorted(done))
+        _print_summary(rd.path, results)
+    return results
+
+
+def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
+    lines = [f"run folder: {run_dir}"]
+    train = results.get("train")
+    if train and train.get("metrics"):
+        m = train["metrics"]
+        lines.append(f"train: {train['steps']} steps, final loss {m.get('loss', float('nan')):.4f}, "
+                     f"reward accuracy {m.get('rewards/accuracies', float('nan')):.2f}, entropy "
+                     f"{m.get('entropy', float('nan')):.3f} nats/token (reference {m.get('ref_entropy', float('nan')):.3f})")
+    headline = (results.get("eval") or {}).get("headline")
+    if headline:
+        lines.extend(f"eval: {line}" for line in headline)
+    for sub in ("final", "eval", "merged", "onnx"):
+        if (run_dir / sub).exists():
+            lines.append(f"{sub}: {run_dir / sub}")
+    print("\n".join(lines))

@@ -1,0 +1,230 @@
+"""The train stage: turns the job spec into flat core calls (the only place that reads the spec for training)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hdpo_core import refcache
+from hdpo_core.alpha import ScheduledAlpha
+from hdpo_core.data import file_fingerprint, load_preference_rows
+from hdpo_core.errors import InputError
+from hdpo_core.metrics_log import MetricsLog
+from hdpo_core.model import (LoraOptions, ModelOptions, build_policy_and_reference, disable_dropout,
+                             load_tokenizer, model_fingerprint)
+from hdpo_core.steps import LossSettings, run_micro_batches
+from hdpo_core.tokenize import TokenizedPair, tokenize_rows
+from hdpo_core.trainer import TrainHooks, TrainOptions, TrainPaths, make_batcher, train
+
+from .rundir import RunDir
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: list[TokenizedPair]
+    eval: list[TokenizedPair]
+    info: dict[str, Any]
+
+
+def model_options(spec: Any) -> ModelOptions:
+    m = spec.model
+    return ModelOptions(name_or_path=m.name_or_path, dtype=m.dtype, revision=m.revision,
+                        trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
+                        attn_implementation=m.attn_implementation, gradient_checkpointing=m.gradient_checkpointing)
+
+
+def lora_options(spec: Any) -> LoraOptions | None:
+    lo = spec.lora
+    if lo is None:
+        return None
+    targets = lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules)
+    return LoraOptions(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=targets)
+
+
+def prepare_data(spec: Any, tokenizer: Any) -> PreparedData:
+    """Load, check and tokenise the train (and eval) pairs; report skipped rows on stderr."""
+    d = spec.data
+    info: dict[str, Any] = {}
+    out: dict[str, list[TokenizedPair]] = {"train": [], "eval": []}
+    for name, path, split in (("train", d.train, d.train_split), ("eval", d.eval, d.eval_split)):
+        if path is None:
+            continue
+        rows, problems = load_preference_rows(path, on_bad_row=d.on_bad_row, split=split)
+        pairs, problems = tokenize_rows(rows, tokenizer, max_length=d.max_length, overlong=d.overlong,
+                                        on_bad_row=d.on_bad_row, problems=problems)
+        for msg in problems.messages[:5]:
+            print(f"warning: skipped {msg}", file=sys.stderr)
+        if problems.skipped:
+            print(f"{name} data: {len(pairs)} pairs used; {problems.skipped}", file=sys.stderr)
+        out[name] = pairs
+        info[name] = {"path": str(path), "fingerprint": file_fingerprint(str(path)), "pairs": len(pairs),
+                      "format": rows[0].format, "skipped": problems.skipped,
+                      "tokens": sum(p.num_tokens for p in pairs)}
+    return PreparedData(out["train"], out["eval"], info)
+
+
+def total_steps(spec: Any, num_pairs: int) -> int:
+    t = spec.train
+    if t.max_steps is not None:
+        return int(t.max_steps)
+    epochs = t.epochs if t.epochs is not None else 1.0
+    return max(1, math.ceil(epochs * num_pairs / t.batch_size))
+
+
+def train_options(spec: Any, steps: int) -> TrainOptions:
+    t = spec.train
+    warmup = t.warmup_steps or int(round(t.warmup_ratio * steps))
+    return TrainOptions(
+        total_steps=steps, batch_size=t.batch_size, micro_batch_size=t.micro_batch_size,
+        learning_rate=t.learning_rate, scheduler=t.scheduler, warmup_steps=warmup, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, adam_betas=(t.adam_beta1, t.adam_beta2), adam_eps=t.adam_eps, seed=t.seed,
+        log_every=t.log_every, save_every=t.save_every, eval_every=t.eval_every, keep_checkpoints=t.keep_checkpoints,
+        packing=t.packing, row_tokens=t.row_tokens, on_nonfinite=t.on_nonfinite, beta=spec.hdpo.beta,
+        sft_weight=spec.hdpo.sft_weight,
+    )
+
+
+def alpha_controller(spec: Any, steps: int) -> Any:
+    return ScheduledAlpha(start=float(spec.hdpo.alpha))
+
+
+def _save_final(model: Any, tokenizer: Any, final: Path) -> None:
+    """Write the adapter (LoRA) or the full model with tokenizer into ``final`` atomically."""
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.eos_token_id = tokenizer.eos_token_id
+        gen.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def make_accelerator(spec: Any) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    acc = Accelerator(mixed_precision=spec.train.mixed_precision)
+    set_seed(spec.train.seed)
+    return acc
+
+
+def run_train_stage(spec: Any, rd: RunDir) -> dict[str, Any]:
+    """Train and write ``final/``; returns the last logged metrics plus data info."""
+    accelerator = make_accelerator(spec)
+    mopts = model_options(spec)
+    tokenizer = load_tokenizer(mopts)
+    data = prepare_data(spec, tokenizer)
+    steps = total_steps(spec, len(data.train))
+    opts = train_options(spec, steps)
+    world = accelerator.num_processes
+    if opts.batch_size % (opts.micro_batch_size * world):
+        raise InputError(f"train.batch_size ({opts.batch_size}) must be divisible by train.micro_batch_size "
+                         f"({opts.micro_batch_size}) x processes ({world}); adjust one of them")
+    policy, reference = build_policy_and_reference(mopts, lora_options(spec))
+    for m in (policy, reference):
+        if m is not None and spec.lora is None:
+            disable_dropout(m)
+    if spec.lora is not None:
+        disable_dropout(policy.get_base_model())
+    make_batch = make_batcher(opts, tokenizer.pad_token_id)
+    chunk = spec.train.logps_chunk_size
+    ref_cache = None
+    if spec.train.precompute_ref_logps:
+        ref_cache = _precompute(spec, accelerator, policy, reference, data.train, make_batch, chunk, mopts)
+    alpha = alpha_controller(spec, steps)
+    eval_fn = _make_eval_fn(accelerator, policy, reference, data.eval, make_batch, opts, alpha, chunk) \
+        if data.eval else None
+    if accelerator.is_main_process:
+        (rd.path / "data_info.json").write_text(json.dumps(data.info, indent=1), encoding="utf-8")
+    resume = _resume_step(rd.path / "checkpoints")
+    log = MetricsLog(rd.path, resume_step=resume) if accelerator.is_main_process else None
+    hooks = TrainHooks(
+        on_metrics=(log.write if log else (lambda m: None)),
+        on_progress=lambda s, n: rd.write_status("train", "running", step=s, total_steps=n),
+    )
+    try:
+        result = train(accelerator, policy, reference, data.train, pad_token_id=tokenizer.pad_token_id, alpha=alpha,
+                       opts=opts, paths=TrainPaths(rd.path / "checkpoints", rd.path / "final"), ref_cache=ref_cache,
+                       eval_fn=eval_fn, save_final=lambda m: _save_final(m, tokenizer, rd.path / "final"),
+                       hooks=hooks, chunk_size=chunk)
+    finally:
+        if log:
+            log.close()
+    return {"steps": result.steps, "resumed_from": result.resumed_from, "metrics": result.last_metrics,
+            "data": data.info}
+
+
+def _resume_step(root: Path) -> int | None:
+    from hdpo_core.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(root)
+    return int(last.name.split("-")[1]) if last else None
+
+
+def _precompute(spec: Any, accelerator: Any, policy: Any, reference: Any, pairs: list[TokenizedPair],
+                make_batch: Any, chunk: int, mopts: ModelOptions) -> refcache.RefLogps:
+    import torch
+
+    from hdpo_core.forward import SequenceScorer, score
+
+    cache_dir = Path(spec.train.ref_cache_dir) if spec.train.ref_cache_dir else Path(
+        os.environ.get("HDPO_CACHE", Path.home() / ".cache" / "hdpo-tune"))
+    key = refcache.cache_key(model_fingerprint(mopts), mopts.dtype, pairs)
+    model = reference if reference is not None else policy
+    scorer = SequenceScorer(model.to(accelerator.device), chunk_size=chunk).eval()
+
+    def score_ref(batch: Any) -> Any:
+        with torch.no_grad(), accelerator.autocast():
+            if reference is not None:
+                return score(scorer, batch.to(accelerator.device))
+            with scorer.reference_mode():
+                return score(scorer, batch.to(accelerator.device))
+
+    ref, hit = refcache.load_or_compute(cache_dir, key, len(pairs), lambda: refcache.compute_ref_logps(
+        pairs, make_batch, score_ref, spec.train.micro_batch_size))
+    print(f"reference log-probs: {'reused cache' if hit else 'computed and cached'} ({cache_dir}, key {key})",
+          file=sys.stderr)
+    if reference is not None:
+        reference.to("cpu")
+    return ref
+
+
+def _make_eval_fn(accelerator: Any, policy: Any, reference: Any, pairs: list[TokenizedPair], make_batch: Any,
+                  opts: TrainOptions, alpha: Any, chunk: int) -> Any:
+    import torch
+
+    from hdpo_core.forward import SequenceScorer, score
+
+    def eval_fn(step: int) -> dict[str, float]:
+        scorer = SequenceScorer(policy, chunk_size=chunk)
+        ref_scorer = SequenceScorer(reference, chunk_size=chunk) if reference is not None else None
+        was_training = policy.training
+        policy.eval()
+
+        def ref_scores(idx: Any, batch: Any) -> Any:
+            if ref_scorer is not None:
+                return score(ref_scorer, batch)
+            with scorer.reference_mode():
+                return score(scorer, batch)
+
+        with torch.no_grad(), accelerator.autocast():
+            micro = [list(range(i, min(i + opts.micro_batch_size, len(pairs))))
+                     for i in range(0, len(pairs), opts.micro_batch_size)]
+            sums = run_micro_batches(micro, pairs, make_batch, scorer, ref_scores,
+                                     LossSettings(alpha.value(step - 1), opts.beta, opts.sft_weight),
+                                     loss_scale=1.0, backward=None, device=accelerator.device)
+        policy.train(was_training)
+        return {f"eval/{k}": v for k, v in sums.means().items()}
+
+    return eval_fn
