@@ -205,9 +205,16 @@ def train(
 
     def save(step: int) -> None:
         if accelerator.is_main_process:
-            ckpt.save_checkpoint(paths.checkpoints, step, model=raw_scorer.model, optimizer=optimizer,
-                                 scheduler=scheduler, state={"alpha_state": alpha.state()},
-                                 keep=opts.keep_checkpoints)
+            try:
+                ckpt.save_checkpoint(paths.checkpoints, step, model=raw_scorer.model, optimizer=optimizer,
+                                     scheduler=scheduler, state={"alpha_state": alpha.state()},
+                                     keep=opts.keep_checkpoints)
+            except OSError as exc:
+                ckpt.clean_partial(paths.checkpoints)
+                last = ckpt.latest_checkpoint(paths.checkpoints)
+                raise RunError(f"step {step}: cannot write the checkpoint under {paths.checkpoints} "
+                               f"({exc.strerror or exc}); earlier checkpoint kept: {last.name if last else 'none'}. "
+                               "Free disk space and rerun the job to resume") from None
         accelerator.wait_for_everyone()
 
     metrics: dict[str, Any] = {}

@@ -14,10 +14,16 @@ from typing import Any
 from hdpo_core import refcache
 from hdpo_core.alpha import ScheduledAlpha
 from hdpo_core.data import file_fingerprint, load_preference_rows
-from hdpo_core.errors import InputError
+from hdpo_core.errors import InputError, RunError
 from hdpo_core.metrics_log import MetricsLog
-from hdpo_core.model import (LoraOptions, ModelOptions, build_policy_and_reference, disable_dropout,
-                             load_tokenizer, model_fingerprint)
+from hdpo_core.model import (
+    LoraOptions,
+    ModelOptions,
+    build_policy_and_reference,
+    disable_dropout,
+    load_tokenizer,
+    model_fingerprint,
+)
 from hdpo_core.steps import LossSettings, run_micro_batches
 from hdpo_core.tokenize import TokenizedPair, tokenize_rows
 from hdpo_core.trainer import TrainHooks, TrainOptions, TrainPaths, make_batcher, train
@@ -96,6 +102,14 @@ def alpha_controller(spec: Any, steps: int) -> Any:
 
 def _save_final(model: Any, tokenizer: Any, final: Path) -> None:
     """Write the adapter (LoRA) or the full model with tokenizer into ``final`` atomically."""
+    try:
+        _write_final(model, tokenizer, final)
+    except OSError as exc:
+        raise RunError(f"cannot write the final model to {final} ({exc.strerror or exc}); the last checkpoint "
+                       "is kept: free disk space and rerun the job") from None
+
+
+def _write_final(model: Any, tokenizer: Any, final: Path) -> None:
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

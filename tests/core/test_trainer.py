@@ -46,8 +46,8 @@ def _run(tmp: Path, *, lora: bool, steps: int = 4, alpha: float = 0.8, stop_afte
         if stop_after is not None and m["step"] == stop_after:
             raise KeyboardInterrupt  # a crash right after a checkpoint
 
-    opts = dict(total_steps=steps, batch_size=8, micro_batch_size=4, learning_rate=5e-3, save_every=2, beta=0.1,
-                packing=True, row_tokens=64)
+    opts = {"total_steps": steps, "batch_size": 8, "micro_batch_size": 4, "learning_rate": 5e-3, "save_every": 2, "beta": 0.1,
+                "packing": True, "row_tokens": 64}
     opts.update(overrides)
     finals = {}
     result = train(_accelerator(), model, reference, PAIRS, pad_token_id=PAD, alpha=ScheduledAlpha(alpha),
