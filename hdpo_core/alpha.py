@@ -49,3 +49,49 @@ class ScheduledAlpha:
 
     def load_state(self, state: dict[str, float]) -> None:
         return None
+
+
+class EntropyTargetAlpha:
+    """Adapt alpha so the policy's per-token entropy reaches a target (dual ascent, as SAC tunes its
+    temperature).
+
+    The H-DPO optimum's entropy rises monotonically with alpha (it is the DPO optimum at power ``1/alpha``),
+    so alpha is the Lagrange multiplier of the constraint ``H(pi) = target``: after each step,
+    ``log alpha += lr * (target - H)`` — entropy below target raises alpha, above lowers it — clamped to
+    ``[alpha_min, alpha_max]`` so a noisy entropy estimate can never push the loss into a degenerate regime.
+    Working in log-alpha keeps alpha positive and makes the step relative.
+
+    ``target`` is in nats per token; ``relative`` instead sets it to ``relative * H`` of the first step, when
+    the policy still equals the reference (LoRA starts with B = 0; full fine-tuning starts from the copy).
+    """
+
+    def __init__(self, *, target: float | None = None, relative: float | None = None, init: float = 1.0,
+                 lr: float = 0.05, alpha_min: float = 0.5, alpha_max: float = 2.0) -> None:
+        if (target is None) == (relative is None):
+            raise ValueError("give exactly one of target and relative")
+        self.target, self.relative = target, relative
+        self.lr, self.alpha_min, self.alpha_max = lr, alpha_min, alpha_max
+        self.log_alpha = math.log(min(max(init, alpha_min), alpha_max))
+
+    def value(self, step: int) -> float:
+        return math.exp(self.log_alpha)
+
+    def update(self, step: int, entropy: float) -> None:
+        if not math.isfinite(entropy):
+            return
+        if self.target is None:
+            self.target = float(self.relative) * entropy  # type: ignore[arg-type]
+        self.log_alpha += self.lr * (self.target - entropy)
+        self.log_alpha = min(max(self.log_alpha, math.log(self.alpha_min)), math.log(self.alpha_max))
+
+    def state(self) -> dict[str, float]:
+        out = {"log_alpha": self.log_alpha}
+        if self.target is not None:
+            out["entropy_target"] = self.target
+        return out
+
+    def load_state(self, state: dict[str, float]) -> None:
+        if "log_alpha" in state:
+            self.log_alpha = float(state["log_alpha"])
+        if "entropy_target" in state:
+            self.target = float(state["entropy_target"])

@@ -5,9 +5,13 @@ that position ``t`` of row ``r`` must predict (``-100`` where nothing is scored:
 token of a sequence) and ``target_seq[r, t]`` says which sequence that target belongs to. Sequence ``2i`` is
 pair ``i``'s chosen (prompt + chosen completion), ``2i + 1`` its rejected.
 
-Packing places whole sequences side by side in a row, resets ``position_ids`` per sequence and passes an
-explicit block-causal 4D boolean mask: with transformers 5 and sdpa/eager attention, resetting position ids
-alone does NOT stop a sequence from attending to the one before it (pitfalls.md #1).
+Packing (:func:`packed_batch`, the fast path) places each pair side by side in a row as ONE segment
+``prompt | chosen | rejected``: the prompt is computed once for both completions, the rejected completion sees
+the prompt but not the chosen one, and positions restart per pair (rejected continues from the prompt). The
+layout is described by ``segments``; :mod:`hdpo_core.forward` runs attention per segment (no ``[T, T]`` mask,
+no attention across segments, no work on padding). Position ids alone would NOT isolate sequences with
+sdpa/eager attention (pitfalls.md #1). :func:`block_mask_batch` is the earlier packed layout (one sequence per
+segment and an explicit block-causal 4D boolean mask), kept as a second reference for the tests.
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ class TokenBatch:
         target_ids: ``[rows, T]`` next-token targets, ``-100`` where unscored.
         target_seq: ``[rows, T]`` sequence index of each target, ``-1`` where unscored.
         num_pairs: pairs in this micro-batch (sequences = ``2 * num_pairs``).
-        num_tokens: real (non-padding) tokens.
+        num_tokens: real (non-padding) tokens, counted as prompt+chosen plus prompt+rejected.
+        segments: packed layout only, ``(row, start, prefix, branch_a, branch_b)`` per segment: tokens
+            ``[start, start+prefix+branch_a)`` are causal; the ``branch_b`` tokens after them see the prefix and
+            themselves but not ``branch_a``. A plain sequence is ``(row, start, length, 0, 0)``.
+        score_pos: with ``segments``, ``[M]`` flat indices into ``[rows*T]`` of the positions that predict a
+            scored token (a position may predict two: the last prompt token predicts both completions' first).
+        score_tgt: ``[M]`` the predicted token ids.
+        score_seq: ``[M]`` their sequence index.
     """
 
     input_ids: torch.Tensor
@@ -42,11 +53,20 @@ class TokenBatch:
     target_seq: torch.Tensor
     num_pairs: int
     num_tokens: int
+    segments: tuple[tuple[int, int, int, int, int], ...] | None = None
+    score_pos: torch.Tensor | None = None
+    score_tgt: torch.Tensor | None = None
+    score_seq: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> TokenBatch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
         return TokenBatch(*(getattr(self, f).to(device) for f in
                             ("input_ids", "position_ids", "attention_mask", "target_ids", "target_seq")),
-                          num_pairs=self.num_pairs, num_tokens=self.num_tokens)
+                          num_pairs=self.num_pairs, num_tokens=self.num_tokens, segments=self.segments,
+                          score_pos=move(self.score_pos), score_tgt=move(self.score_tgt),
+                          score_seq=move(self.score_seq))
 
 
 def _sequences(pairs: Sequence[TokenizedPair]) -> list[tuple[list[int], int]]:
@@ -103,8 +123,9 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def packed_batch(pairs: Sequence[TokenizedPair], pad_token_id: int, *, row_tokens: int) -> TokenBatch:
-    """Pack the pairs' sequences into rows of about ``row_tokens`` tokens with a block-causal mask."""
+def block_mask_batch(pairs: Sequence[TokenizedPair], pad_token_id: int, *, row_tokens: int) -> TokenBatch:
+    """Pack the pairs' sequences into rows of about ``row_tokens`` tokens with a block-causal 4D mask
+    (``[rows, 1, T, T]``; T² memory per row: a reference layout, not the fast path)."""
     seqs = _sequences(pairs)
     lengths = [len(t) for t, _ in seqs]
     layout = pack_rows(lengths, max(row_tokens, max(lengths)))
@@ -126,3 +147,76 @@ def packed_batch(pairs: Sequence[TokenizedPair], pad_token_id: int, *, row_token
     same = segment[:, :, None] == segment[:, None, :]
     mask = (same & causal)[:, None, :, :]
     return TokenBatch(ids, pos, mask, tgt, seq, num_pairs=len(pairs), num_tokens=sum(lengths))
+
+
+def packed_batch(pairs: Sequence[TokenizedPair], pad_token_id: int, *, row_tokens: int,
+                 share_prompt: bool = False) -> TokenBatch:
+    """The fast path: each pair is one segment ``prompt|chosen|rejected`` (prompt computed once), segments
+    packed first-fit-decreasing into rows of about ``row_tokens`` tokens; see :class:`TokenBatch` ``segments``.
+
+    With ``share_prompt=False`` (or an empty prompt/completion) the two sequences of a pair are separate
+    segments, each with positions from 0; with ``share_prompt=True`` the prompt is computed once (the fast
+    setting; the trainer should pass it).
+    ``attention_mask`` is ``[rows, T]`` (1 on real tokens) and must not be used alone: the forward isolates
+    segments itself.
+    """
+    units: list[list[tuple[list[int], int, int, int]]] = []  # per pair: (tokens, prefix, a, b) segments
+    for p in pairs:
+        prompt, c, r = list(p.prompt_ids), list(p.chosen_ids), list(p.rejected_ids)
+        if share_prompt and prompt and c and r:
+            units.append([(prompt + c + r, len(prompt), len(c), len(r))])
+        else:
+            units.append([(prompt + c, len(prompt + c), 0, 0), (prompt + r, len(prompt + r), 0, 0)])
+    lengths = [sum(len(t) for t, *_ in u) for u in units]
+    layout = pack_rows(lengths, max(row_tokens, max(lengths)))
+    width = max(sum(lengths[i] for i in row) for row in layout)
+    rows = len(layout)
+    ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+    pos = torch.zeros((rows, width), dtype=torch.long)
+    real = torch.zeros((rows, width), dtype=torch.long)
+    tgt = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
+    seq = torch.full((rows, width), -1, dtype=torch.long)
+    segments: list[tuple[int, int, int, int, int]] = []
+    s_pos: list[int] = []
+    s_tgt: list[int] = []
+    s_seq: list[int] = []
+
+    def score(flat: int, tokens: list[int], first: int, last: int, token_offset: int, sq: int) -> None:
+        """Positions ``flat+first-1 .. flat+last-2`` predict ``tokens[first .. last-1]`` (token_offset shifts)."""
+        for k in range(first, last):
+            s_pos.append(flat + token_offset + k - 1)
+            s_tgt.append(tokens[k])
+            s_seq.append(sq)
+
+    for r, row in enumerate(layout):
+        offset = 0
+        for i in sorted(row):
+            for j, (tokens, prefix, a, b) in enumerate(units[i]):
+                n = len(tokens)
+                flat = r * width + offset
+                ids[r, offset:offset + n] = torch.tensor(tokens)
+                real[r, offset:offset + n] = 1
+                segments.append((r, offset, prefix, a, b))
+                if a == 0 and b == 0:  # one plain sequence (chosen if j == 0 else rejected)
+                    pos[r, offset:offset + n] = torch.arange(n)
+                    plen = len(pairs[i].prompt_ids)
+                    score(flat, tokens, max(plen, 1), n, 0, 2 * i + j)
+                else:  # prompt | chosen | rejected; both completions continue the prompt's positions
+                    pos[r, offset:offset + prefix + a] = torch.arange(prefix + a)
+                    pos[r, offset + prefix + a:offset + n] = torch.arange(prefix, prefix + b)
+                    score(flat, tokens, prefix, prefix + a, 0, 2 * i)
+                    # rejected: its first token is predicted by the last prompt position
+                    s_pos.append(flat + prefix - 1)
+                    s_tgt.append(tokens[prefix + a])
+                    s_seq.append(2 * i + 1)
+                    score(flat, tokens, prefix + a + 1, n, 0, 2 * i + 1)
+                offset += n
+    for p_, t_, q_ in zip(s_pos, s_tgt, s_seq, strict=True):  # per-position view (the branch point keeps chosen)
+        row_, col = divmod(p_, width)
+        if tgt[row_, col] == IGNORE_INDEX:
+            tgt[row_, col] = t_
+            seq[row_, col] = q_
+    num_tokens = sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    return TokenBatch(ids, pos, real, tgt, seq, num_pairs=len(pairs), num_tokens=num_tokens,
+                      segments=tuple(segments), score_pos=torch.tensor(s_pos, dtype=torch.long),
+                      score_tgt=torch.tensor(s_tgt, dtype=torch.long), score_seq=torch.tensor(s_seq, dtype=torch.long))

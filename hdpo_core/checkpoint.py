@@ -5,6 +5,14 @@ LoRA), the optimizer and scheduler state, the torch RNG state and ``state.json``
 temporary sibling folder, fsynced, and renamed into place, and ``state.json`` is written last inside it, so a
 kill at any moment leaves either the previous complete checkpoint or the new complete one, never a torn one.
 Older checkpoints beyond ``keep`` are removed only after the new one is in place.
+
+Distributed runs: only the main process writes. Under DDP every rank holds the same weights and optimizer
+state, so rank 0's copy is the checkpoint. Under FSDP2 and DeepSpeed ZeRO-3 the trainable weights (and, under
+FSDP2, the optimizer state) are gathered into full tensors first (collectives: every rank calls
+:func:`gather_trainable_state` / :func:`gather_optimizer_state`), so a checkpoint loads at any world size.
+The RNG state of every rank is gathered into ``rng.pt`` so each rank gets its own back on resume.
+Weights are loaded *before* ``accelerator.prepare`` (so DDP broadcasts them, FSDP2 shards them and DeepSpeed
+builds its fp32 master copy from them); the optimizer and scheduler after it.
 """
 
 from __future__ import annotations
@@ -38,21 +46,86 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(root: Path, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically; returns its folder."""
+def backend(accelerator: Any) -> str:
+    """``"fsdp"``, ``"deepspeed"`` or ``"ddp"`` (DDP, single process, CPU: state is replicated)."""
+    kind = str(getattr(getattr(accelerator, "distributed_type", "NO"), "value", "NO")).upper()
+    return {"FSDP": "fsdp", "DEEPSPEED": "deepspeed"}.get(kind, "ddp")
+
+
+def rng_state() -> dict[str, Any]:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def gather_trainable_state(accelerator: Any, prepared: nn.Module, model: nn.Module,
+                           prefix: str = "model.") -> dict[str, torch.Tensor] | None:
+    """Trainable weights of ``model`` (the raw module inside ``prepared`` at ``prefix``) as full tensors on
+    the main process; ``None`` on other ranks. A collective under FSDP/DeepSpeed: call it on every rank."""
+    if backend(accelerator) == "ddp":
+        return trainable_state(model) if accelerator.is_main_process else None
+    full = accelerator.get_state_dict(prepared)  # FSDP2: full, on CPU; ZeRO-3: 16-bit consolidated
+    if not accelerator.is_main_process:
+        return None
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    return {n: full[prefix + n].detach().contiguous().clone() for n in names if prefix + n in full}
+
+
+def gather_full_state(accelerator: Any, prepared: nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor] | None:
+    """The whole model's state dict (for ``save_pretrained``) under FSDP/DeepSpeed on the main process, else
+    ``None`` (under DDP the unwrapped model is complete and saves itself). Collective under FSDP/DeepSpeed."""
+    if backend(accelerator) == "ddp":
+        return None
+    full = accelerator.get_state_dict(prepared)
+    if not accelerator.is_main_process:
+        return None
+    return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+
+
+def gather_optimizer_state(accelerator: Any, prepared: nn.Module, optimizer: Any) -> dict[str, Any] | None:
+    """Optimizer state to save: the local one under DDP, the full (gathered) one under FSDP2, ``None`` under
+    DeepSpeed (its partitioned fp32 state is not gathered: a resume restarts the Adam moments)."""
+    kind = backend(accelerator)
+    if kind == "deepspeed":
+        return None
+    if kind == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        inner = getattr(optimizer, "optimizer", optimizer)
+        return get_optimizer_state_dict(prepared, inner, options=StateDictOptions(full_state_dict=True,
+                                                                                   cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, optimizer: Any = None,
+                    scheduler: Any, state: dict[str, Any], keep: int,
+                    weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None,
+                    rng_states: list[dict[str, Any]] | None = None) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically; returns its folder.
+
+    Pass either ``model``/``optimizer`` (single process, DDP) or the gathered ``weights``/``optimizer_state``
+    (FSDP/DeepSpeed; ``optimizer_state`` may be None). ``rng_states`` holds one entry per rank.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if weights is None:
+        if model is None:
+            raise ValueError("save_checkpoint needs model or weights")
+        weights = trainable_state(model)
+    if optimizer_state is None and optimizer is not None:
+        optimizer_state = optimizer.state_dict()
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    names = ["trainable.safetensors", "scheduler.pt", "rng.pt"]
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        names.append("optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"cpu": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
-    for name in ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt"):
+    ranks = rng_states or [rng_state()]
+    torch.save({**ranks[0], "ranks": ranks}, tmp / "rng.pt")
+    for name in names:
         with open(tmp / name, "rb") as fh:
             os.fsync(fh.fileno())
     with open(tmp / "state.json", "w", encoding="utf-8") as fh:
@@ -60,13 +133,27 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module, optimizer: torch
         fh.flush()
         os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists():  # the same step again (e.g. a rerun after the last step): move the old one aside first
+        _discard(final)
     os.replace(tmp, final)
     _fsync_dir(root)
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
     return final
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint folder without ever leaving half of it under its ``step-`` name.
+
+    ``shutil.rmtree`` removes files one by one, so a kill in the middle could leave ``state.json`` next to a
+    missing weights file, a folder that looks complete but cannot load. Renaming it to a temp name first is
+    atomic; :func:`clean_partial` removes whatever a kill leaves of the temp folder.
+    """
+    trash = path.with_name(f".tmp-del-{path.name}-{os.getpid()}")
+    if trash.exists():
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -90,20 +177,56 @@ def clean_partial(root: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG from ``path``; returns ``state.json``."""
+def load_weights(path: Path, model: nn.Module, *, zero3: bool = False) -> None:
+    """Copy the checkpoint's trainable weights into ``model`` (call before ``accelerator.prepare``).
+
+    Under DeepSpeed ZeRO-3 (``zero3``) the parameters are partitioned from loading on, so each is gathered,
+    written on rank 0 and re-partitioned (``deepspeed.zero.GatheredParameters``); the engine then builds its
+    fp32 master weights from them at ``prepare``.
+    """
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
         raise RuntimeError(f"checkpoint {path} does not fit this model (unknown parameters, e.g. {missing[0]})")
+    if zero3:
+        import deepspeed  # type: ignore[import-not-found]
+
+        targets = [params[n] for n in weights]
+        with deepspeed.zero.GatheredParameters(targets, modifier_rank=0), torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value.to(params[name].dtype))
+        return
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+
+
+def load_training_state(path: Path, *, optimizer: Any, scheduler: Any, accelerator: Any = None,
+                        prepared: nn.Module | None = None, rank: int = 0) -> dict[str, Any]:
+    """Restore optimizer, scheduler and this rank's RNG (call after ``prepare``); returns ``state.json``."""
+    kind = backend(accelerator) if accelerator is not None else "ddp"
+    opt_file = path / "optimizer.pt"
+    if opt_file.exists() and kind != "deepspeed":
+        opt_state = torch.load(opt_file, weights_only=True)
+        if kind == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(prepared, getattr(optimizer, "optimizer", optimizer), opt_state,
+                                     options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(opt_state)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["cpu"])
-    if torch.cuda.is_available() and rng["cuda"]:
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    ranks = rng.get("ranks") or [rng]
+    mine = ranks[rank] if rank < len(ranks) else ranks[0]
+    torch.set_rng_state(mine["cpu"])
+    if torch.cuda.is_available() and mine["cuda"]:
+        torch.cuda.set_rng_state_all(mine["cuda"])
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
+
+
+def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG from ``path`` (single process); returns ``state.json``."""
+    load_weights(path, model)
+    return load_training_state(path, optimizer=optimizer, scheduler=scheduler)

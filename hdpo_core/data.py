@@ -116,15 +116,24 @@ def _iter_hub(repo_id: str, split: str) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_jsonl(p: Path) -> Iterator[tuple[str, Any]]:
-    with p.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{p}:{lineno}: not UTF-8 text (byte offset {exc.start} in the line); save the file "
+                                 "as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                yield f"{p}:{lineno}", json.loads(line)
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"{p}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
                                  "each line must be one JSON object") from None
+            except RecursionError:
+                raise InputError(f"{p}:{lineno}: JSON nested too deeply; each line must be one flat row "
+                                 "object") from None
+            yield f"{p}:{lineno}", row
 
 
 def _iter_json(p: Path) -> Iterator[tuple[str, Any]]:
@@ -132,6 +141,10 @@ def _iter_json(p: Path) -> Iterator[tuple[str, Any]]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}:{exc.lineno}: invalid JSON ({exc.msg}); the file must hold a list of objects") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not UTF-8 text (byte offset {exc.start}); save the file as UTF-8") from None
+    except RecursionError:
+        raise InputError(f"{p}: JSON nested too deeply; the file must hold a list of row objects") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):

@@ -6,6 +6,14 @@ states of positions that predict a completion token, and sends those through the
 (:func:`hdpo_core.logps.chunked_token_logps`), so neither prompt nor padding positions ever reach the
 ``[tokens, vocab]`` projection.
 
+Packed batches (:func:`hdpo_core.batching.packed_batch`) carry a ``segments`` layout: attention then runs per
+segment (:func:`segment_attention`), so there is no ``[T, T]`` mask and no attention across pairs, and a pair's
+prompt is computed once for both completions. The segment kernel is installed as a thin wrapper around
+transformers' ``sdpa`` entry that only acts when the forward passes ``hdpo_segments`` (the wrapper survives
+gradient-checkpoint recomputation, which a temporary config switch would not). Models not known to route
+attention through that entry (or using sliding windows / soft-capping) get the same layout as an explicit
+4D boolean mask instead, which is slower but exact.
+
 Under LoRA the reference is the same module with the adapter switched off (``reference_mode``), so there is
 no second copy of the weights; under full fine-tuning the reference is a frozen copy wrapped the same way.
 """
@@ -17,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .batching import TokenBatch
@@ -42,6 +51,105 @@ class SequenceScores:
     @property
     def rejected(self) -> torch.Tensor:
         return self.logps[1::2]
+
+
+SEGMENTS_KWARG = "hdpo_segments"
+# families whose attention calls ALL_ATTENTION_FUNCTIONS["sdpa"](module, q, k, v, mask, **kwargs) (tested: llama, qwen2)
+_SEGMENT_FAMILIES = {"llama", "qwen2", "qwen3", "mistral"}
+_installed: dict[str, object] = {}
+
+
+def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      segments: tuple[tuple[int, int, int, int, int], ...], *, scaling: float | None = None,
+                      dropout: float = 0.0) -> torch.Tensor:
+    """Attention within each segment of packed rows.
+
+    Args:
+        query: ``[rows, Hq, T, D]``; key, value: ``[rows, Hkv, T, D]`` (grouped-query heads are repeated).
+        segments: ``(row, start, prefix, a, b)`` per segment, in row and position order (see TokenBatch):
+            ``prefix + a`` tokens are causal; the ``b`` tokens after them see the prefix and themselves only.
+
+    Returns:
+        ``[rows, T, Hq, D]`` (transformers' attention output layout); positions outside segments are zero.
+    """
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    rows, heads, width, dim = query.shape
+    out_rows = []
+    # 4D [1, H, L, D] inputs keep sdpa on its fused CPU/GPU kernels (3D falls back to the math path), and
+    # unbind/split (not slicing) keep the backward to one concatenation instead of a full-size copy per slice
+    for row, (q_r, k_r, v_r) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0), strict=True)):
+        segs = [s for s in segments if s[0] == row]
+        sizes: list[int] = []
+        cursor = 0
+        for _, start, prefix, a, b in segs:
+            sizes += [start - cursor, prefix, a, b]
+            cursor = start + prefix + a + b
+        sizes.append(width - cursor)
+        qs, ks, vs = (t.unsqueeze(0).split(sizes, dim=2) for t in (q_r, k_r, v_r))
+        pieces = []
+        for i, (_, _, prefix, a, b) in enumerate(segs):
+            gap, p_, a_, b_ = 4 * i, 4 * i + 1, 4 * i + 2, 4 * i + 3
+            if sizes[gap]:
+                pieces.append(qs[gap].new_zeros(1, heads, sizes[gap], dim))
+            cat = (lambda t: torch.cat([t[p_], t[a_]], dim=2)) if a else (lambda t: t[p_])
+            pieces.append(F.scaled_dot_product_attention(cat(qs), cat(ks), cat(vs), is_causal=True,
+                                                         dropout_p=dropout, scale=scaling))
+            if b:
+                # query i of the branch sees the prefix and branch tokens 0..i: bottom-right aligned causal
+                mask = torch.ones(b, prefix + b, dtype=torch.bool, device=query.device).tril(diagonal=prefix)
+                pieces.append(F.scaled_dot_product_attention(
+                    qs[b_], torch.cat([ks[p_], ks[b_]], dim=2), torch.cat([vs[p_], vs[b_]], dim=2),
+                    attn_mask=mask, dropout_p=dropout, scale=scaling))
+        if sizes[-1]:
+            pieces.append(query.new_zeros(1, heads, sizes[-1], dim))
+        out_rows.append(torch.cat(pieces, dim=2))
+    return torch.cat(out_rows).transpose(1, 2).contiguous()  # [rows, T, H, D]
+
+
+def _install_segment_attention() -> None:
+    """Wrap transformers' global ``sdpa`` attention entry: segment attention when ``hdpo_segments`` is passed,
+    the original function otherwise (idempotent)."""
+    if "sdpa" in _installed:
+        return
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def sdpa_or_segments(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        segments = kwargs.pop(SEGMENTS_KWARG, None)
+        if segments is None:
+            return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return segment_attention(query, key, value, segments, scaling=scaling, dropout=dropout), None
+
+    ALL_ATTENTION_FUNCTIONS.register("sdpa", sdpa_or_segments)
+    _installed["sdpa"] = original
+
+
+def supports_segment_attention(lm: nn.Module) -> bool:
+    """True when ``lm``'s attention goes through the wrapped sdpa entry with no sliding window/soft-capping."""
+    cfg = lm.config
+    sliding = "sliding_attention" in (getattr(cfg, "layer_types", None) or []) or getattr(cfg, "use_sliding_window", False)
+    return (cfg.model_type in _SEGMENT_FAMILIES and getattr(cfg, "_attn_implementation", None) == "sdpa"
+            and not sliding and not getattr(cfg, "attn_logit_softcapping", None))
+
+
+def segments_to_mask(segments: tuple[tuple[int, int, int, int, int], ...], rows: int, width: int,
+                     device: torch.device | None = None) -> torch.Tensor:
+    """The ``[rows, 1, T, T]`` boolean mask equivalent to ``segments`` (fallback and tests)."""
+    mask = torch.zeros(rows, width, width, dtype=torch.bool, device=device)
+    for row, start, prefix, a, b in segments:
+        end = start + prefix + a
+        mask[row, start:end, start:end] = torch.ones(end - start, end - start, dtype=torch.bool).tril()
+        if b:
+            mask[row, end:end + b, start:start + prefix] = True
+            mask[row, end:end + b, end:end + b] = torch.ones(b, b, dtype=torch.bool).tril()
+    # padding rows attend to themselves so softmax stays finite (their outputs are never scored)
+    idle = ~mask.any(-1)
+    mask[idle.nonzero(as_tuple=True) + (idle.nonzero(as_tuple=True)[1],)] = True
+    return mask[:, None]
 
 
 def _unwrap_causal_lm(model: nn.Module) -> nn.Module:
@@ -77,21 +185,40 @@ class SequenceScorer(nn.Module):
             yield
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor,
-                target_ids: torch.Tensor, target_seq: torch.Tensor, num_seqs: int) -> tuple[torch.Tensor, ...]:
-        """Returns ``(logps, entropy_sum, token_counts)``, each ``[num_seqs]`` (see :class:`SequenceScores`)."""
+                target_ids: torch.Tensor, target_seq: torch.Tensor, num_seqs: int,
+                segments: tuple[tuple[int, int, int, int, int], ...] | None = None,
+                score_pos: torch.Tensor | None = None, score_tgt: torch.Tensor | None = None,
+                score_seq: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Returns ``(logps, entropy_sum, token_counts)``, each ``[num_seqs]`` (see :class:`SequenceScores`).
+
+        With ``segments`` (packed layout) the scored positions come from ``score_pos/score_tgt/score_seq``.
+        """
         lm = self.causal_lm
         backbone = getattr(lm, lm.base_model_prefix)
-        if attention_mask.dim() == 4 and getattr(lm.config, "_attn_implementation", "sdpa") == "eager":
+        extra = {}
+        if segments is not None:
+            if supports_segment_attention(lm):
+                _install_segment_attention()
+                extra[SEGMENTS_KWARG] = segments
+                # an already-4D mask is passed through untouched; the segment kernel ignores it
+                attention_mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=input_ids.device)
+            else:
+                attention_mask = segments_to_mask(segments, *input_ids.shape, device=input_ids.device)
+        if attention_mask.dim() == 4 and not extra and getattr(lm.config, "_attn_implementation", "sdpa") == "eager":
             # eager attention adds the mask to the scores: turn the boolean block mask into 0 / -inf
             dtype = next(lm.parameters()).dtype
             attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device
                                          ).masked_fill(~attention_mask, torch.finfo(dtype).min)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False).last_hidden_state  # [rows, T, H]
-        valid = target_ids.ne(-100)
-        h = hidden[valid]  # [N, H]
-        targets = target_ids[valid]  # [N]
-        seq = target_seq[valid]  # [N]
+                          use_cache=False, **extra).last_hidden_state  # [rows, T, H]
+        if score_pos is not None:
+            h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, score_pos)  # [N, H]
+            targets, seq = score_tgt, score_seq
+        else:
+            valid = target_ids.ne(-100)
+            h = hidden[valid]  # [N, H]
+            targets = target_ids[valid]  # [N]
+            seq = target_seq[valid]  # [N]
         head = lm.get_output_embeddings()
         softcap = getattr(lm.config, "final_logit_softcapping", None)
         if isinstance(head, nn.Linear) and not softcap and type(head).forward is nn.Linear.forward:
@@ -113,6 +240,10 @@ class SequenceScorer(nn.Module):
 
 def score(scorer: nn.Module, batch: TokenBatch) -> SequenceScores:
     """Run a (possibly accelerate-wrapped) :class:`SequenceScorer` on a batch."""
+    extra = {}
+    if batch.segments is not None:
+        extra = {"segments": batch.segments, "score_pos": batch.score_pos, "score_tgt": batch.score_tgt,
+                 "score_seq": batch.score_seq}
     logps, entropy, counts = scorer(batch.input_ids, batch.position_ids, batch.attention_mask,
-                                    batch.target_ids, batch.target_seq, 2 * batch.num_pairs)
+                                    batch.target_ids, batch.target_seq, 2 * batch.num_pairs, **extra)
     return SequenceScores(logps=logps, entropy_sum=entropy, token_counts=counts)

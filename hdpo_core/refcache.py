@@ -6,6 +6,10 @@ The cache key covers what the numbers depend on: the model's weights fingerprint
 token ids of every pair (hence the data, the tokenizer, the chat template, max_length and truncation).
 TRL's precompute has been its most-patched area (anchors.md §3.2); here the cache is a plain safetensors
 file keyed by content, written atomically, and verified against the pair count when loaded.
+
+Distributed: :func:`compute_ref_logps_sharded` gives rank ``r`` the micro-batches ``r, r + world, ...`` of the
+single-process pass (the very same batches, so the numbers are bitwise those of one process) and all-gathers
+the results; only the main process writes the cache file.
 """
 
 from __future__ import annotations
@@ -59,21 +63,78 @@ def compute_ref_logps(pairs: Sequence[TokenizedPair], make_batch: Callable[[Sequ
     return RefLogps(torch.cat(logps), torch.cat(ent), torch.cat(counts))
 
 
+_COLS = 7  # logps (2), entropy_sum (2), token_counts (2), pair index (-1 = padding)
+
+
+def compute_ref_logps_sharded(pairs: Sequence[TokenizedPair],
+                              make_batch: Callable[[Sequence[TokenizedPair]], TokenBatch],
+                              score_ref: Callable[[TokenBatch], SequenceScores], batch_pairs: int, *, rank: int,
+                              world: int, gather: Callable[[torch.Tensor], torch.Tensor]) -> RefLogps:
+    """:func:`compute_ref_logps` split over ``world`` ranks; every rank gets the full result.
+
+    ``gather`` all-gathers a ``[k, 7]`` float64 tensor (same ``k`` on every rank) into ``[world * k, 7]``
+    (``accelerator.gather``). Rank ``rank`` scores micro-batches ``rank, rank + world, ...``, padded to the same
+    row count; float64 carries float32 log-probs and integer counts exactly.
+    """
+    starts = list(range(0, len(pairs), batch_pairs))
+    per_rank = -(-len(starts) // world)
+    out = torch.full((per_rank * batch_pairs, _COLS), -1.0, dtype=torch.float64)
+    with torch.no_grad():
+        for j in range(per_rank):
+            b = j * world + rank
+            if b >= len(starts):
+                break
+            idx = list(range(starts[b], min(starts[b] + batch_pairs, len(pairs))))
+            s = score_ref(make_batch([pairs[i] for i in idx]))
+            rows = slice(j * batch_pairs, j * batch_pairs + len(idx))
+            out[rows, 0:2] = s.logps.float().cpu().view(-1, 2).double()
+            out[rows, 2:4] = s.entropy_sum.float().cpu().view(-1, 2).double()
+            out[rows, 4:6] = s.token_counts.cpu().view(-1, 2).double()
+            out[rows, 6] = torch.tensor(idx, dtype=torch.float64)
+    allrows = gather(out).cpu()
+    allrows = allrows[allrows[:, 6] >= 0]
+    order = allrows[:, 6].long()
+    if sorted(order.tolist()) != list(range(len(pairs))):
+        raise RuntimeError(f"reference log-prob shards do not cover the {len(pairs)} pairs exactly once")
+    full = torch.empty((len(pairs), _COLS), dtype=torch.float64)
+    full[order] = allrows
+    return RefLogps(full[:, 0:2].float(), full[:, 2:4].float(), full[:, 4:6].long())
+
+
+def cache_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / f"ref-logps-{key}.safetensors"
+
+
+def load_cached(path: Path, num_pairs: int) -> RefLogps | None:
+    """The cached tensors if ``path`` holds a complete cache for ``num_pairs`` pairs, else None."""
+    if not path.exists():
+        return None
+    try:
+        t = load_file(str(path))
+        if t["logps"].shape == (num_pairs, 2):
+            return RefLogps(t["logps"], t["entropy_sum"], t["token_counts"])
+    except Exception:  # a damaged cache file is recomputed, never trusted
+        pass
+    return None
+
+
+def save_cached(path: Path, ref: RefLogps) -> None:
+    """Write the cache atomically (call on the main process only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"logps": ref.logps.contiguous(), "entropy_sum": ref.entropy_sum.contiguous(),
+               "token_counts": ref.token_counts.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+
+
 def load_or_compute(cache_dir: Path | None, key: str, num_pairs: int, compute: Callable[[], RefLogps]) -> tuple[RefLogps, bool]:
-    """Return ``(ref, hit)``: the cached tensors for ``key`` if present and complete, else computed and saved."""
-    path = cache_dir / f"ref-logps-{key}.safetensors" if cache_dir is not None else None
-    if path is not None and path.exists():
-        try:
-            t = load_file(str(path))
-            if t["logps"].shape == (num_pairs, 2):
-                return RefLogps(t["logps"], t["entropy_sum"], t["token_counts"]), True
-        except Exception:  # a damaged cache file is recomputed, never trusted
-            pass
+    """Return ``(ref, hit)``: the cached tensors for ``key`` if present and complete, else computed and saved
+    (single process; the distributed path is in the service's train stage)."""
+    path = cache_path(cache_dir, key) if cache_dir is not None else None
+    cached = load_cached(path, num_pairs) if path is not None else None
+    if cached is not None:
+        return cached, True
     ref = compute()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"logps": ref.logps.contiguous(), "entropy_sum": ref.entropy_sum.contiguous(),
-                   "token_counts": ref.token_counts.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        save_cached(path, ref)
     return ref, False

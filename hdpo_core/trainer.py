@@ -161,7 +161,11 @@ def train(
         alpha: gives alpha per step (constant, schedule or controller).
         ref_cache: precomputed reference log-probs per pair (skips the reference forward).
         eval_fn: called every ``opts.eval_every`` steps with the step; returns ``eval/*`` metrics.
-        save_final: writes the final adapter/model folder from the unwrapped policy (main process only).
+        save_final: writes the final adapter/model folder from the unwrapped policy (main process only);
+            under FSDP/DeepSpeed it is also given ``state_dict=`` (the gathered full weights).
+
+    Distributed: every rank calls this with the same arguments; rank ``r`` trains on its contiguous slice of
+    each global batch, and only the main process writes (checkpoints, final, metrics via ``hooks``).
     """
     hooks = hooks or TrainHooks()
     world = accelerator.num_processes
@@ -171,6 +175,13 @@ def train(
                        f"({opts.micro_batch_size}) x processes ({world})")
     torch.manual_seed(opts.seed)
     policy.train()
+    kind = ckpt.backend(accelerator)
+    if accelerator.is_main_process:
+        ckpt.clean_partial(paths.checkpoints)
+    accelerator.wait_for_everyone()
+    last = ckpt.latest_checkpoint(paths.checkpoints)
+    if last is not None:  # weights before prepare: DDP broadcasts them, FSDP2 shards them, ZeRO-3 masters them
+        ckpt.load_weights(last, policy, zero3=kind == "deepspeed")
     scorer = SequenceScorer(policy, chunk_size=chunk_size)
     optimizer, scheduler = _optimizer_and_scheduler(policy, opts)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
@@ -190,13 +201,15 @@ def train(
                 return score(raw_scorer, batch)
 
     start_step, resumed = 0, None
-    ckpt.clean_partial(paths.checkpoints)
-    last = ckpt.latest_checkpoint(paths.checkpoints)
     if last is not None:
-        state = ckpt.load_checkpoint(last, model=raw_scorer.model, optimizer=optimizer, scheduler=scheduler)
+        state = ckpt.load_training_state(last, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
+                                         prepared=scorer, rank=accelerator.process_index)
         start_step = resumed = int(state["step"])
         alpha.load_state(state.get("alpha_state", {}))
         hooks.on_message(f"resuming from {last.name} (step {start_step})")
+        if kind == "deepspeed":
+            hooks.on_message("warning: DeepSpeed resume restores weights, scheduler and alpha; the Adam moments "
+                             "restart (they are not gathered into checkpoints)")
 
     def backward(loss: torch.Tensor, is_last: bool) -> None:
         ctx = accelerator.no_sync(scorer) if not is_last and world > 1 else _nullcontext()
@@ -204,11 +217,17 @@ def train(
             accelerator.backward(loss)
 
     def save(step: int) -> None:
+        # gathering is collective (FSDP/DeepSpeed, per-rank RNG): every rank calls; only the main one writes
+        from accelerate.utils import gather_object
+
+        weights = ckpt.gather_trainable_state(accelerator, scorer, raw_scorer.model)
+        opt_state = ckpt.gather_optimizer_state(accelerator, scorer, optimizer)
+        rngs = gather_object([ckpt.rng_state()]) if world > 1 else [ckpt.rng_state()]
         if accelerator.is_main_process:
             try:
-                ckpt.save_checkpoint(paths.checkpoints, step, model=raw_scorer.model, optimizer=optimizer,
+                ckpt.save_checkpoint(paths.checkpoints, step, weights=weights, optimizer_state=opt_state,
                                      scheduler=scheduler, state={"alpha_state": alpha.state()},
-                                     keep=opts.keep_checkpoints)
+                                     keep=opts.keep_checkpoints, rng_states=rngs)
             except OSError as exc:
                 ckpt.clean_partial(paths.checkpoints)
                 last = ckpt.latest_checkpoint(paths.checkpoints)
@@ -232,7 +251,10 @@ def train(
                                          loss_scale=world / opts.batch_size, backward=backward,
                                          device=accelerator.device)
             grad_norm = _grad_norm(accelerator, scorer, opts.max_grad_norm)
-            total = StepSums.from_tensor(accelerator.reduce(sums.as_tensor().to(accelerator.device), "sum").cpu())
+            # one reduce carries the metric sums and "some rank got SIGTERM", so every rank stops at the same step
+            flag = torch.tensor([1.0 if stop.signal is not None else 0.0], dtype=torch.float64)
+            reduced = accelerator.reduce(torch.cat([sums.as_tensor(), flag]).to(accelerator.device), "sum").cpu()
+            total, stop_now = StepSums.from_tensor(reduced[:-1]), bool(reduced[-1] > 0)
             means = total.means()
             finite = math.isfinite(means["loss"]) and math.isfinite(grad_norm)
             if finite:
@@ -243,7 +265,9 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             alpha.update(step, means["entropy"])
             elapsed = time.perf_counter() - t0
+            target = alpha.state().get("entropy_target")
             metrics = {"step": step + 1, **means, "alpha": a, "learning_rate": scheduler.get_last_lr()[0],
+                       **({"entropy_target": target} if target is not None else {}),
                        "grad_norm": grad_norm, "tokens": int(total.values["tokens"]),
                        "tokens_per_s": total.values["tokens"] / max(elapsed, 1e-9), "step_time_s": elapsed,
                        "peak_memory_mb": peak_memory_mb(), "epoch": (step + 1) * opts.batch_size / len(pairs),
@@ -257,12 +281,17 @@ def train(
                 hooks.on_progress(step + 1, opts.total_steps)
             if (step + 1) % opts.save_every == 0 and step + 1 < opts.total_steps:
                 save(step + 1)
-            if stop.signal is not None:
+            if stop_now:
                 save(step + 1)
-                raise Interrupted(f"stopped by signal {stop.signal} after step {step + 1}; checkpoint written, "
+                raise Interrupted(f"stopped by signal {stop.signal or 'on another rank'} after step {step + 1}; "
+                                  "checkpoint written, "
                                   "rerun the same job to resume")
+    full_state = ckpt.gather_full_state(accelerator, scorer)  # collective under FSDP/DeepSpeed
     if accelerator.is_main_process:
-        save_final(raw_scorer.model)
+        if full_state is None:
+            save_final(raw_scorer.model)
+        else:
+            save_final(raw_scorer.model, state_dict=full_state)
     save(opts.total_steps)
     return TrainResult(steps=opts.total_steps, resumed_from=resumed, final_dir=paths.final, last_metrics=metrics)
 

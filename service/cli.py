@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -54,6 +55,144 @@ def guarded(fn: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(code=130) from None
+
+
+@app.command()
+def run(
+    job: Annotated[Path, typer.Argument(help="Job spec YAML.")],
+    force: Annotated[bool, typer.Option("--force", help="Redo finished stages; ignore a different job's run folder.")] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only these stages (repeatable).")] = None,
+) -> None:
+    """Run every enabled stage of a job: train, eval, merge, export, push."""
+    from service.pipeline import run_job
+
+    guarded(lambda: run_job(job, force=force, only=tuple(only or ())))
+
+
+@app.command()
+def launch(
+    job: Annotated[Path, typer.Argument(help="Job spec YAML.")],
+    num_processes: Annotated[int | None, typer.Option("--num-processes", help="Processes in total (default: distributed.num_processes).")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config-file", help="accelerate config file (default: the backend's in deploy/accelerate/).")] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="DDP over gloo on the CPU.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the accelerate launch command only.")] = False,
+) -> None:
+    """Run the job on several processes: builds, prints and runs `accelerate launch ... hdpo-tune run JOB`."""
+    from service.launch import launch as launch_job
+
+    guarded(lambda: launch_job(job, num_processes=num_processes, config_file=config_file, cpu=cpu,
+                               dry_run=dry_run, log=typer.echo))
+
+
+@app.command()
+def validate(job: Annotated[Path, typer.Argument(help="Job spec YAML.")]) -> None:
+    """Check the spec, model, tokenizer, data and run folder without training; list every problem (exit 2)."""
+    from service.validate import run_validate
+
+    raise typer.Exit(guarded(lambda: run_validate(job)))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the job spec."""
+    import json
+
+    from service.spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to write the example job spec.")] = Path("job.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write an annotated example job spec (every field, its default and what it does)."""
+    from service.init_template import write_example_spec
+
+    written = guarded(lambda: write_example_spec(path, force=force))
+    typer.echo(f"wrote {written}; edit model.name_or_path, data.train and output.dir, then `hdpo-tune validate {written}`")
+
+
+@app.command()
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (holds job.resolved.yaml and final/).")],
+    force: Annotated[bool, typer.Option("--force", help="Redo the merge even if merged/ is up to date.")] = False,
+) -> None:
+    """Merge the LoRA adapter into the base (float32, checked) and write RUN/merged/ with a model card."""
+    from service.ship import merge_run
+
+    guarded(lambda: merge_run(run_dir, force=force, log=typer.echo))
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (merged first if needed).")],
+    force: Annotated[bool, typer.Option("--force", help="Re-export even if onnx/ is current and validated.")] = False,
+) -> None:
+    """Export RUN/merged/ to ONNX with KV cache in RUN/onnx/ and validate it against PyTorch."""
+    from service.ship import export_run
+
+    guarded(lambda: export_run(run_dir, force=force, log=typer.echo))
+
+
+@app.command()
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with merged/ (and onnx/).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.")] = False,
+) -> None:
+    """Push RUN/merged/ (and RUN/onnx/ under onnx/) to hub.repo_id. Token from HF_TOKEN only."""
+    from service.ship import push_run
+
+    guarded(lambda: push_run(run_dir, dry_run=dry_run, log=typer.echo))
+
+
+@app.command()
+def generate(
+    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX folder written by `hdpo-tune export`.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="Prompt text.")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = 1.0,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
+) -> None:
+    """Generate with onnxruntime alone (no torch import): the serving check."""
+    from service.ship import generate_onnx
+
+    text = guarded(lambda: generate_onnx(onnx, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed))
+    typer.echo(text)
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[str, typer.Argument(help="Model, adapter, ONNX export or run folder.")],
+    job: Annotated[Path | None, typer.Option("--job", help="Job YAML whose eval: section to use.")] = None,
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Task file (JSONL).")] = None,
+    ref: Annotated[str | None, typer.Option("--ref", help="Reference (base) model folder.")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Output folder (default RUN/eval).")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Samples per prompt.")] = None,
+    temperatures: Annotated[str | None, typer.Option("--temperatures", help="e.g. 0.25,0.5,1.0")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens per sample.")] = None,
+    verifier: Annotated[str | None, typer.Option("--verifier", help="math | code | exact | regex")] = None,
+) -> None:
+    """Evaluate a model: accuracy and pass@k per temperature, diversity, entropy, preference metrics."""
+    from service.eval_stage import evaluate_cli
+
+    guarded(lambda: evaluate_cli(target, job=job, tasks=tasks, ref=ref, out=out, n=n, temperatures=temperatures,
+                                 top_p=top_p, seed=seed, max_new_tokens=max_new_tokens, verifier=verifier, log=typer.echo))
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[str], typer.Argument(help="Run folders with eval/results.json.")],
+    out: Annotated[str | None, typer.Option("--out", help="Output folder (default ./compare).")] = None,
+) -> None:
+    """Compare runs (e.g. an alpha sweep): pass@k, accuracy vs temperature, entropy vs alpha."""
+    from service.eval_stage import compare_runs
+
+    typer.echo(guarded(lambda: compare_runs(run_dirs, out=out)))
 
 
 def _with_default_command(argv: list[str]) -> list[str]:

@@ -2,7 +2,8 @@
 
 Every stage is idempotent: a finished stage is recorded in ``status.json`` (``stages``) and skipped when the
 job is run again, unless ``force``. A failure writes ``state: failed`` with the one-line error; SIGTERM/SIGINT
-writes ``interrupted`` after the trainer's checkpoint. Only the main process writes the run folder.
+writes ``interrupted`` after the trainer's checkpoint. Only the main process writes the run folder; under a
+distributed launch the other ranks take part in training only and leave the later stages to the main process.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ STAGES = ("train", "eval", "merge", "export", "push")
 
 
 def _is_main() -> bool:
-    from accelerate import PartialState
+    from .launch import process_state
 
-    return bool(PartialState().is_main_process)
+    return bool(process_state().is_main_process)
+
+
+def _wait_for_everyone() -> None:
+    """Barrier across launched processes (no-op in a single process)."""
+    from .launch import process_state
+
+    process_state().wait_for_everyone()
 
 
 def _enabled(spec: JobSpec, stage: str) -> bool:
@@ -46,7 +54,7 @@ def _stage_fn(stage: str, spec: JobSpec, rd: RunDir, force: bool) -> Callable[[]
     if stage == "train":
         from .train_stage import run_train_stage
 
-        return lambda: run_train_stage(spec, rd)
+        return lambda: run_train_stage(spec, rd, fresh=force)
     if stage == "eval":
         from .eval_stage import run_eval_for_job
 
@@ -67,16 +75,18 @@ def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> di
     resolved = spec_to_dict(spec)
     main = _is_main()
     if main:
-        if not force:
-            rd.check_compatible(resolved)
+        rd.check_compatible(resolved, force=force)
         rd.path.mkdir(parents=True, exist_ok=True)
         rd.write_resolved_spec(resolved)
         rd.write_versions()
+    _wait_for_everyone()  # every rank reads status.json only after the main process has checked the folder
     done = set((rd.read_status() or {}).get("stages_done", [])) if not force else set()
     results: dict[str, Any] = {}
     for stage in STAGES:
         if only and stage not in only or not _enabled(spec, stage):
             continue
+        if stage != "train" and not main:
+            continue  # eval/merge/export/push read final/ from disk and write the run folder: main process only
         if stage in done:
             print(f"{stage}: already done in {rd.path} (use --force to redo)", file=sys.stderr)
             continue

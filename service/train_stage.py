@@ -100,16 +100,18 @@ def alpha_controller(spec: Any, steps: int) -> Any:
     return ScheduledAlpha(start=float(spec.hdpo.alpha))
 
 
-def _save_final(model: Any, tokenizer: Any, final: Path) -> None:
-    """Write the adapter (LoRA) or the full model with tokenizer into ``final`` atomically."""
+def _save_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, Any] | None = None) -> None:
+    """Write the adapter (LoRA) or the full model with tokenizer into ``final`` atomically (main process).
+
+    ``state_dict``: the gathered full weights under FSDP/DeepSpeed, where the module's own are shards."""
     try:
-        _write_final(model, tokenizer, final)
+        _write_final(model, tokenizer, final, state_dict)
     except OSError as exc:
         raise RunError(f"cannot write the final model to {final} ({exc.strerror or exc}); the last checkpoint "
                        "is kept: free disk space and rerun the job") from None
 
 
-def _write_final(model: Any, tokenizer: Any, final: Path) -> None:
+def _write_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, Any] | None = None) -> None:
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -117,7 +119,10 @@ def _write_final(model: Any, tokenizer: Any, final: Path) -> None:
     if gen is not None:
         gen.eos_token_id = tokenizer.eos_token_id
         gen.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(str(tmp))
+    if state_dict is None:
+        model.save_pretrained(str(tmp))
+    else:
+        model.save_pretrained(str(tmp), state_dict=state_dict)
     tokenizer.save_pretrained(str(tmp))
     if final.exists():
         shutil.rmtree(final)
@@ -128,14 +133,28 @@ def make_accelerator(spec: Any) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    acc = Accelerator(mixed_precision=spec.train.mixed_precision)
+    from .launch import wants_cpu
+
+    acc = Accelerator(mixed_precision=spec.train.mixed_precision, cpu=wants_cpu())
     set_seed(spec.train.seed)
     return acc
 
 
-def run_train_stage(spec: Any, rd: RunDir) -> dict[str, Any]:
-    """Train and write ``final/``; returns the last logged metrics plus data info."""
+#: What a fresh start (``--force``) removes before training: the previous run's training results.
+TRAINING_OUTPUTS = ("checkpoints", "final", "final.tmp", "metrics.jsonl", "tensorboard")
+
+
+def run_train_stage(spec: Any, rd: RunDir, *, fresh: bool = False) -> dict[str, Any]:
+    """Train and write ``final/``; returns the last logged metrics plus data info.
+
+    ``fresh`` (``run --force``) starts over: the folder's checkpoints, final model and metrics are removed
+    first, so training never resumes from the checkpoint of the run it replaces (possibly another job's).
+    """
     accelerator = make_accelerator(spec)
+    if fresh:
+        if accelerator.is_main_process:
+            _clear_training_outputs(rd.path)
+        accelerator.wait_for_everyone()
     mopts = model_options(spec)
     tokenizer = load_tokenizer(mopts)
     data = prepare_data(spec, tokenizer)
@@ -145,6 +164,7 @@ def run_train_stage(spec: Any, rd: RunDir) -> dict[str, Any]:
     if opts.batch_size % (opts.micro_batch_size * world):
         raise InputError(f"train.batch_size ({opts.batch_size}) must be divisible by train.micro_batch_size "
                          f"({opts.micro_batch_size}) x processes ({world}); adjust one of them")
+    _check_backend(spec, accelerator)
     policy, reference = build_policy_and_reference(mopts, lora_options(spec))
     for m in (policy, reference):
         if m is not None and spec.lora is None:
@@ -170,13 +190,23 @@ def run_train_stage(spec: Any, rd: RunDir) -> dict[str, Any]:
     try:
         result = train(accelerator, policy, reference, data.train, pad_token_id=tokenizer.pad_token_id, alpha=alpha,
                        opts=opts, paths=TrainPaths(rd.path / "checkpoints", rd.path / "final"), ref_cache=ref_cache,
-                       eval_fn=eval_fn, save_final=lambda m: _save_final(m, tokenizer, rd.path / "final"),
+                       eval_fn=eval_fn,
+                       save_final=lambda m, state_dict=None: _save_final(m, tokenizer, rd.path / "final", state_dict),
                        hooks=hooks, chunk_size=chunk)
     finally:
         if log:
             log.close()
     return {"steps": result.steps, "resumed_from": result.resumed_from, "metrics": result.last_metrics,
             "data": data.info}
+
+
+def _clear_training_outputs(run_dir: Path) -> None:
+    for name in TRAINING_OUTPUTS:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def _resume_step(root: Path) -> int | None:
@@ -205,13 +235,53 @@ def _precompute(spec: Any, accelerator: Any, policy: Any, reference: Any, pairs:
             with scorer.reference_mode():
                 return score(scorer, batch.to(accelerator.device))
 
-    ref, hit = refcache.load_or_compute(cache_dir, key, len(pairs), lambda: refcache.compute_ref_logps(
-        pairs, make_batch, score_ref, spec.train.micro_batch_size))
-    print(f"reference log-probs: {'reused cache' if hit else 'computed and cached'} ({cache_dir}, key {key})",
-          file=sys.stderr)
+    ref, hit = _load_or_compute_distributed(accelerator, refcache.cache_path(cache_dir, key), pairs, make_batch,
+                                            score_ref, spec.train.micro_batch_size)
+    if accelerator.is_main_process:
+        print(f"reference log-probs: {'reused cache' if hit else 'computed and cached'} ({cache_dir}, key {key})",
+              file=sys.stderr)
     if reference is not None:
         reference.to("cpu")
     return ref
+
+
+def _load_or_compute_distributed(accelerator: Any, path: Path, pairs: list[TokenizedPair], make_batch: Any,
+                                 score_ref: Any, batch_pairs: int) -> tuple[refcache.RefLogps, bool]:
+    """The main process decides hit or miss (its disk is the one that counts) and tells the others. A hit is
+    broadcast from the main process; a miss is scored in shards over all ranks and gathered, and only the main
+    process writes the file. Other ranks never read the cache file, so it may live on a node-local disk."""
+    world = accelerator.num_processes
+    cached = refcache.load_cached(path, len(pairs)) if accelerator.is_main_process else None
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = [cached]
+        broadcast_object_list(box, from_process=0)
+        cached = box[0]
+    if cached is not None:
+        return cached, True
+    ref = refcache.compute_ref_logps_sharded(pairs, make_batch, score_ref, batch_pairs,
+                                             rank=accelerator.process_index, world=world,
+                                             gather=lambda t: accelerator.gather(t.to(accelerator.device)))
+    if accelerator.is_main_process:
+        refcache.save_cached(path, ref)
+    accelerator.wait_for_everyone()
+    return ref, False
+
+
+def _check_backend(spec: Any, accelerator: Any) -> None:
+    """Combinations the engine does not support under DeepSpeed ZeRO-3, where parameters are partitioned from
+    the moment the model loads: a frozen full-weight reference copy and scoring before ``prepare``."""
+    from hdpo_core.checkpoint import backend
+
+    if backend(accelerator) != "deepspeed":
+        return
+    if spec.lora is None:
+        raise InputError("train under DeepSpeed: full fine-tuning needs a frozen reference copy, which ZeRO-3 "
+                         "partitions at load time; use lora:, or distributed.backend: fsdp")
+    if spec.train.precompute_ref_logps:
+        raise InputError("train.precompute_ref_logps is not supported under DeepSpeed ZeRO-3 (it scores before "
+                         "the engine exists); set it to false, or use distributed.backend: fsdp")
 
 
 def _make_eval_fn(accelerator: Any, policy: Any, reference: Any, pairs: list[TokenizedPair], make_batch: Any,

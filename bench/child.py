@@ -1,0 +1,168 @@
+"""One benchmark run in its own process: ``python bench/child.py CONFIG.json``.
+
+Runs either hdpo-tune's engine (``hdpo_core.trainer.train``) or TRL's ``DPOTrainer`` for ``warmup + steps``
+optimizer steps and writes ``{"step_s": [...], "tokens": [...], "peak_mb": ...}`` for the timed steps to
+``config["out"]``. Both sides are timed the same way: wall time between consecutive end-of-step callbacks
+(batch building, forward, backward, optimizer, logging all included), and both count the same real tokens
+per step (prompt+chosen plus prompt+rejected, no padding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _peak_mb(gpu: bool) -> float:
+    import torch
+
+    if gpu:
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Clock:
+    """Per-step wall times and token counts from end-of-step callbacks."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.step_s: list[float] = []
+        self.tokens: list[int] = []
+        self.pending = 0
+
+    def step_end(self) -> None:
+        now = time.perf_counter()
+        self.step_s.append(now - self.last)
+        self.tokens.append(self.pending)
+        self.pending = 0
+        self.last = now
+
+
+def run_hdpo(cfg: dict, rows: list[dict]) -> _Clock:
+    from accelerate import Accelerator
+
+    from hdpo_core.alpha import ScheduledAlpha
+    from hdpo_core.model import LoraOptions, ModelOptions, build_policy_and_reference, disable_dropout
+    from hdpo_core.tokenize import TokenizedPair
+    from hdpo_core.trainer import TrainHooks, TrainOptions, TrainPaths
+
+    mopts = ModelOptions(cfg["model_dir"], dtype=cfg["dtype"], gradient_checkpointing=cfg["grad_ckpt"])
+    lora = LoraOptions(r=16, alpha=32, dropout=0.0) if cfg["mode"] == "lora" else None
+    policy, reference = build_policy_and_reference(mopts, lora)
+    disable_dropout(policy)
+    pairs = [TokenizedPair(tuple(r["prompt_ids"]), tuple(r["chosen_ids"]), tuple(r["rejected_ids"]), f"bench:{i}")
+             for i, r in enumerate(rows)]
+    accelerator = Accelerator(cpu=not cfg["gpu"], mixed_precision="bf16" if cfg["gpu"] else "no")
+    clock = _Clock()
+
+    def on_metrics(m: dict) -> None:
+        clock.pending = int(m["tokens"])
+        clock.step_end()
+
+    options = dict(cfg.get("hdpo_options", {}))
+    share_prompt = bool(options.pop("share_prompt", True))
+    opts = TrainOptions(total_steps=cfg["warmup"] + cfg["steps"], batch_size=cfg["batch"],
+                        micro_batch_size=cfg["micro"], learning_rate=cfg["lr"], scheduler="constant",
+                        beta=cfg["beta"], save_every=10**9, seed=0, **options)
+    if share_prompt and opts.packing:  # until TrainOptions carries it: the trainer's batcher, prompt shared
+        import hdpo_core.trainer as trainer_mod
+        from hdpo_core.batching import packed_batch
+
+        trainer_mod.make_batcher = lambda o, pad: (
+            lambda ps: packed_batch(ps, pad, row_tokens=o.row_tokens, share_prompt=True))
+    ref_cache = None
+    if cfg.get("precompute"):  # like TRL's precompute_ref_log_probs: scored once before training, not timed
+        import contextlib
+
+        from hdpo_core.forward import SequenceScorer, score
+        from hdpo_core.refcache import compute_ref_logps
+        from hdpo_core.trainer import make_batcher
+
+        device = accelerator.device
+        scorer = SequenceScorer((reference if reference is not None else policy).to(device)).eval()
+        ctx = scorer.reference_mode() if reference is None else contextlib.nullcontext()
+        batcher = make_batcher(opts, 0)
+        with ctx, accelerator.autocast():
+            ref_cache = compute_ref_logps(pairs, lambda ps: batcher(ps).to(device), lambda b: score(scorer, b),
+                                          cfg["micro"])
+        reference = None
+        del scorer
+    from hdpo_core.trainer import train as trainer_train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clock.last = time.perf_counter()
+        trainer_train(accelerator, policy, reference, pairs, pad_token_id=0, alpha=ScheduledAlpha(1.0), opts=opts,
+              paths=TrainPaths(Path(tmp) / "ck", Path(tmp) / "final"), ref_cache=ref_cache,
+              save_final=lambda m: None, hooks=TrainHooks(on_metrics=on_metrics, on_message=lambda s: None),
+              **cfg.get("train_kwargs", {}))
+    return clock
+
+
+def run_trl(cfg: dict, rows: list[dict]) -> _Clock:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    clock = _Clock()
+
+    class Timed(DPOTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            clock.pending += int(inputs["attention_mask"].sum())
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    class StepEnd(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            clock.last = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            clock.step_end()
+
+    tok = AutoTokenizer.from_pretrained(cfg["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=getattr(torch, cfg["dtype"]))
+    peft_config = None
+    if cfg["mode"] == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(
+            output_dir=tmp, per_device_train_batch_size=cfg["micro"],
+            gradient_accumulation_steps=cfg["batch"] // cfg["micro"], learning_rate=cfg["lr"],
+            lr_scheduler_type="constant", max_steps=cfg["warmup"] + cfg["steps"], beta=cfg["beta"],
+            loss_type=["sigmoid"], gradient_checkpointing=cfg["grad_ckpt"], bf16=cfg["gpu"], use_cpu=not cfg["gpu"],
+            max_length=None, padding_free=False, precompute_ref_log_probs=bool(cfg.get("precompute")),
+            report_to="none", save_strategy="no", logging_steps=10, disable_tqdm=True, seed=0,
+            dataloader_num_workers=0, max_grad_norm=1.0,
+        )
+        trainer = Timed(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config,
+                        callbacks=[StepEnd()])
+        trainer.train()
+    return clock
+
+
+def main() -> None:
+    cfg = json.loads(Path(sys.argv[1]).read_text())
+    import torch
+
+    torch.set_num_threads(cfg["threads"])
+    rows = [json.loads(line) for line in Path(cfg["data"]).read_text().splitlines()]
+    clock = (run_hdpo if cfg["engine"] == "hdpo" else run_trl)(cfg, rows)
+    w = cfg["warmup"]
+    out = {"engine": cfg["engine"], "mode": cfg["mode"], "step_s": clock.step_s[w:], "tokens": clock.tokens[w:],
+           "warmup_tokens": clock.tokens[:w], "peak_mb": _peak_mb(cfg["gpu"]), "pid": os.getpid()}
+    Path(cfg["out"]).write_text(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

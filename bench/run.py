@@ -1,0 +1,293 @@
+"""Side-by-side benchmark: hdpo-tune's engine vs TRL's DPOTrainer (alpha = 1, sigmoid loss).
+
+    python bench/run.py [--quick] [--gpu] [--reps N] [--mode lora|full|both] [--sweep-lengths] [--dry-run]
+
+Builds a random-weight model folder and variable-length pairs offline, then runs each engine in its own
+process (``bench/child.py``), alternating hdpo, trl, hdpo, trl, ... for ``--reps`` repetitions, and prints a
+markdown table of medians with ratios to TRL. Results go to ``bench/results/*.json``.
+Both sides get the same model, data (every pair used once), batch, micro-batch, lr, beta, dtype, steps,
+gradient checkpointing setting and torch thread count; TRL runs with ``padding_free=False`` (the only value
+TRL 1.16 accepts) and ``max_length=None`` (no truncation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.fixtures import (  # noqa: E402
+    CPU_LENGTHS,
+    CPU_SHAPE,
+    GPU_LENGTHS,
+    GPU_SHAPE,
+    LengthSpec,
+    ModelShape,
+    build_model_folder,
+    counted_tokens,
+    make_pairs,
+)
+
+H100_BF16_PEAK = 989e12
+
+
+@dataclass
+class Plan:
+    gpu: bool
+    modes: list[str]
+    reps: int
+    steps: int
+    warmup: int
+    batch: int
+    micro: int
+    threads: int
+    grad_ckpt: bool
+    precompute: bool
+    lr: float = 1e-5
+    beta: float = 0.1
+    shape: ModelShape = field(default_factory=ModelShape)
+    lengths: LengthSpec = field(default_factory=LengthSpec)
+    engines: tuple[str, ...] = ("hdpo", "trl")
+    hdpo_options: dict = field(default_factory=dict)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 rep, few steps (a smoke run)")
+    ap.add_argument("--gpu", action="store_true", help="Qwen2.5-0.5B shape, bf16, ~1100 tokens per pair")
+    ap.add_argument("--reps", type=int, default=None, help="alternating repetitions per engine (default 3)")
+    ap.add_argument("--mode", choices=["lora", "full", "both"], default="both")
+    ap.add_argument("--steps", type=int, default=None, help="timed optimizer steps per run")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps at the start of each run")
+    ap.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
+    ap.add_argument("--micro", type=int, default=None, help="pairs per micro-batch (default = --batch)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run (CPU default 1)")
+    ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing ON for both (TRL's default)")
+    ap.add_argument("--precompute", action="store_true", help="reference log-probs precomputed, both sides")
+    ap.add_argument("--engines", default="hdpo,trl", help="comma list (e.g. hdpo for ablations)")
+    ap.add_argument("--hdpo-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="TrainOptions override for the hdpo side (ablations), e.g. packing=false")
+    ap.add_argument("--sweep-lengths", action="store_true",
+                    help="hdpo cost per token as mean pair length goes 256 -> 2048 at a fixed token budget")
+    ap.add_argument("--budget", type=int, default=None, help="counted tokens per step for --sweep-lengths")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and exit (no model, no runs)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    return ap.parse_args(argv)
+
+
+def _value(text: str):
+    low = text.lower()
+    if low in {"true", "false"}:
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def make_plan(a: argparse.Namespace) -> Plan:
+    reps = a.reps or (1 if a.quick else 3)
+    steps = a.steps or (3 if a.quick else (10 if a.gpu else 6))
+    warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
+    return Plan(gpu=a.gpu, modes=["lora", "full"] if a.mode == "both" else [a.mode], reps=reps, steps=steps,
+                warmup=warmup, batch=a.batch, micro=a.micro or a.batch, threads=a.threads or (8 if a.gpu else 1),
+                grad_ckpt=a.grad_ckpt, precompute=a.precompute, shape=GPU_SHAPE if a.gpu else CPU_SHAPE,
+                lengths=GPU_LENGTHS if a.gpu else CPU_LENGTHS, engines=tuple(a.engines.split(",")),
+                hdpo_options={k: _value(v) for k, v in (o.split("=", 1) for o in a.hdpo_opt)})
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "trl": trl.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
+            "machine": platform.machine(), "cpu": _cpu_name(), "cpus": str(os.cpu_count())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run_child(cfg: dict, work: Path) -> dict:
+    cfg_path = work / f"cfg-{cfg['engine']}-{cfg['mode']}-{cfg['rep']}.json"
+    cfg["out"] = str(work / f"res-{cfg['engine']}-{cfg['mode']}-{cfg['rep']}.json")
+    cfg_path.write_text(json.dumps(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg["threads"]), "MKL_NUM_THREADS": str(cfg["threads"]),
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+           "PYTHONWARNINGS": "ignore"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "child.py"), str(cfg_path)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{cfg['engine']} {cfg['mode']} rep {cfg['rep']} failed:\n{proc.stderr[-4000:]}")
+    res = json.loads(Path(cfg["out"]).read_text())
+    res["wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def summarize(res: dict, params: int, gpu: bool) -> dict:
+    secs, toks = sum(res["step_s"]), sum(res["tokens"])
+    out = {"tokens_per_s": toks / secs, "step_ms": 1000 * secs / len(res["step_s"]), "peak_mb": res["peak_mb"],
+           "tokens_per_step": toks / len(res["tokens"])}
+    if gpu:
+        out["mfu"] = 6 * params * out["tokens_per_s"] / H100_BF16_PEAK
+    return out
+
+
+def _median(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def table(summary: dict[str, dict[str, list[dict]]], gpu: bool) -> str:
+    mem = "peak GPU MiB" if gpu else "peak RSS MiB"
+    head = f"| mode | engine | tokens/s | step ms | {mem} |" + (" MFU (6N) |" if gpu else "") + \
+        " tokens/s vs TRL | memory vs TRL |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for mode, by_engine in summary.items():
+        trl = by_engine.get("trl")
+        for engine, rows in by_engine.items():
+            tps, ms, mb = _median(rows, "tokens_per_s"), _median(rows, "step_ms"), _median(rows, "peak_mb")
+            ratio = f"{tps / _median(trl, 'tokens_per_s'):.2f}x" if trl else "-"
+            mratio = f"{mb / _median(trl, 'peak_mb'):.2f}x" if trl else "-"
+            mfu = f" {100 * _median(rows, 'mfu'):.1f}% |" if gpu else ""
+            lines.append(f"| {mode} | {engine} | {tps:,.0f} | {ms:,.0f} | {mb:,.0f} |{mfu} {ratio} | {mratio} |")
+    return "\n".join(lines)
+
+
+def base_cfg(plan: Plan, model_dir: Path, data: Path) -> dict:
+    return {"model_dir": str(model_dir), "data": str(data), "dtype": plan.shape.dtype, "gpu": plan.gpu,
+            "warmup": plan.warmup, "steps": plan.steps, "batch": plan.batch, "micro": plan.micro, "lr": plan.lr,
+            "beta": plan.beta, "grad_ckpt": plan.grad_ckpt, "threads": plan.threads, "precompute": plan.precompute,
+            "hdpo_options": plan.hdpo_options}
+
+
+def write_data(path: Path, rows: list[dict]) -> None:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def compare(plan: Plan, work: Path, params: int, model_dir: Path) -> dict:
+    n = (plan.warmup + plan.steps) * plan.batch
+    rows = make_pairs(n, plan.lengths, plan.shape.vocab_size, seed=1)
+    data = work / "pairs.jsonl"
+    write_data(data, rows)
+    summary: dict[str, dict[str, list[dict]]] = {}
+    raw = []
+    for mode in plan.modes:
+        summary[mode] = {e: [] for e in plan.engines}
+        for rep in range(plan.reps):
+            for engine in plan.engines:  # alternating: hdpo, trl, hdpo, trl, ...
+                cfg = {**base_cfg(plan, model_dir, data), "engine": engine, "mode": mode, "rep": rep}
+                res = run_child(cfg, work)
+                s = summarize(res, params, plan.gpu)
+                summary[mode][engine].append(s)
+                raw.append({"mode": mode, "engine": engine, "rep": rep, **s, "step_s": res["step_s"],
+                            "tokens": res["tokens"]})
+                print(f"  {mode:4s} {engine:4s} rep {rep}: {s['tokens_per_s']:,.0f} tok/s, {s['step_ms']:,.0f} ms/step,"
+                      f" peak {s['peak_mb']:,.0f} MiB", file=sys.stderr, flush=True)
+    return {"summary": summary, "runs": raw, "data": {"pairs": n, "mean_counted_tokens_per_pair":
+                                                      sum(map(counted_tokens, rows)) / n}}
+
+
+def sweep(plan: Plan, work: Path, params: int, model_dir: Path, budget: int) -> dict:
+    """hdpo only: seconds per 1k counted tokens at a fixed token budget per step, mean pair 256 -> 2048."""
+    points = []
+    for mean_pair in (256, 512, 1024, 2048):
+        lengths = plan.lengths.scaled_to(mean_pair)
+        probe = make_pairs(64, lengths, plan.shape.vocab_size, seed=2)
+        per_pair = sum(map(counted_tokens, probe)) / len(probe)
+        batch = max(1, round(budget / per_pair))
+        sub = Plan(**{**asdict(plan), "shape": plan.shape, "lengths": lengths, "batch": batch, "micro": batch})
+        rows = make_pairs((sub.warmup + sub.steps) * batch, lengths, plan.shape.vocab_size, seed=3)
+        data = work / f"pairs-{mean_pair}.jsonl"
+        write_data(data, rows)
+        res_rows = []
+        for rep in range(plan.reps):
+            cfg = {**base_cfg(sub, model_dir, data), "engine": "hdpo", "mode": plan.modes[0], "rep": rep}
+            res_rows.append(summarize(run_child(cfg, work), params, plan.gpu))
+        tps = _median(res_rows, "tokens_per_s")
+        points.append({"mean_pair_tokens": mean_pair, "batch_pairs": batch, "tokens_per_step": _median(res_rows, "tokens_per_step"),
+                       "tokens_per_s": tps, "ms_per_1k_tokens": 1e6 / tps, "peak_mb": _median(res_rows, "peak_mb")})
+        print(f"  sweep {mean_pair}: {1e6 / tps:.1f} ms per 1k tokens (batch {batch})", file=sys.stderr, flush=True)
+    base = points[0]["ms_per_1k_tokens"]
+    for p in points:
+        p["vs_256"] = p["ms_per_1k_tokens"] / base
+    return {"points": points, "max_over_min": max(p["ms_per_1k_tokens"] for p in points) /
+            min(p["ms_per_1k_tokens"] for p in points)}
+
+
+def sweep_table(points: list[dict]) -> str:
+    lines = ["| mean pair tokens | pairs/step | tokens/step | tokens/s | ms per 1k tokens | vs 256 |",
+             "|---|---|---|---|---|---|"]
+    for p in points:
+        lines.append(f"| {p['mean_pair_tokens']} | {p['batch_pairs']} | {p['tokens_per_step']:,.0f} | "
+                     f"{p['tokens_per_s']:,.0f} | {p['ms_per_1k_tokens']:.1f} | {p['vs_256']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse_args(argv)
+    plan = make_plan(a)
+    budget = a.budget or (16384 if a.gpu else 4096)
+    print(f"plan: {json.dumps(asdict(plan))}" + (f" sweep budget {budget} tokens/step" if a.sweep_lengths else ""))
+    if a.dry_run:
+        print(f"data: {(plan.warmup + plan.steps) * plan.batch} pairs, mean {plan.lengths.mean_pair_tokens:.0f} "
+              f"tokens per pair (prompt+chosen+rejected); runs: "
+              f"{len(plan.modes) * plan.reps * len(plan.engines)} child processes, alternating {plan.engines}")
+        return
+    if plan.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu needs CUDA (use --gpu --dry-run to print the plan on CPU)")
+    a.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="hdpo-bench-") as tmp:
+        work = Path(tmp)
+        model_dir = work / "model"
+        params = build_model_folder(plan.shape, model_dir)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        result = {"plan": asdict(plan), "params": params, "versions": versions(), "command": sys.argv}
+        if a.sweep_lengths:
+            result["sweep"] = sweep(plan, work, params, model_dir, budget)
+            text = sweep_table(result["sweep"]["points"]) + \
+                f"\n\nmax/min cost per token: {result['sweep']['max_over_min']:.2f}"
+            name = "sweep"
+        else:
+            result.update(compare(plan, work, params, model_dir))
+            text = table(result["summary"], plan.gpu)
+            name = "compare"
+    dev = "gpu" if plan.gpu else "cpu"
+    path = a.out / f"{name}-{dev}-{stamp}.json"
+    result["table"] = text
+    path.write_text(json.dumps(result, indent=1))
+    print(text)
+    print(f"\nparams {params:,}; results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Compare several runs' evaluations (e.g. an alpha sweep): one PNG (pass@k, accuracy vs temperature,
+entropy vs alpha) and one markdown table, from each ``RUN/eval/results.json`` (+ ``RUN/job.resolved.yaml``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hdpo_core.errors import InputError
+
+from .report import _fmt
+
+
+def load_run(run: Path) -> dict[str, Any]:
+    """``results.json`` of a run folder (or an eval folder, or the file itself), with ``name`` and ``alpha``."""
+    candidates = [run / "eval" / "results.json", run / "results.json", run]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        raise InputError(f"{run}: no eval/results.json; run `hdpo-tune eval {run}` first")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    alpha = results.get("alpha")
+    spec = run / "job.resolved.yaml"
+    if spec.is_file():
+        import yaml
+
+        alpha = ((yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get("hdpo") or {}).get("alpha", alpha)
+    results["alpha"] = alpha
+    results["name"] = run.name if run.is_dir() else run.parent.name
+    return results
+
+
+def _policy(results: dict[str, Any]) -> dict[str, Any]:
+    return (results.get("sampling") or {}).get("policy") or {}
+
+
+def compare_table(runs: list[dict[str, Any]]) -> str:
+    temps = sorted({k for r in runs for k in _policy(r)}, key=float)
+    head = ["run", "alpha", *[f"acc T={t}" for t in temps], *[f"pass@n T={t}" for t in temps],
+            "entropy chosen", "entropy samples", "reward acc."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        pol, h = _policy(r), r.get("headline", {})
+        cells = [r["name"], _fmt(r.get("alpha"))]
+        cells += [_fmt(pol[t]["accuracy"]) if t in pol else "n/a" for t in temps]
+        cells += [_fmt(pol[t]["pass_at_k"][-1]) if t in pol else "n/a" for t in temps]
+        cells += [_fmt(h.get("entropy_chosen", {}).get("policy"), 4), _fmt(h.get("entropy_sampled", {}).get("policy"), 4),
+                  _fmt(h.get("reward_accuracy"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(run_dirs: list[Path], out_dir: Path) -> Path:
+    """Write ``out_dir/compare.png`` and ``out_dir/compare.md``; returns the markdown path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not run_dirs:
+        raise InputError("compare: give at least one run folder")
+    runs = sorted((load_run(r) for r in run_dirs), key=lambda r: (r.get("alpha") is None, r.get("alpha") or 0))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
+    styles = ["-", "--", ":", "-."]
+    for i, r in enumerate(runs):
+        color = f"C{i % 10}"
+        pol = _policy(r)
+        for j, (t, m) in enumerate(sorted(pol.items(), key=lambda kv: float(kv[0]))):
+            ks = range(1, len(m["pass_at_k"]) + 1)
+            ax1.plot(ks, m["pass_at_k"], styles[j % 4], color=color, label=f"{r['name']} T={t}")
+        if pol:
+            ax2.plot([m["temperature"] for m in pol.values()], [m["accuracy"] for m in pol.values()], "-o",
+                     color=color, label=f"{r['name']} (alpha={_fmt(r.get('alpha'), 2)})")
+    ax1.set(xlabel="k", ylabel="pass@k", title="pass@k (line style = temperature)", ylim=(0, 1.02))
+    ax2.set(xlabel="temperature", ylabel="accuracy", title="accuracy vs temperature", ylim=(0, 1.02))
+    for key, label, marker in (("entropy_sampled", "own samples", "o"), ("entropy_chosen", "held-out chosen", "s")):
+        pts = [(r["alpha"], r.get("headline", {}).get(key, {}).get("policy")) for r in runs]
+        pts = [(a, e) for a, e in pts if a is not None and e is not None and math.isfinite(e)]
+        if pts:
+            ax3.plot([a for a, _ in pts], [e for _, e in pts], "-" + marker, label=f"policy, {label}")
+        refs = [r.get("headline", {}).get(key, {}).get("reference") for r in runs]
+        refs = [e for e in refs if e is not None]
+        if refs:
+            ax3.axhline(sum(refs) / len(refs), linestyle="--", color="gray", label=f"reference, {label}")
+    ax3.set(xlabel="alpha", ylabel="entropy (nats/token)", title="entropy vs alpha")
+    for ax in (ax1, ax2, ax3):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "compare.png", dpi=100)
+    plt.close(fig)
+    md = out_dir / "compare.md"
+    md.write_text("# Run comparison\n\n" + compare_table(runs) + "\n![comparison](compare.png)\n", encoding="utf-8")
+    return md

@@ -1,0 +1,117 @@
+"""Write an evaluation: ``results.json``, ``samples.jsonl``, ``summary.md`` and PNG plots (matplotlib Agg)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf become ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    return value
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if isinstance(x, float):
+        return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
+    return "n/a" if x is None else str(x)
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """A readable summary: sampling table per model and temperature, preference metrics, entropy."""
+    lines = [f"# Evaluation of `{results.get('target', '?')}`", ""]
+    lines.append(f"alpha = {_fmt(results.get('alpha'))}, beta = {_fmt(results.get('beta'))}, "
+                 f"verifier = {results.get('verifier')}, seed = {results.get('settings', {}).get('seed')}")
+    sampling = results.get("sampling") or {}
+    if sampling:
+        n = results["settings"]["n"]
+        lines += ["", f"## Sampling ({results.get('num_tasks')} tasks x {n} samples)", "",
+                  f"| model | temperature | accuracy | pass@1 | pass@{n} | entropy (nats/token) | distinct-2 | "
+                  "unique answers | pairwise similarity | mean new tokens |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, per_temp in sampling.items():
+            for key, m in per_temp.items():
+                d = m["diversity"]
+                lines.append(f"| {name} | {key} | {_fmt(m['accuracy'])} | {_fmt(m['pass_at_k'][0])} | "
+                             f"{_fmt(m['pass_at_k'][-1])} | {_fmt(m['entropy_sampled'])} | {_fmt(d['distinct_2'])} | "
+                             f"{_fmt(d['unique_answers'])} | {_fmt(d['pairwise_similarity'])} | "
+                             f"{_fmt(m['mean_new_tokens'], 1)} |")
+    pref = results.get("preference")
+    if pref:
+        lines += ["", "## Preference metrics (held-out pairs)", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v, 4)} |" for k, v in pref.items()]
+    ent = results.get("headline", {})
+    if ent.get("entropy_chosen") or ent.get("entropy_sampled"):
+        lines += ["", "## Entropy (mean per token, nats)", "", "| model | chosen completions (teacher-forced) | "
+                  f"own samples (T={_fmt(ent.get('entropy_sampled_temperature'), 2)}) |", "|---|---|---|"]
+        for name in ("policy", "reference"):
+            a, b = ent.get("entropy_chosen", {}).get(name), ent.get("entropy_sampled", {}).get(name)
+            if a is not None or b is not None:
+                lines.append(f"| {name} | {_fmt(a, 4)} | {_fmt(b, 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """pass@k per temperature, accuracy vs temperature, entropy bars (policy vs reference)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+    sampling = results.get("sampling") or {}
+    if sampling:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        for name, per_temp in sampling.items():
+            style = "-" if name == "policy" else "--"
+            for key, m in per_temp.items():
+                ks = list(range(1, len(m["pass_at_k"]) + 1))
+                ax1.plot(ks, m["pass_at_k"], style, marker="o", label=f"{name} T={key}")
+            temps = [m["temperature"] for m in per_temp.values()]
+            ax2.plot(temps, [m["accuracy"] for m in per_temp.values()], style, marker="o", label=name)
+        ax1.set(xlabel="k", ylabel="pass@k", title="pass@k (coverage)", ylim=(0, 1.02))
+        ax2.set(xlabel="temperature", ylabel="accuracy (mean over samples)", title="accuracy vs temperature",
+                ylim=(0, 1.02))
+        ax1.legend(fontsize=7)
+        ax2.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out_dir / "sampling.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    head = results.get("headline", {})
+    groups = [("chosen (teacher-forced)", head.get("entropy_chosen", {})), ("own samples", head.get("entropy_sampled", {}))]
+    groups = [(g, v) for g, v in groups if v]
+    if groups:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        width = 0.38
+        for j, name in enumerate(("policy", "reference")):
+            vals = [v.get(name) or 0.0 for _, v in groups]
+            ax.bar([i + (j - 0.5) * width for i in range(len(groups))], vals, width, label=name)
+        ax.set_xticks(range(len(groups)), [g for g, _ in groups])
+        ax.set(ylabel="mean entropy (nats/token)", title="policy vs reference entropy")
+        ax.legend()
+        fig.tight_layout()
+        written.append(out_dir / "entropy.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    return written
+
+
+def write_report(results: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Write every artifact; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(clean(results), indent=2) + "\n", encoding="utf-8")
+    with (out_dir / "samples.jsonl").open("w", encoding="utf-8") as fh:
+        for rec in samples:
+            fh.write(json.dumps(clean(rec)) + "\n")
+    (out_dir / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
+    return [out_dir / "results.json", out_dir / "samples.jsonl", out_dir / "summary.md",
+            *plot_results(results, out_dir)]

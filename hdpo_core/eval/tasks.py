@@ -1,0 +1,50 @@
+"""Task files for the sampling evaluation: JSONL, one task per line.
+
+``prompt`` + ``answer`` (math, exact, regex) or ``prompt`` + ``test`` + ``entry_point`` (code). ``prompt`` is a
+string (tokenised with the tokenizer's special tokens, as training's standard format does) or a list of
+``{role, content}`` messages (rendered with the chat template and a generation prompt).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hdpo_core.errors import InputError
+
+from .verifiers import Verifier
+
+
+def load_tasks(path: str | Path, verifier: Verifier) -> list[dict[str, Any]]:
+    """Read and check every task; raises :class:`InputError` naming ``file:line``."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: task file not found; pass a JSONL file with one task per line (--tasks / eval.tasks)")
+    tasks: list[dict[str, Any]] = []
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{p}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
+            missing = [f for f in verifier.fields if not isinstance(row, dict) or row.get(f) in (None, "")]
+            if missing:
+                raise InputError(f"{p}:{lineno}: missing field(s) {missing}; the '{verifier.name}' verifier needs "
+                                 f"{list(verifier.fields)}")
+            tasks.append(row)
+    if not tasks:
+        raise InputError(f"{p}: task file is empty")
+    return tasks
+
+
+def encode_prompt(tokenizer: Any, prompt: Any) -> list[int]:
+    """Token ids of a task prompt (string or message list)."""
+    if isinstance(prompt, list):
+        if not getattr(tokenizer, "chat_template", None):
+            raise InputError("tasks: message-list prompts need a chat template, but the tokenizer has none")
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(str(prompt), add_special_tokens=True)["input_ids"])

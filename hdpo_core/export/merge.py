@@ -1,0 +1,172 @@
+"""Fold a LoRA adapter into its base model (float32, safe merge), check it, save a servable folder.
+
+Why float32: DPO/H-DPO deltas are small and merging into bf16 measurably moves the loss (peft#1388), so the
+base is reloaded unquantized in float32, merged with ``merge_and_unload(safe_merge=True)`` (which refuses
+NaN), checked against base+adapter logits, and only then cast to the serving dtype.
+The output folder carries ``merge.json`` with a fingerprint of the inputs: a rerun with the same inputs and
+dtype is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from hdpo_core.errors import InputError, RunError
+
+MARKER = "merge.json"
+SAMPLE_TEXTS = (
+    "Question: what is the capital of France? Answer:",
+    "Write a short poem about the sea.",
+    "def fibonacci(n):",
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What the merge did. ``skipped`` = the folder was already up to date (nothing written)."""
+
+    kind: str  # "lora" | "full"
+    skipped: bool
+    dtype: str
+    max_abs_logit_diff: float | None
+    tolerance: float | None
+    fingerprint: str
+    base_model: str | None
+
+
+def is_adapter(folder: Path) -> bool:
+    return (folder / "adapter_config.json").exists()
+
+
+def fingerprint(folder: Path, dtype: str) -> str:
+    """sha256 over file names + contents of ``folder`` (weights and configs) and the target dtype."""
+    h = hashlib.sha256(dtype.encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def up_to_date(out_dir: Path, fp: str) -> dict | None:
+    """The existing ``merge.json`` if ``out_dir`` was produced from the same inputs, else None."""
+    marker = out_dir / MARKER
+    if not marker.exists():
+        return None
+    info = json.loads(marker.read_text())
+    return info if info.get("fingerprint") == fp else None
+
+
+def base_model_of(adapter_dir: Path) -> str | None:
+    """``base_model_name_or_path`` from the adapter config (None when peft recorded none)."""
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    return str(cfg["base_model_name_or_path"]) if cfg.get("base_model_name_or_path") else None
+
+
+def default_dtype(model_dir_or_id: str) -> str:
+    """The base model's own dtype when it is a float type, else float32."""
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(model_dir_or_id), "dtype", None)
+    name = str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+    return name if name in DTYPES else "float32"
+
+
+def _set_generation_ids(model, tokenizer) -> None:  # noqa: ANN001
+    """transformers 5 keeps eos/pad only in generation_config: set them so generate() stops and pads."""
+    gen = model.generation_config
+    if gen.eos_token_id is None:
+        gen.eos_token_id = (
+            tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.config.eos_token_id
+        )
+    if gen.pad_token_id is None:
+        pad = tokenizer.pad_token_id
+        gen.pad_token_id = (
+            pad if pad is not None else (gen.eos_token_id if isinstance(gen.eos_token_id, int) else None)
+        )
+
+
+def _logits(model, batch) -> torch.Tensor:  # noqa: ANN001
+    with torch.no_grad():
+        return model(**batch).logits.float()
+
+
+def merge_lora(
+    adapter_dir: Path, out_dir: Path, *, base_id: str, dtype: str, tolerance: float
+) -> MergeResult:
+    """Merge ``adapter_dir`` into ``base_id`` (folder or Hub id); write ``out_dir`` atomically (via ``.tmp``)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    base = AutoModelForCausalLM.from_pretrained(base_id, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    batch = tokenizer(list(SAMPLE_TEXTS), return_tensors="pt", padding=True)
+    ref = _logits(model, batch)
+    try:
+        merged = model.merge_and_unload(safe_merge=True)
+    except ValueError as exc:  # peft raises ValueError when the merged weights contain NaN
+        raise RunError(f"LoRA merge of {adapter_dir} refused: {exc}; the adapter weights are broken") from exc
+    got = _logits(merged, batch)
+    valid = batch["attention_mask"].bool()
+    diff = float((got - ref).abs()[valid].max())
+    if not diff <= tolerance:
+        raise RunError(
+            f"merged model differs from base+adapter: max abs logit diff {diff:.3g} > merge.tolerance {tolerance:g}"
+        )
+    _set_generation_ids(merged, tokenizer)
+    tokenizer.padding_side = "right"
+    tmp = _fresh(out_dir.with_name(out_dir.name + ".tmp"))
+    merged.to(DTYPES[dtype]).save_pretrained(tmp, max_shard_size="5GB")
+    tokenizer.save_pretrained(tmp)
+    fp = fingerprint(adapter_dir, dtype)
+    result = MergeResult("lora", False, dtype, diff, tolerance, fp, base_id)
+    (tmp / MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    _replace(tmp, out_dir)
+    return result
+
+
+def copy_full(final_dir: Path, out_dir: Path, *, dtype: str) -> MergeResult:
+    """Full fine-tuning: nothing to merge; save the same layout (cast to ``dtype``, eos/pad set)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (final_dir / "config.json").exists():
+        raise InputError(f"{final_dir} holds neither adapter_config.json (LoRA) nor config.json (full model)")
+    tokenizer = AutoTokenizer.from_pretrained(final_dir)
+    model = AutoModelForCausalLM.from_pretrained(final_dir, dtype=DTYPES[dtype])
+    _set_generation_ids(model, tokenizer)
+    tmp = _fresh(out_dir.with_name(out_dir.name + ".tmp"))
+    model.save_pretrained(tmp, max_shard_size="5GB")
+    tokenizer.save_pretrained(tmp)
+    for extra in ("chat_template.jinja",):
+        if (final_dir / extra).exists() and not (tmp / extra).exists():
+            shutil.copy2(final_dir / extra, tmp / extra)
+    fp = fingerprint(final_dir, dtype)
+    result = MergeResult("full", False, dtype, None, None, fp, None)
+    (tmp / MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
+    _replace(tmp, out_dir)
+    return result
+
+
+def _fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _replace(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)

@@ -1,0 +1,182 @@
+"""Model card (``README.md``) and ``provenance.json`` for the merged folder.
+
+The card is generated from the resolved spec and the eval results (never typed by hand), so the pushed
+repo says how it was trained and how to load it. Secrets are stripped before anything is written.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential)", re.IGNORECASE)
+PACKAGES = (
+    "hdpo-tune",
+    "torch",
+    "transformers",
+    "peft",
+    "tokenizers",
+    "huggingface-hub",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+)
+
+
+def scrub(value: Any) -> Any:
+    """Drop secret-looking keys and any string equal to / containing the live HF_TOKEN, recursively."""
+    token = os.environ.get("HF_TOKEN") or None
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items() if not SECRET_KEY.search(str(k))}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    if isinstance(value, str) and token and token in value:
+        return value.replace(token, "***")
+    return value
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def git_commit() -> str | None:
+    """HEAD of the hdpo-tune checkout this code runs from, if it is a git checkout."""
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def fingerprints_in(obj: Any, path: str = "") -> dict[str, Any]:
+    """Every ``*fingerprint*`` / ``*sha256*`` entry found in ``obj`` (nested dicts), keyed by its dotted path."""
+    found: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            where = f"{path}.{k}" if path else str(k)
+            if re.search(r"fingerprint|sha256", str(k), re.IGNORECASE):
+                found[where] = v
+            else:
+                found.update(fingerprints_in(v, where))
+    return found
+
+
+def provenance(spec: dict, *, run_dir: Path, merge_info: dict, extra: dict | None = None) -> dict:
+    """The provenance record: scrubbed spec, versions, git commit, data fingerprints, merge info."""
+    sources = {"spec": spec, **(extra or {})}
+    return scrub(
+        {
+            "run": run_dir.name,
+            "spec": spec,
+            "packages": package_versions(),
+            "git_commit": git_commit(),
+            "data_fingerprints": fingerprints_in(sources),
+            "merge": merge_info,
+        }
+    )
+
+
+def _flat(section: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(section, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in section.items():
+        key = f"{prefix}.{k}"
+        out.update(_flat(v, key) if isinstance(v, dict) else {key: v})
+    return out
+
+
+def dataset_names(data: Any) -> list[str]:
+    """Dataset ids/paths named in the spec's ``data`` section (any string under a key mentioning data/path)."""
+    flat = _flat(data, "data")
+    return sorted(
+        {str(v) for k, v in flat.items() if isinstance(v, str) and re.search(r"path|dataset|name|id$", k)}
+    )
+
+
+def build_card(
+    spec: dict, *, base_model: str | None, eval_results: dict | None, repo_id: str | None, onnx: bool
+) -> str:
+    """Render the card text with ``huggingface_hub.ModelCard`` (YAML metadata + markdown body)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    hdpo = spec.get("hdpo") if isinstance(spec.get("hdpo"), dict) else {}
+    alpha, beta = hdpo.get("alpha"), hdpo.get("beta")
+    datasets = dataset_names(spec.get("data"))
+    name = repo_id or "hdpo-tune-model"
+    data = ModelCardData(
+        base_model=base_model,
+        datasets=[d for d in datasets if "/" in d and not d.startswith((".", "/"))] or None,
+        tags=["hdpo", "dpo", "h-dpo", "alignment", *(["onnx"] if onnx else [])],
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        model_name=name,
+    )
+    settings = {
+        **_flat(spec.get("hdpo"), "hdpo"),
+        **_flat(spec.get("train"), "train"),
+        **_flat(spec.get("lora"), "lora"),
+    }
+    rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in scrub(settings).items()) or "| (none recorded) | |"
+    evals = "\n".join(f"| {k} | {v} |" for k, v in _flat(eval_results or {}, "eval").items())
+    body = f"""
+# {name}
+
+Aligned from `{base_model or "unknown base"}` with **H-DPO** (entropy-controllable DPO,
+loss `-log sigmoid(alpha*beta*(logp(y_w)-logp(y_l)) - beta*(logp_ref(y_w)-logp_ref(y_l)))`)
+by [hdpo-tune](https://github.com/hdpo-tune). alpha = **{alpha}**, beta = **{beta}**
+(alpha < 1 sharpens the distribution, lowering entropy; alpha = 1 is plain DPO).
+
+Datasets: {", ".join(f"`{d}`" for d in datasets) or "not recorded"}.
+
+## Training settings
+
+| setting | value |
+|---|---|
+{rows}
+
+## Evaluation
+
+{("| metric | value |" + chr(10) + "|---|---|" + chr(10) + evals) if evals else "No evaluation results were recorded for this run."}
+
+## How to load
+
+With transformers:
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained("{name}")
+model = AutoModelForCausalLM.from_pretrained("{name}", dtype="auto")
+inputs = tok("Hello", return_tensors="pt")
+print(tok.decode(model.generate(**inputs, max_new_tokens=32)[0], skip_special_tokens=True))
+```
+
+With onnxruntime (no torch; needs `onnxruntime`, `tokenizers`, `numpy`{"" if onnx else "; this repo has no ONNX export"}):
+
+```bash
+hf download {name} --include "onnx/*" --local-dir model
+hdpo-tune generate --onnx model/onnx --prompt "Hello" --max-new-tokens 32
+```
+
+The ONNX graph is one decoder with KV cache (`past_key_values.*` in, `present.*` out, `attention_mask`,
+`position_ids`); `onnx/hdpo_onnx.json` gives the names and cache shapes and `onnx/validation.json` the
+measured parity with PyTorch. Provenance (spec, package versions, git commit): `provenance.json`.
+"""
+    return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
+
+
+def load_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None

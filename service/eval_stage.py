@@ -1,0 +1,212 @@
+"""The eval stage: turn an ``EvalSpec`` (and the run's settings) into one :func:`run_evaluation` call.
+
+Called by ``hdpo-tune eval`` (:func:`evaluate_target`), ``hdpo-tune compare`` (:func:`compare_runs`) and the
+pipeline after training (:func:`run_eval_stage`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from hdpo_core.data import load_preference_rows
+from hdpo_core.errors import InputError
+from hdpo_core.eval.evaluate import SamplingSettings, run_evaluation
+from hdpo_core.eval.report import write_report
+from hdpo_core.eval.targets import (
+    EvalSide,
+    ResolvedTarget,
+    config_value,
+    load_causal_lm,
+    load_onnx_sampler,
+    peft_reference,
+    resolve_target,
+)
+from hdpo_core.eval.tasks import load_tasks
+from hdpo_core.eval.verifiers import get_verifier
+from hdpo_core.tokenize import tokenize_rows
+
+from .spec_eval import EvalSpec
+
+
+def _device() -> tuple[str, torch.dtype | None]:
+    return ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", None)
+
+
+def _settings(spec: EvalSpec) -> SamplingSettings:
+    return SamplingSettings(n=spec.n_samples, temperatures=tuple(spec.temperatures), top_p=spec.top_p,
+                            max_new_tokens=spec.max_new_tokens, seed=spec.seed, max_batch_size=spec.max_batch_size,
+                            timeout_s=spec.timeout_s, memory_mb=spec.memory_mb)
+
+
+def _load_sides(target: ResolvedTarget, reference_dir: Path | None, want_reference: bool
+                ) -> tuple[EvalSide, EvalSide | None, Any]:
+    device, dtype = _device()
+    if target.kind == "onnx":
+        sampler = load_onnx_sampler(target.model_dir)
+        tokenizer = sampler.tokenizer
+        policy = EvalSide("policy", None, sampler=sampler)
+    else:
+        model, tokenizer = load_causal_lm(target.model_dir, target.kind, device=device, dtype=dtype)
+        policy = EvalSide("policy", model)
+    reference = None
+    if want_reference and reference_dir is not None:
+        # a local folder (base, adapter, run) or, in the pipeline, the base model's Hub id
+        ref_target = resolve_target(reference_dir) if reference_dir.is_dir() else ResolvedTarget(reference_dir, "hf")
+        ref_model, _ = load_causal_lm(ref_target.model_dir, ref_target.kind, device=device, dtype=dtype)
+        reference = EvalSide("reference", ref_model)
+    elif want_reference and target.kind == "peft":
+        reference = peft_reference(policy.model)  # type: ignore[arg-type]
+    return policy, reference, tokenizer
+
+
+def _pairs(path: str | None, tokenizer: Any, max_length: int, limit: int | None) -> list | None:
+    if not path:
+        return None
+    rows, _ = load_preference_rows(path, on_bad_row="skip")
+    pairs, _ = tokenize_rows(rows[:limit] if limit else rows, tokenizer, max_length=max_length,
+                             overlong="truncate", on_bad_row="skip")
+    return pairs
+
+
+def evaluate(target: ResolvedTarget, spec: EvalSpec, *, out_dir: Path, reference_dir: Path | None,
+             alpha: float, beta: float, eval_pairs_path: str | None, max_length: int) -> dict[str, Any]:
+    """Evaluate one target and write the report into ``out_dir``; returns the results (with ``headline``)."""
+    verifier = get_verifier(spec.verifier)
+    tasks = load_tasks(spec.tasks, verifier) if spec.tasks else None
+    pairs_path = spec.eval_pairs or eval_pairs_path
+    if tasks is None and not pairs_path:
+        raise InputError("eval: nothing to evaluate; give a task file (--tasks / eval.tasks) and/or held-out "
+                         "preference pairs (eval.eval_pairs / data.eval)")
+    policy, reference, tokenizer = _load_sides(target, reference_dir, spec.compare_reference or bool(pairs_path))
+    pairs = _pairs(pairs_path, tokenizer, max_length, spec.max_eval_pairs) if policy.model is not None else None
+    results, samples = run_evaluation(policy, reference, tokenizer, tasks=tasks, verifier=verifier,
+                                      settings=_settings(spec), pairs=pairs, alpha=alpha, beta=beta,
+                                      sample_reference=spec.compare_reference)
+    results = {"target": str(target.model_dir), "kind": target.kind,
+               "reference": str(reference_dir) if reference_dir else ("adapter disabled" if reference else None),
+               "tasks": spec.tasks, "eval_pairs": pairs_path, **results}
+    results["files"] = [str(p) for p in write_report(results, samples, out_dir)]
+    return results
+
+
+def run_eval_stage(run_dir: Path, eval_spec: EvalSpec, *, model_dir: Path, reference_dir: Path | None,
+                   alpha: float, beta: float, eval_pairs_path: str | None, max_length: int) -> dict[str, Any]:
+    """The pipeline's eval stage: evaluate ``model_dir`` (final adapter or full model) into ``run_dir/eval``.
+
+    ``reference_dir`` is the base model folder for full fine-tuning (``None`` for LoRA: the adapter is disabled).
+    Returns the results; ``results["headline"]`` holds accuracy per temperature and entropy per model.
+    """
+    target = resolve_target(model_dir)
+    return evaluate(target, eval_spec, out_dir=Path(run_dir) / "eval", reference_dir=reference_dir, alpha=alpha,
+                    beta=beta, eval_pairs_path=eval_pairs_path, max_length=max_length)
+
+
+def headline_lines(results: dict[str, Any]) -> list[str]:
+    """The eval stage's one-line summaries (the pipeline prints them)."""
+    head = results.get("headline", {})
+    lines = []
+    for name, accs in head.get("accuracy", {}).items():
+        per_t = ", ".join(f"T={t} {a:.3f}" for t, a in accs.items())
+        lines.append(f"{name} accuracy: {per_t}")
+    for key, label in (("entropy_chosen", "entropy on held-out chosen"), ("entropy_sampled", "entropy on own samples")):
+        if head.get(key):
+            lines.append(f"{label} (nats/token): " + ", ".join(f"{k} {v:.4f}" for k, v in head[key].items()))
+    if head.get("reward_accuracy") is not None:
+        lines.append(f"held-out reward accuracy {head['reward_accuracy']:.3f}, loss {head.get('loss', float('nan')):.4f}")
+    return lines
+
+
+def run_eval_for_job(spec: Any, run_dir: Path) -> dict[str, Any]:
+    """The pipeline's entry: evaluate ``run_dir/final`` with ``spec.eval`` (an EvalSpec, or its dict).
+
+    Returns ``{"headline": [lines], "numbers": results["headline"], "results": path}``.
+    """
+    section = spec.eval
+    eval_spec = section if isinstance(section, EvalSpec) else EvalSpec.model_validate(section or {})
+    results = run_eval_stage(
+        run_dir, eval_spec, model_dir=Path(run_dir) / "final",
+        reference_dir=None if spec.lora is not None else Path(spec.model.name_or_path),
+        alpha=float(spec.hdpo.alpha), beta=float(spec.hdpo.beta), eval_pairs_path=spec.data.eval,
+        max_length=spec.data.max_length)
+    return {"headline": headline_lines(results), "numbers": results["headline"],
+            "results": str(Path(run_dir) / "eval" / "results.json")}
+
+
+def _job_eval_section(job: str | None, target: ResolvedTarget) -> tuple[dict[str, Any], Path | None]:
+    """The job dict (``--job`` file, else the run's job.resolved.yaml) and the folder relative paths start from."""
+    if job is None:
+        return target.run_config, target.run_dir
+    import yaml
+
+    p = Path(job)
+    if not p.is_file():
+        raise InputError(f"{job}: job file not found")
+    return yaml.safe_load(p.read_text(encoding="utf-8")) or {}, p.parent
+
+
+def _rel(path: Any, base: Path | None) -> str | None:
+    if not path:
+        return None
+    p = Path(str(path))
+    return str(base / p) if base is not None and not p.is_absolute() and (base / p).exists() else str(path)
+
+
+def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict[str, Any] | None = None,
+                    ref: str | None = None, out: str | None = None) -> dict[str, Any]:
+    """``hdpo-tune eval``: evaluate a model/adapter/ONNX/run folder. CLI options in ``overrides`` win over the
+    job's ``eval:`` section, which wins over the defaults."""
+    target = resolve_target(target_path)
+    config, base = _job_eval_section(job, target)
+    section = dict(config_value(config, "eval") or {})
+    for key in ("tasks", "eval_pairs"):
+        section[key] = _rel(section.get(key), base)
+    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        spec = EvalSpec.model_validate(section)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise InputError(f"eval.{where}: {first['msg']} (from the job's eval: section or the command line)") from None
+    reference = Path(ref) if ref else None
+    if reference is None and target.kind != "peft":
+        base_model = _rel(config_value(config, "model.name_or_path"), base)
+        reference = Path(base_model) if base_model and Path(base_model).is_dir() else None
+    out_dir = Path(out) if out else (target.run_dir / "eval" if target.run_dir else Path("eval_results") / target.model_dir.name)
+    return evaluate(target, spec, out_dir=out_dir, reference_dir=reference,
+                    alpha=float(config_value(config, "hdpo.alpha") or 1.0),
+                    beta=float(config_value(config, "hdpo.beta") or 0.1),
+                    eval_pairs_path=_rel(config_value(config, "data.eval"), base),
+                    max_length=int(config_value(config, "data.max_length") or 1024))
+
+
+def compare_runs(run_dirs: list[str], *, out: str | None = None) -> Path:
+    """``hdpo-tune compare``: one PNG and one markdown table over several runs' eval/results.json."""
+    from hdpo_core.eval.compare import compare
+
+    out_dir = Path(out) if out else Path("compare")
+    return compare([Path(r) for r in run_dirs], out_dir)
+
+
+def evaluate_cli(target: str, *, job: Any = None, tasks: str | None = None, ref: str | None = None,
+                 out: str | None = None, n: int | None = None, temperatures: str | None = None,
+                 top_p: float | None = None, seed: int | None = None, max_new_tokens: int | None = None,
+                 verifier: str | None = None, log: Any = print) -> dict[str, Any]:
+    """``hdpo-tune eval`` options -> :func:`evaluate_target`; logs the headline and the written files."""
+    temps = None
+    if temperatures is not None:
+        try:
+            temps = [float(t) for t in temperatures.split(",") if t.strip()]
+        except ValueError:
+            raise InputError(f"--temperatures: '{temperatures}' is not a comma-separated list of numbers "
+                             "(e.g. 0.25,0.5,1.0)") from None
+    overrides = {"tasks": tasks, "n_samples": n, "temperatures": temps, "top_p": top_p, "seed": seed,
+                 "max_new_tokens": max_new_tokens, "verifier": verifier}
+    results = evaluate_target(target, job=str(job) if job else None, overrides=overrides, ref=ref, out=out)
+    for line in headline_lines(results):
+        log(line)
+    log(f"wrote {Path(results['files'][0]).parent}")
+    return results

@@ -1,0 +1,275 @@
+"""Ship stages of a finished run: merge -> model card/provenance -> ONNX export + validation -> Hub push.
+
+Each function takes the run folder and reads ``RUN/job.resolved.yaml`` itself (sections parsed with
+:mod:`service.spec_ship`), so ``hdpo-tune merge|export|push RUN_DIR`` work standalone and the pipeline can
+call the same functions. Layout: ``RUN/final/`` (adapter or full model) -> ``RUN/merged/`` -> ``RUN/onnx/``.
+Heavy imports (torch, transformers) happen inside the functions: ``generate_onnx`` must stay torch-free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from hdpo_core.errors import InputError, RunError
+from service.spec_ship import ExportSpec, HubSpec, MergeSpec
+
+Log = Callable[[str], None]
+SPEC_FILE = "job.resolved.yaml"
+
+
+def load_run_spec(run_dir: Path) -> tuple[dict, MergeSpec, ExportSpec, HubSpec]:
+    """Read ``RUN/job.resolved.yaml``; parse ``merge``/``export``/``hub`` (missing sections = defaults)."""
+    path = Path(run_dir) / SPEC_FILE
+    if not path.exists():
+        raise InputError(f"{path} not found: RUN_DIR must be a run folder written by `hdpo-tune run`")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    parsed = []
+    for key, model in (("merge", MergeSpec), ("export", ExportSpec), ("hub", HubSpec)):
+        try:
+            parsed.append(model.model_validate(raw.get(key) or {}))
+        except ValidationError as exc:
+            lines = "; ".join(f"{key}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"{path}: {lines}") from None
+    return raw, parsed[0], parsed[1], parsed[2]
+
+
+def _final_dir(run_dir: Path) -> Path:
+    final = run_dir / "final"
+    if not final.is_dir():
+        raise InputError(f"{final} not found: the training stage has not finished (no final model/adapter)")
+    return final
+
+
+def merge_run(run_dir: str | Path, force: bool = False, log: Log = print) -> dict:
+    """Merge ``final/`` into ``merged/`` (LoRA) or copy it (full FT); (re)write README.md and provenance.json.
+
+    A second call with unchanged inputs does not touch the weights and says so; ``force`` redoes it.
+    """
+    from hdpo_core.export import merge as m
+    from hdpo_core.export.modelcard import build_card, load_json, provenance
+
+    run_dir = Path(run_dir)
+    spec, merge_spec, export_spec, hub_spec = load_run_spec(run_dir)
+    final, out = _final_dir(run_dir), run_dir / "merged"
+    lora = m.is_adapter(final)
+    base = (m.base_model_of(final) or _base_from_spec(spec)) if lora else None
+    if lora and base is None:
+        raise InputError(
+            f"{final}/adapter_config.json names no base model and the spec has no model.name_or_path"
+        )
+    dtype = merge_spec.dtype or m.default_dtype(base if lora else str(final))
+    existing = None if force else m.up_to_date(out, m.fingerprint(final, dtype))
+    if existing:
+        log(
+            f"merge: {out} is already up to date (same inputs, dtype {dtype}); nothing to do (use --force to redo)"
+        )
+        info = {**existing, "skipped": True}
+    else:
+        result = (
+            m.merge_lora(final, out, base_id=base, dtype=dtype, tolerance=merge_spec.tolerance)
+            if lora
+            else m.copy_full(final, out, dtype=dtype)
+        )
+        info = result.__dict__.copy()
+        what = (
+            f"merged LoRA into {base}, max abs logit diff {result.max_abs_logit_diff:.3g}"
+            if lora
+            else "copied full model"
+        )
+        log(f"merge: {what}; saved {dtype} to {out}")
+    eval_results = load_json(run_dir / "eval" / "results.json")
+    card = build_card(
+        spec,
+        base_model=base or _base_from_spec(spec),
+        eval_results=eval_results,
+        repo_id=hub_spec.repo_id,
+        onnx=export_spec.onnx.enabled,
+    )
+    (out / "README.md").write_text(card)
+    extra = {"training_provenance": load_json(run_dir / "provenance.json")}
+    prov = provenance(spec, run_dir=run_dir, merge_info=info, extra=extra)
+    (out / "provenance.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
+    return info
+
+
+def _base_from_spec(spec: dict) -> str | None:
+    model = spec.get("model")
+    if isinstance(model, str):
+        return model
+    if isinstance(model, dict):
+        for key in ("name_or_path", "base", "name", "path", "id"):
+            if isinstance(model.get(key), str):
+                return model[key]
+    return None
+
+
+def export_run(run_dir: str | Path, force: bool = False, log: Log = print) -> dict:
+    """Export ``merged/`` to ``onnx/`` and validate it against PyTorch (always; failure raises RunError).
+
+    Merges first if needed (a no-op when merged/ is current). Writes ``onnx/validation.json`` either way.
+    Skips when ``onnx/`` was exported from the same merged weights and settings and passed validation.
+    """
+    from hdpo_core.export.onnx_export import export_decoder, quantize_int8
+    from hdpo_core.export.onnx_validate import validate_export
+
+    run_dir = Path(run_dir)
+    _, _, export_spec, _ = load_run_spec(run_dir)
+    onnx_spec = export_spec.onnx
+    merge_info = merge_run(run_dir, log=log)
+    merged, out = run_dir / "merged", run_dir / "onnx"
+    key = hashlib.sha256((merge_info["fingerprint"] + onnx_spec.model_dump_json()).encode()).hexdigest()
+    marker = out / "validation.json"
+    if not force and marker.exists():
+        prev = json.loads(marker.read_text())
+        if prev.get("passed") and prev.get("source_key") == key:
+            log(
+                f"export: {out} is already exported and validated from the same weights; nothing to do (use --force)"
+            )
+            return prev
+    if out.exists():
+        shutil.rmtree(out)
+    started = time.perf_counter()
+    config = export_decoder(merged, out, opset=onnx_spec.opset)
+    int8 = quantize_int8(out) if onnx_spec.quantize == "int8" else None
+    if int8:
+        config["model_file"] = int8
+        (out / "hdpo_onnx.json").write_text(json.dumps(config, indent=2) + "\n")
+    log(f"export: wrote {out} (opset {config['opset']}) in {time.perf_counter() - started:.1f}s; validating")
+    report = validate_export(
+        out,
+        merged,
+        atol=onnx_spec.atol,
+        decode_steps=onnx_spec.decode_steps,
+        greedy_tokens=onnx_spec.greedy_tokens,
+        int8_file=int8,
+        int8_min_top1_agreement=onnx_spec.int8_min_top1_agreement,
+    )
+    report.update(source_key=key, opset=config["opset"], versions=_versions())
+    marker.write_text(json.dumps(report, indent=2) + "\n")
+    if not report["passed"]:
+        raise RunError(report["failures"][0] + f" (report: {marker})")
+    log(
+        f"export: validation passed, max abs logit diff {report['max_abs_logit_diff']:.3g} <= {onnx_spec.atol:g}, "
+        f"{onnx_spec.greedy_tokens} greedy tokens identical"
+    )
+    return report
+
+
+def _versions() -> dict[str, str]:
+    from hdpo_core.export.modelcard import package_versions
+
+    return package_versions()
+
+
+def upload_plan(run_dir: Path) -> list:
+    """What a push uploads: ``merged/`` at the repo root, plus ``onnx/`` under ``onnx/`` when exported."""
+    from hdpo_core.export.hub import Upload
+
+    merged = run_dir / "merged"
+    if not (merged / "config.json").exists():
+        raise InputError(f"{merged} has no model: run `hdpo-tune merge {run_dir}` before pushing")
+    plan = [Upload(merged, None)]
+    if (run_dir / "onnx" / "hdpo_onnx.json").exists():
+        plan.append(Upload(run_dir / "onnx", "onnx"))
+    return plan
+
+
+def push_run(
+    run_dir: str | Path,
+    dry_run: bool = False,
+    api: Any = None,
+    log: Log = print,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict:
+    """Push ``merged/`` (+ ``onnx/``) to ``hub.repo_id``; ``dry_run`` only lists the files. Token: HF_TOKEN."""
+    from hdpo_core.export.hub import hf_token, push
+
+    run_dir = Path(run_dir)
+    _, _, _, hub = load_run_spec(run_dir)
+    if hub.repo_id is None:
+        raise InputError(f"{run_dir / SPEC_FILE}: hub.repo_id is not set; set it to 'owner/name' to push")
+    plan = upload_plan(run_dir)
+    message = hub.commit_message or f"hdpo-tune: upload run {run_dir.resolve().name}"
+    if dry_run:
+        where = f"{hub.repo_id}@{hub.revision or 'main'}{' (as a PR)' if hub.create_pr else ''}"
+        log(f"dry run: would push to {where}, {'private' if hub.private else 'public'}, message {message!r}:")
+        for up in plan:
+            for f in sorted(p for p in up.folder.rglob("*") if p.is_file()):
+                rel = f.relative_to(up.folder).as_posix()
+                log(f"  {up.path_in_repo + '/' if up.path_in_repo else ''}{rel}  ({f.stat().st_size} bytes)")
+        log(f"  HF_TOKEN is {'set' if os.environ.get('HF_TOKEN') else 'NOT set (required for a real push)'}")
+        return {"repo_id": hub.repo_id, "dry_run": True}
+    token = hf_token()
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    results = push(
+        api,
+        repo_id=hub.repo_id,
+        private=hub.private,
+        uploads=plan,
+        commit_message=message,
+        revision=hub.revision,
+        create_pr=hub.create_pr,
+        sleep=sleep,
+        log=log,
+    )
+    log(f"push: uploaded {', '.join(u.path_in_repo or 'merged model' for u in plan)} to {hub.repo_id}")
+    prs = [r.pr_revision for r in results if getattr(r, "pr_revision", None)]
+    return {
+        "repo_id": hub.repo_id,
+        "revision": hub.revision,
+        "pr_revision": prs[0] if prs else None,
+        "uploaded": [u.path_in_repo or "." for u in plan],
+        "dry_run": False,
+    }
+
+
+def generate_onnx(
+    onnx_dir: str | Path,
+    prompt: str,
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> str:
+    """Generate with onnxruntime only (no torch import on this path)."""
+    from hdpo_core.export.ort_generate import CONFIG_NAME, generate_text
+
+    onnx_dir = Path(onnx_dir)
+    if not (onnx_dir / CONFIG_NAME).exists():
+        raise InputError(
+            f"{onnx_dir}/{CONFIG_NAME} not found: --onnx must be an folder written by `hdpo-tune export`"
+        )
+    if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
+        raise InputError("--temperature must be >= 0, --top-p in (0, 1], --max-new-tokens >= 1")
+    text, _ = generate_text(
+        onnx_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+    )
+    return text
+
+
+def ship_run(run_dir: str | Path, *, push: bool = True, log: Log = print) -> None:
+    """Pipeline helper: run every ship stage the spec enables (merge, export, push) in order."""
+    run_dir = Path(run_dir)
+    _, merge_spec, export_spec, hub = load_run_spec(run_dir)
+    if merge_spec.enabled or export_spec.onnx.enabled or (push and hub.repo_id):
+        merge_run(run_dir, log=log)
+    if export_spec.onnx.enabled:
+        export_run(run_dir, log=log)
+    if push and hub.repo_id:
+        push_run(run_dir, log=log)

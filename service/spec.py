@@ -1,0 +1,365 @@
+"""The job spec: one strict pydantic model per concern, documented in its own JSON schema.
+
+Defaults live here and only here (``Field(default, description=...)``); code downstream reads the validated
+spec and never ``.get(key, default)``. Cross-field rules are ``model_validator``s that collect every problem
+of their section and raise them at once, one per line. :func:`load_spec` adds what pydantic cannot know:
+the job file's line numbers for malformed YAML, "did you mean" for misspelled keys, refusal of secrets, and
+paths resolved against the job file's folder. Every problem comes out as one line
+``field.path: what is wrong (got X); how to fix`` inside one :class:`InputError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hdpo_core.errors import InputError
+
+from .spec_distributed import DistributedSpec
+from .spec_messages import find_secrets, format_validation_error, model_of, redact_secrets
+from .spec_yaml import load_yaml
+
+__all__ = ["JobSpec", "dump_yaml", "json_schema", "load_spec", "model_of", "redact_secrets", "spec_to_dict",
+           "valid_sections"]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+# --- Sections owned by other modules -------------------------------------------------------------------
+from .spec_eval import EvalSpec as EvalSection  # noqa: E402
+from .spec_ship import ExportSpec as ExportSection  # noqa: E402
+from .spec_ship import HubSpec as HubSection  # noqa: E402
+from .spec_ship import MergeSpec as MergeSection  # noqa: E402
+
+# --------------------------------------------------------------------------------------------------------
+
+
+class ModelSpec(BaseModel):
+    """The base model (policy initialisation and, frozen, the reference)."""
+
+    model_config = _STRICT
+
+    name_or_path: str = Field(..., min_length=1, description="Local model folder (relative to the job file) or "
+                              "Hub model id. The folder needs config.json, safetensors weights and a tokenizer.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when name_or_path is a "
+                                 "Hub id; ignored for local folders.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the weights are loaded in. float32 is the exact, CPU-friendly choice.")
+    trust_remote_code: bool = Field(False, description="Run the model repo's own Python code (auto_map). Only turn "
+                                    "on for repos you trust.")
+    allow_pickle: bool = Field(False, description="Also load pickle weights (pytorch_model*.bin). Off: safetensors "
+                               "only, since unpickling can run arbitrary code.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+        "sdpa", description="Attention kernel passed to transformers.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory "
+                                         "(about 30% slower).")
+
+
+class LoraSpec(BaseModel):
+    """LoRA adapters (peft). The reference model is the same network with the adapter switched off."""
+
+    model_config = _STRICT
+
+    r: int = Field(16, gt=0, description="Adapter rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", min_length=1, description="Module names to adapt, or 'all-linear' (every linear layer except "
+        "the output head).")
+
+
+class DataSpec(BaseModel):
+    """Preference pairs: TRL's standard (strings) or conversational (messages) format, explicit or implicit prompt."""
+
+    model_config = _STRICT
+
+    train: str = Field(..., min_length=1, description="Training pairs: a .jsonl/.json/.parquet file, a "
+                       "save_to_disk folder (relative to the job file) or a Hub dataset id.")
+    eval: str | None = Field(None, description="Held-out pairs for the eval loss and reward accuracy, same forms "
+                             "as train. Needed by train.eval_every.")
+    max_length: int = Field(1024, gt=1, description="Max tokens of prompt + completion, per sequence.")
+    overlong: Literal["truncate", "drop", "error"] = Field(
+        "truncate", description="Pairs longer than max_length: cut the completions (the prompt is kept whole), "
+        "drop the pair (counted), or stop with an error.")
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="Rows with missing/ill-typed fields, empty completions or chosen == rejected: stop "
+        "with file:row, or skip them and report the count.")
+    train_split: str = Field("train", min_length=1, description="Split read from a Hub dataset or DatasetDict folder.")
+    eval_split: str = Field("test", min_length=1, description="Split read for data.eval from a Hub dataset or "
+                            "DatasetDict folder.")
+
+
+class HdpoSpec(BaseModel):
+    """H-DPO loss: ``-log sigmoid(alpha*beta*(logp_w - logp_l) - beta*(logp_ref_w - logp_ref_l))``."""
+
+    model_config = _STRICT
+
+    alpha: float = Field(0.9, gt=0, description="Entropy coefficient: 1 is plain DPO; below 1 sharpens the "
+                         "policy (lower entropy), above 1 flattens it.")
+    beta: float = Field(0.1, gt=0, description="KL strength, as in DPO.")
+    sft_weight: float = Field(0.0, ge=0, description="Weight of an added NLL loss on the chosen completions "
+                              "(0 = off).")
+
+
+class TrainSpec(BaseModel):
+    """Optimisation, checkpointing and logging. Step counts are optimizer steps."""
+
+    model_config = _STRICT
+
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps to run. Set this or epochs, not both; "
+                                  "with neither, epochs is 1.")
+    epochs: float | None = Field(None, gt=0, description="Passes over data.train (may be fractional). Set this or "
+                                 "max_steps; filled in as 1 when neither is set.")
+    batch_size: int = Field(8, gt=0, description="Pairs per optimizer step, over all processes (global batch).")
+    micro_batch_size: int = Field(4, gt=0, description="Pairs per forward pass; gradient accumulation steps = "
+                                  "batch_size / (micro_batch_size x processes).")
+    learning_rate: float = Field(1e-6, gt=0, description="Peak AdamW learning rate.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate decay after warmup (to 0 for cosine/linear).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps. Set this or warmup_ratio, not both.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of the total steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; null = no "
+                                        "clipping (the norm is still logged).")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for weights of new layers, dropout and data order.")
+    log_every: int = Field(1, gt=0, description="Write metrics every this many steps.")
+    save_every: int = Field(50, gt=0, description="Write a resumable checkpoint every this many steps.")
+    eval_every: int | None = Field(None, gt=0, description="Evaluate on data.eval every this many steps (and at "
+                                   "the end); null = only at the end when data.eval is set.")
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="Autocast compute dtype (accelerate). 'no' computes in model.dtype.")
+    packing: bool = Field(True, description="Pack sequences into rows of row_tokens with a block-causal mask "
+                          "instead of padding each to the longest.")
+    row_tokens: int = Field(4096, gt=0, description="Token budget of one packed row (a longer sequence gets its "
+                            "own row).")
+    logps_chunk_size: int = Field(1024, gt=0, description="Positions per chunk when computing log-probs through "
+                                  "the output head (bounds the logits memory).")
+    precompute_ref_logps: bool = Field(False, description="Compute reference log-probs once before training and "
+                                       "cache them on disk (keyed by model, data and tokenization).")
+    ref_cache_dir: str | None = Field(None, min_length=1, description="Folder of the reference log-prob cache "
+                                      "(shared between runs); null = inside output.dir.")
+    on_nonfinite: Literal["skip", "stop"] = Field(
+        "stop", description="A NaN/inf loss or gradient: skip that step (no update) or stop the run, naming the step.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_epochs(cls, data: Any) -> Any:
+        """Neither max_steps nor epochs means one epoch; written out so job.resolved.yaml says so."""
+        if isinstance(data, dict) and data.get("max_steps") is None and data.get("epochs") is None:
+            return {**data, "epochs": 1.0}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TrainSpec:
+        issues = []
+        if self.max_steps is not None and self.epochs is not None:
+            issues.append(f"train.max_steps ({self.max_steps}) and train.epochs ({self.epochs}) are both set; "
+                          "choose one")
+        if self.batch_size % self.micro_batch_size:
+            issues.append(f"train.batch_size ({self.batch_size}) must be divisible by train.micro_batch_size "
+                          f"({self.micro_batch_size}); choose a micro_batch_size that divides batch_size "
+                          f"(e.g. {_largest_divisor(self.batch_size, self.micro_batch_size)})")
+        if self.warmup_steps and self.warmup_ratio:
+            issues.append(f"train.warmup_steps ({self.warmup_steps}) and train.warmup_ratio ({self.warmup_ratio}) "
+                          "are both set; can't provide both, choose one")
+        if self.max_steps is not None and self.warmup_steps >= self.max_steps:
+            issues.append(f"train.warmup_steps ({self.warmup_steps}) must be smaller than train.max_steps "
+                          f"({self.max_steps}); lower warmup_steps")
+        if self.ref_cache_dir is not None and not self.precompute_ref_logps:
+            issues.append("train.ref_cache_dir is set but train.precompute_ref_logps is false; set "
+                          "precompute_ref_logps: true or remove ref_cache_dir")
+        _raise_issues(issues)
+        return self
+
+
+class OutputSpec(BaseModel):
+    """Where the run folder goes."""
+
+    model_config = _STRICT
+
+    dir: str = Field(..., min_length=1, description="Run folder (relative to the job file): checkpoints, metrics, "
+                     "status.json, final model. Rerunning the same job here resumes it.")
+
+
+class JobSpec(BaseModel):
+    """One H-DPO fine-tuning job: ``hdpo-tune run job.yaml``."""
+
+    model_config = _STRICT
+
+    model: ModelSpec = Field(..., description="Base model.")
+    lora: LoraSpec | None = Field(None, description="LoRA settings; null or absent = full fine-tuning.")
+    data: DataSpec = Field(..., description="Preference data.")
+    hdpo: HdpoSpec = Field(default_factory=HdpoSpec, description="H-DPO loss.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training loop.")
+    output: OutputSpec = Field(..., description="Run folder.")
+    eval: EvalSection | None = Field(None, description="Evaluation stage after training.")
+    merge: MergeSection | None = Field(None, description="Merge LoRA adapters into the base weights.")
+    export: ExportSection | None = Field(None, description="Export formats (ONNX).")
+    hub: HubSection | None = Field(None, description="Push to the Hugging Face Hub (token from HF_TOKEN only).")
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec,
+                                         description="Processes and backend for `hdpo-tune launch`.")
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> JobSpec:
+        issues = []
+        if self.train.eval_every is not None and self.data.eval is None:
+            issues.append(f"train.eval_every ({self.train.eval_every}) is set but data.eval is not; add data.eval "
+                          "or remove train.eval_every")
+        if self.train.mixed_precision == "fp16" and self.model.dtype == "float16" and self.lora is None:
+            issues.append("train.mixed_precision: fp16 with model.dtype: float16 and full fine-tuning cannot "
+                          "unscale float16 gradients; use model.dtype: float32 (or bfloat16 without mixed "
+                          "precision)")
+        _raise_issues(issues)
+        return self
+
+
+def _rerun_cross_field_rules(data: dict[str, Any], exc: ValidationError) -> list[str]:
+    """pydantic skips a section's cross-field rules once one of its fields is invalid. Rerun them on the valid
+    fields so one pass reports everything, keeping only lines that do not involve an invalid field."""
+    bad: dict[str, set[str]] = {}
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
+        if len(loc) >= 2 and isinstance(loc[0], str) and isinstance(loc[1], str):
+            bad.setdefault(loc[0], set()).add(loc[1])
+    lines: list[str] = []
+    for section, fields in bad.items():
+        field = JobSpec.model_fields.get(section)
+        model = model_of(field.annotation) if field is not None else None
+        raw = data.get(section)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or not isinstance(raw, dict):
+            continue
+        try:
+            model.model_validate({k: v for k, v in raw.items() if k not in fields})
+        except ValidationError as again:
+            for err in again.errors(include_url=False):
+                if err["type"] != "value_error":
+                    continue
+                for line in str(err["ctx"]["error"]).split("\n"):
+                    if not any(re.search(rf"\b{section}\.{re.escape(str(f))}\b", line) for f in fields):
+                        lines.append(line)
+    return lines
+
+
+def _largest_divisor(n: int, below: int) -> int:
+    return max(d for d in range(1, min(n, below) + 1) if n % d == 0)
+
+
+def _raise_issues(issues: list[str]) -> None:
+    if issues:
+        raise ValueError("\n".join(issues))
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+def load_spec(path: str | os.PathLike[str]) -> JobSpec:
+    """Read, check and resolve a job file. Raises :class:`InputError` listing every problem, one per line."""
+    job = Path(path)
+    data = load_yaml(job)
+    if data is None:
+        raise InputError(f"{job}: job file is empty; start from `hdpo-tune init`")
+    if not isinstance(data, dict):
+        raise InputError(f"{job}: job file must be a YAML mapping with sections model, data, train, output "
+                         f"(got {type(data).__name__}); start from `hdpo-tune init`")
+    issues: list[str] = []
+    data = find_secrets(data, "", issues)
+    data = _resolve_paths(data, job.resolve().parent)
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        issues.extend(format_validation_error(exc, JobSpec))
+        issues.extend(_rerun_cross_field_rules(data, exc))
+        spec = None
+    if issues:
+        raise InputError("\n".join(redact_secrets(i) for i in dict.fromkeys(issues)))
+    assert spec is not None  # issues is empty only when validation passed
+    return spec
+
+
+def valid_sections(path: str | os.PathLike[str]) -> dict[str, BaseModel]:
+    """Best effort for a job file that failed :func:`load_spec`: every section that is valid on its own.
+
+    ``validate`` uses it to check the model folder and data files even when another section is wrong, so one
+    run reports everything. Returns ``{}`` when the file itself cannot be read.
+    """
+    job = Path(path)
+    try:
+        data = load_yaml(job)
+    except InputError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    data = _resolve_paths(find_secrets(data, "", []), job.resolve().parent)
+    out: dict[str, BaseModel] = {}
+    for name, info in JobSpec.model_fields.items():
+        model = model_of(info.annotation)
+        if isinstance(model, type) and issubclass(model, BaseModel) and isinstance(data.get(name), dict):
+            try:
+                out[name] = model.model_validate(data[name])
+            except ValidationError:
+                continue
+    return out
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    """JSON-mode dump (plain types, every default filled in): what job.resolved.yaml holds."""
+    return spec.model_dump(mode="json")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the job file (`hdpo-tune schema`)."""
+    schema = JobSpec.model_json_schema()
+    schema["title"] = "hdpo-tune job spec"
+    return schema
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    parts = value.split("/")
+    return (len(parts) == 2 and all(parts) and not value.startswith((".", "~"))
+            and not value.endswith((".jsonl", ".json", ".parquet")))
+
+
+def _resolve(value: Any, base: Path, *, kind: Literal["model", "data", "dir"]) -> Any:
+    """Make a relative path absolute against the job folder; leave Hub ids (that are not local paths) alone.
+
+    A model id is a Hub id unless it is explicitly a path (``./``, ``../``, ``~``, several slashes) or exists
+    next to the job file, so ``gpt2`` and ``org/name`` stay ids. A data id must be ``org/name`` (as
+    :mod:`hdpo_core.data` reads it).
+    """
+    if not isinstance(value, str) or not value:
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    local = base / p
+    explicit = value.startswith((".", "~")) or value.count("/") > 1 or local.exists()
+    if kind == "model" and not explicit:
+        return value
+    if kind == "data" and not explicit and _looks_like_hub_id(value):
+        return value
+    return str(Path(os.path.normpath(local)))
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(data)
+    targets: tuple[tuple[str, str, Literal["model", "data", "dir"]], ...] = (
+        ("model", "name_or_path", "model"), ("data", "train", "data"), ("data", "eval", "data"),
+        ("output", "dir", "dir"), ("train", "ref_cache_dir", "dir"), ("eval", "tasks", "data"),
+        ("eval", "eval_pairs", "data"), ("distributed", "accelerate_config", "dir"))
+    for section, key, kind in targets:
+        sec = out.get(section)
+        if isinstance(sec, dict) and key in sec:
+            out[section] = {**sec, key: _resolve(sec[key], base, kind=kind)}
+    return out
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    """YAML text of a plain dict, key order kept (for job.resolved.yaml)."""
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

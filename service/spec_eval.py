@@ -1,0 +1,43 @@
+"""The job spec's ``eval:`` section (imported by the JobSpec). Defaults live here only."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class EvalSpec(BaseModel):
+    """How the evaluation stage samples, verifies and measures (docs/eval.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(True, description="Run the eval stage after training (hdpo-tune run).")
+    tasks: str | None = Field(None, description="Task file (JSONL): prompt + answer (math/exact/regex) or prompt + "
+                              "test + entry_point (code). None = no sampling evaluation.")
+    verifier: Literal["math", "code", "exact", "regex"] = Field(
+        "math", description="How a sample is checked: math (final number), code (HumanEval tests in a sandbox), "
+        "exact (string match) or regex (answer is a pattern).")
+    n_samples: int = Field(8, ge=1, le=1024, description="Samples per prompt at each temperature (pass@k for k=1..n).")
+    temperatures: list[float] = Field([0.25, 0.5, 1.0], min_length=1, description="Sampling temperatures; 0 = greedy.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold; None = off.")
+    max_new_tokens: int = Field(64, ge=1, description="Generation budget per sample.")
+    seed: int = Field(0, description="Seed of the sampler's torch.Generator (results reproduce with it).")
+    max_batch_size: int = Field(64, ge=1, description="Rows (prompt x sample) per forward pass while sampling.")
+    eval_pairs: str | None = Field(None, description="Held-out preference pairs (TRL format) for loss, reward "
+                                   "accuracy and entropy; None = data.eval in the pipeline.")
+    compare_reference: bool = Field(True, description="Also evaluate the reference model (sampling + entropy) so the "
+                                    "change made by training is visible.")
+    max_eval_pairs: int | None = Field(512, ge=1, description="Use at most this many held-out pairs; None = all.")
+    timeout_s: float = Field(5.0, gt=0, le=600, description="Code verifier: wall-clock limit per sample, seconds.")
+    memory_mb: int = Field(512, ge=64, description="Code verifier: address-space limit per sample, MiB.")
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, v: list[float]) -> list[float]:
+        bad = [t for t in v if not 0 <= t <= 10]
+        if bad:
+            raise ValueError(f"temperatures must be in [0, 10] (0 = greedy), got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"temperatures has duplicates: {v}")
+        return v

@@ -1,0 +1,99 @@
+"""Spec sections for shipping a trained run: ``merge:``, ``export:`` and ``hub:``.
+
+The lead's ``JobSpec`` imports :class:`MergeSpec`, :class:`ExportSpec` and :class:`HubSpec` from here; the
+ship stages (``service/ship.py``) also parse them straight from ``RUN/job.resolved.yaml`` so that
+``hdpo-tune merge|export|push RUN_DIR`` work standalone. Defaults live here only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class MergeSpec(BaseModel):
+    """How LoRA adapters are folded into the base weights after training."""
+
+    model_config = _STRICT
+
+    enabled: bool = Field(
+        True, description="Run the merge stage (LoRA: merge adapters; full fine-tuning: copy)."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        None,
+        description="dtype the merged safetensors are saved in. The merge itself always runs in float32. "
+        "Default: the base model's dtype from its config.json, else float32.",
+    )
+    tolerance: float = Field(
+        1e-4,
+        gt=0,
+        description="Max abs logit difference allowed between the float32 merged model and base+adapter.",
+    )
+
+
+class OnnxSpec(BaseModel):
+    """ONNX export of the merged model: one decoder graph with KV cache, validated by onnxruntime."""
+
+    model_config = _STRICT
+
+    enabled: bool = Field(False, description="Export ONNX after merging.")
+    opset: int | None = Field(
+        None, ge=18, description="ONNX opset (>= 18, dynamo exporter). Default: torch's default."
+    )
+    quantize: Literal["int8"] | None = Field(
+        None,
+        description="Also write an int8 dynamically quantized model (onnxruntime quantize_dynamic, CPU serving).",
+    )
+    atol: float = Field(
+        1e-4, gt=0, description="Max abs logit difference, onnxruntime CPU vs PyTorch float32."
+    )
+    decode_steps: int = Field(
+        3, ge=3, description="Decode steps (feeding present.* back) checked after prefill."
+    )
+    greedy_tokens: int = Field(
+        32, ge=1, description="Greedy tokens that must be identical between ORT and PyTorch."
+    )
+    int8_min_top1_agreement: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Floor for int8: fraction of positions whose top-1 token matches float32 PyTorch.",
+    )
+
+
+class ExportSpec(BaseModel):
+    """Export formats. Only ONNX today."""
+
+    model_config = _STRICT
+
+    onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX export settings.")
+
+
+class HubSpec(BaseModel):
+    """Where and how to push the merged model (and ONNX) to the Hugging Face Hub. The token comes from HF_TOKEN."""
+
+    model_config = _STRICT
+
+    repo_id: str | None = Field(
+        None, description="Target model repo 'owner/name'. None: the push stage is skipped."
+    )
+    private: bool = Field(True, description="Visibility to create with; an existing repo must match it.")
+    revision: str | None = Field(
+        None, description="Branch to push to (created if missing). None: the default branch."
+    )
+    commit_message: str | None = Field(
+        None, description="Commit message. Default: 'hdpo-tune: upload run <run name>'."
+    )
+    create_pr: bool = Field(False, description="Open a pull request instead of committing to the branch.")
+
+    @field_validator("repo_id")
+    @classmethod
+    def _repo_id_shape(cls, value: str | None) -> str | None:
+        if value is not None and not _REPO_ID.match(value):
+            raise ValueError(f"{value!r} is not 'owner/name' (letters, digits, '.', '_', '-')")
+        return value

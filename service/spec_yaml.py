@@ -1,0 +1,93 @@
+"""Read a job file as YAML 1.2-style plain data, with ``file:line:col`` on every syntax problem.
+
+PyYAML implements YAML 1.1, which bites configuration files twice:
+
+* ``mixed_precision: no`` becomes ``False`` (1.1 reads yes/no/on/off as booleans). Here only
+  ``true``/``false`` are booleans; ``no`` stays the string ``'no'``, and ``trust_remote_code: yes`` is a
+  clear type error instead of a silent ``True``.
+* ``learning_rate: 5e-7`` becomes the *string* ``'5e-7'`` (1.1 floats need a dot). Here it is a float.
+
+Duplicate keys, which PyYAML silently resolves to the last value, are an error naming the line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hdpo_core.errors import InputError
+
+MAX_JOB_BYTES = 1 << 20
+_BOOL = "tag:yaml.org,2002:bool"
+_FLOAT = "tag:yaml.org,2002:float"
+
+
+class _JobLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and floats, and duplicate keys refused."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable key; the base class reports it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (each key may appear once per section)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+_JobLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_JobLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_JobLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def loads(text: str) -> Any:
+    """Parse YAML text with the job file rules (YAML 1.2 booleans and floats, no duplicate keys)."""
+    return yaml.load(text, Loader=_JobLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse ``path``; raise :class:`InputError` with ``file:line:col`` for syntax errors."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: job file not found; check the path or create one with `hdpo-tune init`") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read job file ({exc.strerror}); check the path and permissions") from None
+    if len(raw) > MAX_JOB_BYTES:
+        raise InputError(f"{path}: job file is {len(raw)} bytes, over the {MAX_JOB_BYTES} byte limit; a job spec "
+                         "is a few dozen lines")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: job file is not UTF-8 text (byte offset {exc.start}); save it as UTF-8") from None
+    try:
+        return loads(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = exc.problem or exc.context or "syntax error"
+        raise InputError(f"{where}: invalid YAML ({what}); fix the syntax (indent with spaces, "
+                         "'key: value' pairs)") from None
+    except yaml.YAMLError as exc:
+        position = getattr(exc, "position", None)
+        where = f"{path} (character {position})" if position is not None else str(path)
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        raise InputError(f"{where}: invalid YAML ({reason}); fix the file") from None
+    except RecursionError:
+        raise InputError(f"{path}: YAML nesting is too deep; a job spec has two levels") from None
