@@ -80,11 +80,11 @@ def build_model_folder(shape: ModelShape, folder: Path, seed: int = 0) -> int:
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     folder.mkdir(parents=True, exist_ok=True)
-    common = dict(vocab_size=shape.vocab_size, hidden_size=shape.hidden_size,
-                  num_hidden_layers=shape.num_hidden_layers, num_attention_heads=shape.num_attention_heads,
-                  num_key_value_heads=shape.num_key_value_heads, intermediate_size=shape.intermediate_size,
-                  tie_word_embeddings=shape.tie_word_embeddings, max_position_embeddings=32768,
-                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    common = {"vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size,
+                  "num_hidden_layers": shape.num_hidden_layers, "num_attention_heads": shape.num_attention_heads,
+                  "num_key_value_heads": shape.num_key_value_heads, "intermediate_size": shape.intermediate_size,
+                  "tie_word_embeddings": shape.tie_word_embeddings, "max_position_embeddings": 32768,
+                  "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
     cfg = LlamaConfig(**common) if shape.family == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, shape.dtype))

@@ -133,27 +133,28 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, op
         fh.flush()
         os.fsync(fh.fileno())
     _fsync_dir(tmp)
-    if final.exists():  # the same step again (e.g. a rerun after the last step): move the old one aside first
-        _discard(final)
+    replaced = _move_aside(final) if final.exists() else None  # the same step again (a rerun of the last)
     os.replace(tmp, final)
     _fsync_dir(root)
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
     for old in list_checkpoints(root)[:-keep]:
-        _discard(old)
+        shutil.rmtree(_move_aside(old), ignore_errors=True)
     return final
 
 
-def _discard(path: Path) -> None:
-    """Delete a checkpoint folder without ever leaving half of it under its ``step-`` name.
+def _move_aside(path: Path) -> Path:
+    """Rename a checkpoint folder to a temp name (atomic) before deleting it; returns the new name.
 
-    ``shutil.rmtree`` removes files one by one, so a kill in the middle could leave ``state.json`` next to a
-    missing weights file, a folder that looks complete but cannot load. Renaming it to a temp name first is
-    atomic; :func:`clean_partial` removes whatever a kill leaves of the temp folder.
+    ``shutil.rmtree`` removes files one by one, so a kill in the middle of deleting ``step-N/`` in place could
+    leave ``state.json`` next to a missing weights file: a folder that looks complete but cannot load. Under a
+    temp name it is never taken for a checkpoint, and :func:`clean_partial` removes what a kill leaves.
     """
     trash = path.with_name(f".tmp-del-{path.name}-{os.getpid()}")
     if trash.exists():
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    return trash
 
 
 def list_checkpoints(root: Path) -> list[Path]:

@@ -46,18 +46,23 @@ def alpha_for_entropy(ref_probs: torch.Tensor, reward: torch.Tensor, *, beta: fl
     return math.exp(0.5 * (a + b))
 
 
-def bradley_terry_pairs(ref_probs: torch.Tensor, reward: torch.Tensor, *, prompt: Sequence[int],
-                        total: int) -> list[TokenizedPair]:
-    """Pairs ``(y_i, y_j)`` in proportion to ``pi_ref(i)*pi_ref(j)``, labelled in proportion to
-    ``sigmoid(r_i - r_j)`` (stratified rounding instead of sampling, so the data's preference rates match
-    the Bradley-Terry probabilities without sampling noise). Token ``y`` is the response."""
-    k = ref_probs.numel()
+def bradley_terry_pairs(strengths: Sequence[int], *, prompt: Sequence[int], repeat: int = 1
+                        ) -> tuple[torch.Tensor, list[TokenizedPair]]:
+    """Pairs over every response pair whose win rates equal the Bradley-Terry probabilities *exactly*.
+
+    With rewards ``r_y = log w_y`` for integer strengths ``w``, ``P(i beats j) = w_i / (w_i + w_j)``; so
+    ``repeat*(w_i + w_j)`` comparisons of ``i`` and ``j`` of which ``repeat*w_i`` go to ``i`` have exactly that
+    rate. The finite dataset's loss minimiser is then exactly the closed-form optimum (no label noise or
+    rounding to blur the test). The pair design (how often each pair is compared) does not move the
+    optimum; only the coverage of every pair matters. Token ``y`` is the response.
+
+    Returns ``(reward [K], pairs)``.
+    """
+    k = len(strengths)
     pairs: list[TokenizedPair] = []
     for i in range(k):
         for j in range(i + 1, k):
-            n = round(total * 2 * float(ref_probs[i] * ref_probs[j]))
-            wins = round(n * float(torch.sigmoid(reward[i] - reward[j])))
-            for w in range(n):
-                first, second = (i, j) if w < wins else (j, i)
-                pairs.append(TokenizedPair(tuple(prompt), (first,), (second,), f"bt:{i}-{j}:{w}"))
-    return pairs
+            for n in range(repeat * (strengths[i] + strengths[j])):
+                first, second = (i, j) if n < repeat * strengths[i] else (j, i)
+                pairs.append(TokenizedPair(tuple(prompt), (first,), (second,), f"bt:{i}-{j}:{n}"))
+    return torch.tensor([math.log(w) for w in strengths], dtype=torch.float64), pairs

@@ -94,8 +94,8 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
             gap, p_, a_, b_ = 4 * i, 4 * i + 1, 4 * i + 2, 4 * i + 3
             if sizes[gap]:
                 pieces.append(qs[gap].new_zeros(1, heads, sizes[gap], dim))
-            cat = (lambda t: torch.cat([t[p_], t[a_]], dim=2)) if a else (lambda t: t[p_])
-            pieces.append(F.scaled_dot_product_attention(cat(qs), cat(ks), cat(vs), is_causal=True,
+            q_pa, k_pa, v_pa = ((torch.cat([t[p_], t[a_]], dim=2) if a else t[p_]) for t in (qs, ks, vs))
+            pieces.append(F.scaled_dot_product_attention(q_pa, k_pa, v_pa, is_causal=True,
                                                          dropout_p=dropout, scale=scaling))
             if b:
                 # query i of the branch sees the prefix and branch tokens 0..i: bottom-right aligned causal

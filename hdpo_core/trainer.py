@@ -49,6 +49,7 @@ class TrainOptions:
     keep_checkpoints: int = 2
     packing: bool = True
     row_tokens: int = 4096
+    share_prompt: bool = True
     on_nonfinite: str = "stop"
     beta: float = 0.1
     sft_weight: float = 0.0
@@ -119,7 +120,8 @@ class _StopFlag:
 
 def make_batcher(opts: TrainOptions, pad_token_id: int) -> Callable[[Sequence[TokenizedPair]], TokenBatch]:
     if opts.packing:
-        return lambda pairs: packed_batch(pairs, pad_token_id, row_tokens=opts.row_tokens)
+        return lambda pairs: packed_batch(pairs, pad_token_id, row_tokens=opts.row_tokens,
+                                          share_prompt=opts.share_prompt)
     return lambda pairs: padded_batch(pairs, pad_token_id)
 
 

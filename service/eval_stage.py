@@ -130,10 +130,22 @@ def run_eval_for_job(spec: Any, run_dir: Path) -> dict[str, Any]:
     results = run_eval_stage(
         run_dir, eval_spec, model_dir=Path(run_dir) / "final",
         reference_dir=None if spec.lora is not None else Path(spec.model.name_or_path),
-        alpha=float(spec.hdpo.alpha), beta=float(spec.hdpo.beta), eval_pairs_path=spec.data.eval,
+        alpha=final_alpha(spec.hdpo.alpha, Path(run_dir)), beta=float(spec.hdpo.beta), eval_pairs_path=spec.data.eval,
         max_length=spec.data.max_length)
     return {"headline": headline_lines(results), "numbers": results["headline"],
             "results": str(Path(run_dir) / "eval" / "results.json")}
+
+
+def final_alpha(alpha: Any, run_dir: Path | None) -> float:
+    """The alpha the policy was trained with at its last step: the spec's number, or for ``auto`` and
+    schedules the last ``alpha`` in the run's metrics.jsonl (1.0 when unknown)."""
+    if run_dir is not None and (Path(run_dir) / "metrics.jsonl").exists():
+        from hdpo_core.metrics_log import read_metrics
+
+        records = read_metrics(Path(run_dir))
+        if records and isinstance(records[-1].get("alpha"), int | float):
+            return float(records[-1]["alpha"])
+    return float(alpha) if isinstance(alpha, int | float) else 1.0
 
 
 def _job_eval_section(job: str | None, target: ResolvedTarget) -> tuple[dict[str, Any], Path | None]:
@@ -177,7 +189,7 @@ def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict
         reference = Path(base_model) if base_model and Path(base_model).is_dir() else None
     out_dir = Path(out) if out else (target.run_dir / "eval" if target.run_dir else Path("eval_results") / target.model_dir.name)
     return evaluate(target, spec, out_dir=out_dir, reference_dir=reference,
-                    alpha=float(config_value(config, "hdpo.alpha") or 1.0),
+                    alpha=final_alpha(config_value(config, "hdpo.alpha") or 1.0, target.run_dir),
                     beta=float(config_value(config, "hdpo.beta") or 0.1),
                     eval_pairs_path=_rel(config_value(config, "data.eval"), base),
                     max_length=int(config_value(config, "data.max_length") or 1024))

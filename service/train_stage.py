@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hdpo_core import refcache
-from hdpo_core.alpha import ScheduledAlpha
+from hdpo_core.alpha import EntropyTargetAlpha, ScheduledAlpha
 from hdpo_core.data import file_fingerprint, load_preference_rows
 from hdpo_core.errors import InputError, RunError
 from hdpo_core.metrics_log import MetricsLog
@@ -91,13 +91,22 @@ def train_options(spec: Any, steps: int) -> TrainOptions:
         learning_rate=t.learning_rate, scheduler=t.scheduler, warmup_steps=warmup, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, adam_betas=(t.adam_beta1, t.adam_beta2), adam_eps=t.adam_eps, seed=t.seed,
         log_every=t.log_every, save_every=t.save_every, eval_every=t.eval_every, keep_checkpoints=t.keep_checkpoints,
-        packing=t.packing, row_tokens=t.row_tokens, on_nonfinite=t.on_nonfinite, beta=spec.hdpo.beta,
+        packing=t.packing, row_tokens=t.row_tokens, share_prompt=t.share_prompt, on_nonfinite=t.on_nonfinite, beta=spec.hdpo.beta,
         sft_weight=spec.hdpo.sft_weight,
     )
 
 
 def alpha_controller(spec: Any, steps: int) -> Any:
-    return ScheduledAlpha(start=float(spec.hdpo.alpha))
+    """Constant, scheduled, or entropy-targeting alpha, from the ``hdpo`` section."""
+    h = spec.hdpo
+    if h.alpha == "auto":
+        from .spec import parse_relative
+
+        relative = parse_relative(h.target_entropy) if isinstance(h.target_entropy, str) else None
+        target = None if relative is not None else float(h.target_entropy)
+        return EntropyTargetAlpha(target=target, relative=relative, init=h.alpha_init, lr=h.alpha_lr,
+                                  alpha_min=h.alpha_min, alpha_max=h.alpha_max)
+    return ScheduledAlpha(start=float(h.alpha), end=h.alpha_end, kind=h.alpha_schedule, total_steps=steps)
 
 
 def _save_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, Any] | None = None) -> None:

@@ -55,7 +55,7 @@ class BuildSize:
     model: ModelSize
 
 
-FULL = BuildSize(sft_steps=700, batch_size=32, lr=3e-3, vocab_size=384, tasks_eval=128,
+FULL = BuildSize(sft_steps=850, batch_size=32, lr=3e-3, vocab_size=384, tasks_eval=128,
                  pref_train_prompts=768, pref_eval_prompts=64, samples_per_prompt=8,
                  max_pairs_per_prompt=4, acc_samples=8, model=ModelSize())
 QUICK = BuildSize(sft_steps=40, batch_size=16, lr=3e-3, vocab_size=320, tasks_eval=16,

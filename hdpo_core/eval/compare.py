@@ -25,7 +25,9 @@ def load_run(run: Path) -> dict[str, Any]:
     if spec.is_file():
         import yaml
 
-        alpha = ((yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get("hdpo") or {}).get("alpha", alpha)
+        spec_alpha = ((yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get("hdpo") or {}).get("alpha")
+        if isinstance(spec_alpha, int | float) and not isinstance(spec_alpha, bool):
+            alpha = spec_alpha  # 'auto' or a schedule: keep the alpha the evaluation recorded
     results["alpha"] = alpha
     results["name"] = run.name if run.is_dir() else run.parent.name
     return results

@@ -4,6 +4,7 @@ run folder never escapes output.dir and a run writes nothing outside it."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -96,15 +97,15 @@ def test_token_in_the_spec_is_refused_without_echoing_it(tmp_path: Path, tiny_mo
     assert snapshot(tmp_path) == before  # refused before anything was written
 
 
-def test_remote_code_is_not_run_unless_the_spec_trusts_it(tmp_path: Path, tiny_model_dir: Path,
+def test_remote_code_is_not_run_by_default(tmp_path: Path, tiny_model_dir: Path,
                                                           tiny_pairs: Path) -> None:
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     marker = tmp_path / "REMOTE_CODE_RAN"
-    config = yaml.safe_load((model / "config.json").read_text())  # JSON is YAML
+    config = json.loads((model / "config.json").read_text())
     config.update(model_type="customllama", architectures=["CustomModel"],
                   auto_map={"AutoConfig": "custom_code.CustomConfig", "AutoModelForCausalLM": "custom_code.CustomModel"})
-    (model / "config.json").write_text(yaml.safe_dump(config, default_flow_style=True, width=10**6))
+    (model / "config.json").write_text(json.dumps(config))
     (model / "custom_code.py").write_text(
         f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
         "from transformers import LlamaConfig, LlamaForCausalLM\n"

@@ -16,14 +16,24 @@ import random
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from hdpo_core.checkpoint import latest_checkpoint, list_checkpoints
+from hdpo_core import checkpoint as ckpt_mod
+from hdpo_core.checkpoint import clean_partial, latest_checkpoint, list_checkpoints, save_checkpoint
 from tests.reliability import _child
-from tests.reliability._jobs import (STEPS, assert_same_weights, final_weights, max_abs_diff, metric_records,
-                                     run_cli, status, write_job)
+from tests.reliability._jobs import (
+    STEPS,
+    assert_same_weights,
+    final_weights,
+    max_abs_diff,
+    metric_records,
+    run_cli,
+    status,
+    write_job,
+)
 
 KILLS = 12
 FSYNC_DELAY = 0.02
@@ -34,8 +44,10 @@ def _complete_steps(root: Path) -> int:
     return int(last.name.split("-")[1]) if last else 0
 
 
-def _temp_folders(root: Path, step: int) -> list[Path]:
-    return list(root.glob(f".tmp-step-{step:08d}-*")) if root.exists() else []
+def _temp_folders(root: Path, step: int, stale: set[str]) -> list[Path]:
+    """Temp folders of checkpoint ``step`` written by the current child (not left over by an earlier kill)."""
+    found = root.glob(f".tmp-step-{step:08d}-*") if root.exists() else []
+    return [p for p in found if p.name not in stale]
 
 
 def _check_after_kill(run: Path) -> None:
@@ -64,6 +76,7 @@ def test_repeated_sigkill_never_leaves_a_torn_checkpoint_and_resume_is_exact(
     t0 = time.monotonic()
     for i in range(KILLS):
         before = _complete_steps(root)
+        stale = {p.name for p in root.iterdir()} if root.exists() else set()
         # Never let a child finish more than one new step, so all kills land before the job is done.
         cap = before + 2
         aim_at_write = i % 2 == 0
@@ -73,7 +86,7 @@ def test_repeated_sigkill_never_leaves_a_torn_checkpoint_and_resume_is_exact(
         started = time.monotonic()
         proc.start()
         while proc.is_alive():
-            if _temp_folders(root, target) or _temp_folders(root, cap):
+            if _temp_folders(root, target, stale) or _temp_folders(root, cap, stale):
                 if aim_at_write:
                     time.sleep(delay)
                 break
@@ -83,7 +96,7 @@ def test_repeated_sigkill_never_leaves_a_torn_checkpoint_and_resume_is_exact(
         proc.kill()
         proc.join(30)
         assert proc.exitcode == -9, f"kill {i}: child exited by itself ({proc.exitcode}):\n{log.read_text()[-3000:]}"
-        if _temp_folders(root, target) or _temp_folders(root, cap):
+        if _temp_folders(root, target, stale) or _temp_folders(root, cap, stale):
             mid_write += 1
         _check_after_kill(run)
     after_kills = _complete_steps(root)
@@ -101,3 +114,37 @@ def test_repeated_sigkill_never_leaves_a_torn_checkpoint_and_resume_is_exact(
     assert mid_write >= 3, f"only {mid_write} of {KILLS} kills landed inside a checkpoint write"
     print(f"{KILLS} kills ({mid_write} inside a checkpoint write), {after_kills} steps done by then, "
           f"{time.monotonic() - t0:.1f}s; max |diff| vs straight run {max_abs_diff(got, reference_final):.2e}")
+
+
+def _tiny_training_state() -> tuple[torch.nn.Module, torch.optim.Optimizer, object]:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+
+def _dies_half_way(path: object, *args: object, **kwargs: object) -> None:
+    """A stand-in for ``shutil.rmtree`` killed after deleting the first file."""
+    next(p for p in Path(str(path)).iterdir() if p.name != "state.json").unlink()
+    raise SystemExit(-9)
+
+
+@pytest.mark.parametrize("case", ["prune old", "rewrite same step"])
+def test_a_kill_while_a_checkpoint_is_deleted_never_leaves_a_half_one(tmp_path: Path, case: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deterministic version of the window the kill loop can only hit by chance: deleting a checkpoint."""
+    model, optimizer, scheduler = _tiny_training_state()
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        save_checkpoint(root, step, model=model, optimizer=optimizer, scheduler=scheduler, state={}, keep=2)
+    step = 3 if case == "prune old" else 2
+    with monkeypatch.context() as m, pytest.raises(SystemExit):
+        m.setattr(ckpt_mod.shutil, "rmtree", _dies_half_way)
+        save_checkpoint(root, step, model=model, optimizer=optimizer, scheduler=scheduler, state={}, keep=2)
+    names = [p.name for p in list_checkpoints(root)]
+    assert names == (["step-00000002", "step-00000003"] if case == "prune old" else ["step-00000001", "step-00000002"])
+    for ckpt in list_checkpoints(root):
+        assert load_file(str(ckpt / "trainable.safetensors")) and (ckpt / "optimizer.pt").exists()
+    clean_partial(root)
+    assert sorted(p.name for p in root.iterdir()) == names

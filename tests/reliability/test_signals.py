@@ -15,8 +15,17 @@ from pathlib import Path
 
 import torch
 
-from tests.reliability._jobs import (STEPS, assert_same_weights, checkpoint_dirs, final_weights, max_abs_diff,
-                                     metric_records, run_cli, status, write_job)
+from tests.reliability._jobs import (
+    STEPS,
+    assert_same_weights,
+    checkpoint_dirs,
+    final_weights,
+    max_abs_diff,
+    metric_records,
+    run_cli,
+    status,
+    write_job,
+)
 
 HDPO_TUNE = Path(sys.executable).parent / "hdpo-tune"
 
