@@ -195,6 +195,20 @@ def compare(
     typer.echo(guarded(lambda: compare_runs(run_dirs, out=out)))
 
 
+@app.command()
+def sweep(
+    job: Annotated[Path, typer.Argument(help="Job spec YAML (its eval section picks the winner).")],
+    alpha: Annotated[str, typer.Option("--alpha", help="Comma-separated alphas, e.g. 0.8,0.9,1.0,1.1.")],
+    select: Annotated[str, typer.Option("--select", help="accuracy@tT, pass@K[@tT], entropy~X, reward_accuracy "
+                                        "or loss.")] = "accuracy@t1.0",
+    force: Annotated[bool, typer.Option("--force", help="Redo finished variants.")] = False,
+) -> None:
+    """Train and evaluate one run per alpha (shared data and reference log-probs), pick the best, ship it."""
+    from service.sweep import parse_alphas, run_sweep
+
+    guarded(lambda: run_sweep(job, alphas=parse_alphas(alpha), select=select, force=force))
+
+
 def _with_default_command(argv: list[str]) -> list[str]:
     """`hdpo-tune job.yaml` (the container's entrypoint form) means `hdpo-tune run job.yaml`."""
     args = list(argv)

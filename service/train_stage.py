@@ -53,8 +53,25 @@ def lora_options(spec: Any) -> LoraOptions | None:
     return LoraOptions(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=targets)
 
 
+_PREPARED: dict[tuple[Any, ...], PreparedData] = {}
+
+
 def prepare_data(spec: Any, tokenizer: Any) -> PreparedData:
-    """Load, check and tokenise the train (and eval) pairs; report skipped rows on stderr."""
+    """Load, check and tokenise the train (and eval) pairs; report skipped rows on stderr.
+
+    Memoised per process on everything the result depends on (files' fingerprints, tokenizer, limits), so
+    the variants of a sweep tokenise once."""
+    d = spec.data
+    key = (d.train, d.eval, d.train_split, d.eval_split, d.max_length, d.overlong, d.on_bad_row,
+           spec.model.name_or_path, spec.model.revision,
+           *(file_fingerprint(str(p)) for p in (d.train, d.eval) if p is not None))
+    if key not in _PREPARED:
+        _PREPARED[key] = _prepare_data(spec, tokenizer)
+    cached = _PREPARED[key]
+    return PreparedData(cached.train, cached.eval, json.loads(json.dumps(cached.info)))
+
+
+def _prepare_data(spec: Any, tokenizer: Any) -> PreparedData:
     d = spec.data
     info: dict[str, Any] = {}
     out: dict[str, list[TokenizedPair]] = {"train": [], "eval": []}
@@ -184,7 +201,8 @@ def run_train_stage(spec: Any, rd: RunDir, *, fresh: bool = False) -> dict[str, 
     chunk = spec.train.logps_chunk_size
     ref_cache = None
     if spec.train.precompute_ref_logps:
-        ref_cache = _precompute(spec, accelerator, policy, reference, data.train, make_batch, chunk, mopts)
+        ref_cache, data.info["ref_cache"] = _precompute(spec, accelerator, policy, reference, data.train, make_batch,
+                                                        chunk, mopts)
     alpha = alpha_controller(spec, steps)
     eval_fn = _make_eval_fn(accelerator, policy, reference, data.eval, make_batch, opts, alpha, chunk) \
         if data.eval else None
@@ -226,7 +244,7 @@ def _resume_step(root: Path) -> int | None:
 
 
 def _precompute(spec: Any, accelerator: Any, policy: Any, reference: Any, pairs: list[TokenizedPair],
-                make_batch: Any, chunk: int, mopts: ModelOptions) -> refcache.RefLogps:
+                make_batch: Any, chunk: int, mopts: ModelOptions) -> tuple[refcache.RefLogps, dict[str, Any]]:
     import torch
 
     from hdpo_core.forward import SequenceScorer, score
@@ -251,7 +269,7 @@ def _precompute(spec: Any, accelerator: Any, policy: Any, reference: Any, pairs:
               file=sys.stderr)
     if reference is not None:
         reference.to("cpu")
-    return ref
+    return ref, {"dir": str(cache_dir), "key": key, "hit": bool(hit)}
 
 
 def _load_or_compute_distributed(accelerator: Any, path: Path, pairs: list[TokenizedPair], make_batch: Any,
