@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .io import atomic_write_text
+
 
 class MetricsLog:
     """Appends metrics to ``metrics.jsonl`` and TensorBoard. On resume, lines past the resumed step are
@@ -24,7 +26,7 @@ class MetricsLog:
                     continue  # a line torn by a kill
                 if resume_step is not None and rec.get("step", 0) <= resume_step:
                     keep.append(line)
-            self.path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+            atomic_write_text(self.path, "".join(k + "\n" for k in keep))  # a kill here keeps the old file
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -62,8 +62,11 @@ def _check_local_folder(opts: ModelOptions) -> None:
 def _load_error(opts: ModelOptions, what: str, exc: Exception) -> InputError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
     if Path(opts.name_or_path).exists():
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        hint = ("; it needs custom code: review it, then set model.trust_remote_code: true"
+                if "trust_remote_code" in str(exc) and not opts.trust_remote_code else "")
         return InputError(f"model.name_or_path: cannot load the {what} from {opts.name_or_path} "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+                          f"({type(exc).__name__}: {detail}){hint}")
     hint = "the Hub is unreachable (offline mode): download the model and point model.name_or_path at the folder" \
         if offline else "check the model id and your network, or use a local folder"
     return InputError(f"model.name_or_path: '{opts.name_or_path}' is not a local folder and the {what} could not be "
