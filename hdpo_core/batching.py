@@ -78,6 +78,12 @@ def _sequences(pairs: Sequence[TokenizedPair]) -> list[tuple[list[int], int]]:
     return seqs
 
 
+def _blank_rows(rows: int, width: int, pad_token_id: int) -> tuple[torch.Tensor, ...]:
+    """``(input_ids, position_ids, target_ids, target_seq)`` of ``[rows, width]``, all padding."""
+    return (torch.full((rows, width), pad_token_id, dtype=torch.long), torch.zeros((rows, width), dtype=torch.long),
+            torch.full((rows, width), IGNORE_INDEX, dtype=torch.long), torch.full((rows, width), -1, dtype=torch.long))
+
+
 def _place(row_ids, row_pos, row_tgt, row_seq, offset: int, tokens: list[int], prompt_len: int, seq: int) -> None:
     n = len(tokens)
     row_ids[offset:offset + n] = torch.tensor(tokens)
@@ -94,11 +100,8 @@ def padded_batch(pairs: Sequence[TokenizedPair], pad_token_id: int) -> TokenBatc
     seqs = _sequences(pairs)
     width = max(len(t) for t, _ in seqs)
     rows = len(seqs)
-    ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
-    pos = torch.zeros((rows, width), dtype=torch.long)
+    ids, pos, tgt, seq = _blank_rows(rows, width, pad_token_id)
     mask = torch.zeros((rows, width), dtype=torch.long)
-    tgt = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
-    seq = torch.full((rows, width), -1, dtype=torch.long)
     for r, (tokens, plen) in enumerate(seqs):
         _place(ids[r], pos[r], tgt[r], seq[r], 0, tokens, plen, r)
         mask[r, :len(tokens)] = 1
@@ -131,10 +134,7 @@ def block_mask_batch(pairs: Sequence[TokenizedPair], pad_token_id: int, *, row_t
     layout = pack_rows(lengths, max(row_tokens, max(lengths)))
     width = max(sum(lengths[i] for i in row) for row in layout)
     rows = len(layout)
-    ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
-    pos = torch.zeros((rows, width), dtype=torch.long)
-    tgt = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
-    seq = torch.full((rows, width), -1, dtype=torch.long)
+    ids, pos, tgt, seq = _blank_rows(rows, width, pad_token_id)
     segment = torch.full((rows, width), -1, dtype=torch.long)
     for r, row in enumerate(layout):
         offset = 0
@@ -171,11 +171,8 @@ def packed_batch(pairs: Sequence[TokenizedPair], pad_token_id: int, *, row_token
     layout = pack_rows(lengths, max(row_tokens, max(lengths)))
     width = max(sum(lengths[i] for i in row) for row in layout)
     rows = len(layout)
-    ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
-    pos = torch.zeros((rows, width), dtype=torch.long)
+    ids, pos, tgt, seq = _blank_rows(rows, width, pad_token_id)
     real = torch.zeros((rows, width), dtype=torch.long)
-    tgt = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
-    seq = torch.full((rows, width), -1, dtype=torch.long)
     segments: list[tuple[int, int, int, int, int]] = []
     s_pos: list[int] = []
     s_tgt: list[int] = []
