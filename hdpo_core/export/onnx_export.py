@@ -117,8 +117,14 @@ def export_decoder(model_dir: Path, out_dir: Path, *, opset: int | None = None) 
         tuple({0: b, 2: p} for _ in range(2 * geometry.num_layers)),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    import logging
+    import warnings
+
+    # the exporter logs one warning per absent torchvision op and per dynamic-shape rename: noise for users
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper,
                 _example_inputs(geometry, model.config.get_text_config().vocab_size),
