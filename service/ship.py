@@ -127,7 +127,7 @@ def export_run(run_dir: str | Path, force: bool = False, log: Log = print) -> di
     run_dir = Path(run_dir)
     _, _, export_spec, _ = load_run_spec(run_dir)
     onnx_spec = export_spec.onnx
-    merge_info = merge_run(run_dir, log=log)
+    merge_info = merge_run(run_dir, log=lambda msg: None)  # quiet when merged/ is already current
     merged, out = run_dir / "merged", run_dir / "onnx"
     key = hashlib.sha256((merge_info["fingerprint"] + onnx_spec.model_dump_json()).encode()).hexdigest()
     marker = out / "validation.json"
