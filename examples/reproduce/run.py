@@ -154,13 +154,13 @@ def eval_base(spec: dict[str, Any], seed: int, args: argparse.Namespace) -> Path
 # ---------------------------------------------------------------- aggregation
 
 
-def read_metrics(results_json: Path) -> dict[str, Any]:
+def read_metrics(results_json: Path, seed: int) -> dict[str, Any]:
     """Flat metrics of one evaluation: accuracy per temperature, pass@k at T=1, diversity, entropy."""
     res = json.loads(results_json.read_text(encoding="utf-8"))
     by_t = {float(v["temperature"]): v for v in res["sampling"]["policy"].values()}
     t1 = by_t[min(by_t, key=lambda t: abs(t - 1.0))]
     echosen = (res.get("headline", {}).get("entropy_chosen") or {}).get("policy")
-    return {"acc": {t: v["accuracy"] for t, v in by_t.items()},
+    return {"seed": seed, "acc": {t: v["accuracy"] for t, v in by_t.items()},
             "pass_at_k": {t: v["pass_at_k"] for t, v in by_t.items()},
             "pass_at_k_t1": t1["pass_at_k"], "distinct_2": t1["diversity"]["distinct_2"],
             "unique_answers": t1["diversity"]["unique_answers"], "entropy_sampled": t1["entropy_sampled"],
@@ -189,6 +189,7 @@ def _ks(n: int) -> list[int]:
 def aggregate(rows: dict[str, list[dict[str, Any]]], temps: list[float], n: int) -> dict[str, dict[str, Any]]:
     """``{row label: {metric: (mean, sd)}}`` over seeds."""
     out: dict[str, dict[str, Any]] = {}
+    t1 = min(temps, key=lambda t: abs(t - 1.0))
     for label, ms in rows.items():
         agg: dict[str, Any] = {f"acc@{t:g}": mean_sd([m["acc"].get(t) for m in ms]) for t in temps}
         for t in temps:
@@ -197,17 +198,20 @@ def aggregate(rows: dict[str, list[dict[str, Any]]], temps: list[float], n: int)
         for key in ("distinct_2", "unique_answers", "entropy_sampled", "entropy_chosen"):
             agg[key] = mean_sd([m[key] for m in ms])
         agg["seeds"] = len(ms)
+        base = {m["seed"]: m for m in rows.get("base (SFT)", [])}
+        # paired by seed (same tasks and sampler seed): far less noisy than comparing two means
+        agg["delta_acc@1"] = mean_sd([m["acc"][t1] - base[m["seed"]]["acc"][t1] for m in ms if m["seed"] in base])
         out[label] = agg
     return out
 
 
 def write_table(agg: dict[str, dict[str, Any]], temps: list[float], n: int, path: Path) -> str:
     ks = _ks(n)
-    head = (["model", "seeds"] + [f"acc T={t:g}" for t in temps] + [f"pass@{k} T=1" for k in ks]
+    head = (["model", "seeds"] + [f"acc T={t:g}" for t in temps] + ["Δ acc T=1 vs base (paired)"] + [f"pass@{k} T=1" for k in ks]
             + ["distinct-2 T=1", "unique answers T=1", "entropy sampled", "entropy chosen"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, a in agg.items():
-        cells = [label, str(a["seeds"])] + [_fmt(a[f"acc@{t:g}"]) for t in temps]
+        cells = [label, str(a["seeds"])] + [_fmt(a[f"acc@{t:g}"]) for t in temps] + [_fmt(a["delta_acc@1"])]
         cells += [_fmt(a["pass@T1"][k - 1]) for k in ks]
         cells += [_fmt(a["distinct_2"]), _fmt(a["unique_answers"]), _fmt(a["entropy_sampled"], 4),
                   _fmt(a["entropy_chosen"], 4)]
@@ -318,9 +322,9 @@ def main(argv: list[str] | None = None) -> None:
     rows: dict[str, list[dict[str, Any]]] = {"base (SFT)": []}
     for s in seeds:
         if (args.out / f"base_seed{s}" / "results.json").exists():
-            rows["base (SFT)"].append(read_metrics(args.out / f"base_seed{s}" / "results.json"))
+            rows["base (SFT)"].append(read_metrics(args.out / f"base_seed{s}" / "results.json", s))
     for a in alphas:
-        rows[f"alpha {a:g}"] = [read_metrics(args.out / f"alpha{a:g}_seed{s}" / "eval" / "results.json")
+        rows[f"alpha {a:g}"] = [read_metrics(args.out / f"alpha{a:g}_seed{s}" / "eval" / "results.json", s)
                                 for s in seeds if (args.out / f"alpha{a:g}_seed{s}" / "eval" / "results.json").exists()]
     rows = {k: v for k, v in rows.items() if v}
     agg = aggregate(rows, temps, args.n_samples)

@@ -22,13 +22,16 @@ QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 
 
 def _job_copy(tmp: Path) -> Path:
-    """The quickstart job with absolute paths and its output moved into ``tmp``."""
+    """The quickstart job (same training regime) with absolute paths and its output moved into ``tmp``."""
     spec = yaml.safe_load(QUICKSTART.read_text(encoding="utf-8"))
     here = QUICKSTART.parent
     spec["model"]["name_or_path"] = str((here / spec["model"]["name_or_path"]).resolve())
     for key in ("train", "eval"):
         spec["data"][key] = str((here / spec["data"][key]).resolve())
     spec["eval"]["tasks"] = str((here / spec["eval"]["tasks"]).resolve())
+    # same sampling cost as the shipped job (n 4 x 2 temperatures), spent at T=1 only: 1024 paired samples
+    # per side make the policy-vs-base check at T=1 steadier
+    spec["eval"].update(n_samples=8, temperatures=[1.0])
     spec["output"]["dir"] = str(tmp / "run")
     path = tmp / "quickstart.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
