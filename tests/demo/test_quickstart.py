@@ -29,16 +29,12 @@ def _job_copy(tmp: Path) -> Path:
     for key in ("train", "eval"):
         spec["data"][key] = str((here / spec["data"][key]).resolve())
     spec["eval"]["tasks"] = str((here / spec["eval"]["tasks"]).resolve())
-    # same sampling cost as the shipped job (n 4 x 2 temperatures), spent at T=1 only: 1024 paired samples
-    # per side make the policy-vs-base check at T=1 steadier
-    spec["eval"].update(n_samples=8, temperatures=[1.0])
     spec["output"]["dir"] = str(tmp / "run")
     path = tmp / "quickstart.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     return path
 
 
-@pytest.mark.slow
 def test_quickstart_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -62,6 +58,8 @@ def test_quickstart_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     for side in (policy, reference):
         for entry in side.values():
             assert 0.0 <= entry["accuracy"] <= 1.0 and math.isfinite(entry["entropy_sampled"])
-    t1 = next(k for k, v in policy.items() if v["temperature"] == 1.0)
-    # measured over 3 train/eval seeds in docs/reproduction.md: the trained policy is above the base at T=1
-    assert policy[t1]["accuracy"] > reference[t1]["accuracy"], (policy[t1], reference[t1])
+    # docs/reproduction.md: with this regime (alpha 0.9) the policy beat the base at T=1 and T=0.5 for each of
+    # 3 train/eval seeds (paired, same sampler seed): +0.010..+0.020 at T=1, +0.023..+0.061 at T=0.5
+    for key, entry in policy.items():
+        assert entry["accuracy"] > reference[key]["accuracy"], (entry, reference[key])
+    assert {entry["temperature"] for entry in policy.values()} == {0.5, 1.0}
