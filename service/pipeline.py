@@ -45,8 +45,6 @@ def _enabled(spec: JobSpec, stage: str) -> bool:
     if stage == "export":
         onnx = getattr(section, "onnx", None)
         return bool(onnx is not None and getattr(onnx, "enabled", False))
-    if stage == "merge" and spec.lora is None:
-        return bool(getattr(section, "enabled", True))
     return bool(getattr(section, "enabled", True))
 
 
