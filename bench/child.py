@@ -68,28 +68,21 @@ def run_hdpo(cfg: dict, rows: list[dict]) -> _Clock:
         clock.step_end()
 
     options = dict(cfg.get("hdpo_options", {}))
-    share_prompt = bool(options.pop("share_prompt", True))
     opts = TrainOptions(total_steps=cfg["warmup"] + cfg["steps"], batch_size=cfg["batch"],
                         micro_batch_size=cfg["micro"], learning_rate=cfg["lr"], scheduler="constant",
                         beta=cfg["beta"], save_every=10**9, seed=0, **options)
-    if share_prompt and opts.packing:  # until TrainOptions carries it: the trainer's batcher, prompt shared
-        import hdpo_core.trainer as trainer_mod
-        from hdpo_core.batching import packed_batch
-
-        trainer_mod.make_batcher = lambda o, pad: (
-            lambda ps: packed_batch(ps, pad, row_tokens=o.row_tokens, share_prompt=True))
     ref_cache = None
     if cfg.get("precompute"):  # like TRL's precompute_ref_log_probs: scored once before training, not timed
         import contextlib
 
-        from hdpo_core.forward import SequenceScorer, score
+        from hdpo_core.forward import SequenceScorer, score, uses_segment_kernel
         from hdpo_core.refcache import compute_ref_logps
         from hdpo_core.trainer import make_batcher
 
         device = accelerator.device
         scorer = SequenceScorer((reference if reference is not None else policy).to(device)).eval()
         ctx = scorer.reference_mode() if reference is None else contextlib.nullcontext()
-        batcher = make_batcher(opts, 0)
+        batcher = make_batcher(opts, 0, single_row=uses_segment_kernel(scorer.model))
         with ctx, accelerator.autocast():
             ref_cache = compute_ref_logps(pairs, lambda ps: batcher(ps).to(device), lambda b: score(scorer, b),
                                           cfg["micro"])

@@ -36,6 +36,27 @@ CPU_SHAPE = ModelShape()
 GPU_SHAPE = ModelShape(family="qwen2", vocab_size=151936, hidden_size=896, num_hidden_layers=24,
                        num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
                        tie_word_embeddings=True, dtype="bfloat16")
+# Qwen2.5-0.5B's layers (width, heads, MLP) at 1/6 of its depth and vocabulary: per token, the attention /
+# projection / output-layer proportions of the real model, at a size a 2-core CPU trains in seconds per step.
+QWEN_SLICE_SHAPE = ModelShape(family="qwen2", vocab_size=151936 // 6, hidden_size=896, num_hidden_layers=4,
+                              num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
+                              tie_word_embeddings=True, dtype="float32")
+SHAPES = {"tiny": CPU_SHAPE, "qwen-slice": QWEN_SLICE_SHAPE, "qwen-0.5b": GPU_SHAPE}
+
+
+def forward_macs(row: dict, shape: ModelShape) -> tuple[float, float]:
+    """(attention, total) multiply-adds of one forward pass over a pair as hdpo-tune computes it: one packed
+    segment ``prompt | chosen | rejected`` (the rejected part sees the prompt, not the chosen part), the output
+    layer only on completion positions. Attention counts the score and value products (2 * d per attended
+    key); the rest is the projections and the MLP. Used to show how much of the cost growth with length is
+    the model's own attention work rather than the engine."""
+    p, c, r = len(row["prompt_ids"]), len(row["chosen_ids"]), len(row["rejected_ids"])
+    d, d_ff, layers = shape.hidden_size, shape.intermediate_size, shape.num_hidden_layers
+    kv = d * shape.num_key_value_heads // shape.num_attention_heads
+    keys = (p + c) * (p + c + 1) / 2 + r * p + r * (r + 1) / 2
+    attention = layers * 2 * d * keys
+    linear = layers * (p + c + r) * (2 * d * d + 2 * d * kv + 3 * d * d_ff) + (c + r) * shape.vocab_size * d
+    return attention, attention + linear
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,12 @@ from bench.fixtures import (  # noqa: E402
     CPU_SHAPE,
     GPU_LENGTHS,
     GPU_SHAPE,
+    SHAPES,
     LengthSpec,
     ModelShape,
     build_model_folder,
     counted_tokens,
+    forward_macs,
     make_pairs,
 )
 
@@ -66,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="1 rep, few steps (a smoke run)")
     ap.add_argument("--gpu", action="store_true", help="Qwen2.5-0.5B shape, bf16, ~1100 tokens per pair")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                    help="model shape (default: tiny on CPU, qwen-0.5b with --gpu; qwen-slice = Qwen2.5-0.5B's "
+                    "layers at 1/6 depth and vocab)")
     ap.add_argument("--reps", type=int, default=None, help="alternating repetitions per engine (default 3)")
     ap.add_argument("--mode", choices=["lora", "full", "both"], default="both")
     ap.add_argument("--steps", type=int, default=None, help="timed optimizer steps per run")
@@ -104,7 +109,8 @@ def make_plan(a: argparse.Namespace) -> Plan:
     warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
     return Plan(gpu=a.gpu, modes=["lora", "full"] if a.mode == "both" else [a.mode], reps=reps, steps=steps,
                 warmup=warmup, batch=a.batch, micro=a.micro or a.batch, threads=a.threads or (8 if a.gpu else 1),
-                grad_ckpt=a.grad_ckpt, precompute=a.precompute, shape=GPU_SHAPE if a.gpu else CPU_SHAPE,
+                grad_ckpt=a.grad_ckpt, precompute=a.precompute,
+                shape=SHAPES[a.shape] if a.shape else (GPU_SHAPE if a.gpu else CPU_SHAPE),
                 lengths=GPU_LENGTHS if a.gpu else CPU_LENGTHS, engines=tuple(a.engines.split(",")),
                 hdpo_options={k: _value(v) for k, v in (o.split("=", 1) for o in a.hdpo_opt)})
 
@@ -215,7 +221,12 @@ def compare(plan: Plan, work: Path, params: int, model_dir: Path) -> dict:
 
 
 def sweep(plan: Plan, work: Path, params: int, model_dir: Path, budget: int) -> dict:
-    """hdpo only: seconds per 1k counted tokens at a fixed token budget per step, mean pair 256 -> 2048."""
+    """hdpo only: milliseconds per 1k counted tokens at a fixed token budget per step, mean pair 256 -> 2048.
+
+    Repetitions alternate over the lengths (256, 512, 1024, 2048, 256, ...) so machine noise spreads evenly.
+    Each point also gives the model's own attention share of the forward multiply-adds and the cost per
+    multiply-add relative to 256: attention work per token grows with length in any exact implementation, so
+    a flat cost per multiply-add is what the engine controls."""
     points = []
     for mean_pair in (256, 512, 1024, 2048):
         lengths = plan.lengths.scaled_to(mean_pair)
@@ -226,27 +237,40 @@ def sweep(plan: Plan, work: Path, params: int, model_dir: Path, budget: int) -> 
         rows = make_pairs((sub.warmup + sub.steps) * batch, lengths, plan.shape.vocab_size, seed=3)
         data = work / f"pairs-{mean_pair}.jsonl"
         write_data(data, rows)
-        res_rows = []
-        for rep in range(plan.reps):
-            cfg = {**base_cfg(sub, model_dir, data), "engine": "hdpo", "mode": plan.modes[0], "rep": rep}
-            res_rows.append(summarize(run_child(cfg, work), params, plan.gpu))
-        tps = _median(res_rows, "tokens_per_s")
-        points.append({"mean_pair_tokens": mean_pair, "batch_pairs": batch, "tokens_per_step": _median(res_rows, "tokens_per_step"),
-                       "tokens_per_s": tps, "ms_per_1k_tokens": 1e6 / tps, "peak_mb": _median(res_rows, "peak_mb")})
-        print(f"  sweep {mean_pair}: {1e6 / tps:.1f} ms per 1k tokens (batch {batch})", file=sys.stderr, flush=True)
-    base = points[0]["ms_per_1k_tokens"]
-    for p in points:
-        p["vs_256"] = p["ms_per_1k_tokens"] / base
-    return {"points": points, "max_over_min": max(p["ms_per_1k_tokens"] for p in points) /
-            min(p["ms_per_1k_tokens"] for p in points)}
+        macs = [forward_macs(r, plan.shape) for r in rows]
+        points.append({"mean_pair_tokens": mean_pair, "batch_pairs": batch, "sub": sub, "data": data, "runs": [],
+                       "attention_share": sum(a for a, _ in macs) / sum(t for _, t in macs),
+                       "macs_per_token": sum(t for _, t in macs) / sum(map(counted_tokens, rows))})
+    for rep in range(plan.reps):
+        for pt in points:
+            cfg = {**base_cfg(pt["sub"], model_dir, pt["data"]), "engine": "hdpo", "mode": plan.modes[0], "rep": rep}
+            pt["runs"].append(summarize(run_child(cfg, work), params, plan.gpu))
+            tps = pt["runs"][-1]["tokens_per_s"]
+            print(f"  sweep {pt['mean_pair_tokens']} rep {rep}: {1e6 / tps:.1f} ms per 1k tokens (batch "
+                  f"{pt['batch_pairs']})", file=sys.stderr, flush=True)
+    out = []
+    for pt in points:
+        tps = _median(pt["runs"], "tokens_per_s")
+        out.append({"mean_pair_tokens": pt["mean_pair_tokens"], "batch_pairs": pt["batch_pairs"],
+                    "tokens_per_step": _median(pt["runs"], "tokens_per_step"), "tokens_per_s": tps,
+                    "ms_per_1k_tokens": 1e6 / tps, "peak_mb": _median(pt["runs"], "peak_mb"),
+                    "attention_share": pt["attention_share"], "macs_per_token": pt["macs_per_token"],
+                    "per_rep_tokens_per_s": [r["tokens_per_s"] for r in pt["runs"]]})
+    base = out[0]
+    for p in out:
+        p["vs_256"] = p["ms_per_1k_tokens"] / base["ms_per_1k_tokens"]
+        p["per_mac_vs_256"] = p["vs_256"] * base["macs_per_token"] / p["macs_per_token"]
+    return {"points": out, "max_over_min": max(p["ms_per_1k_tokens"] for p in out) /
+            min(p["ms_per_1k_tokens"] for p in out)}
 
 
 def sweep_table(points: list[dict]) -> str:
-    lines = ["| mean pair tokens | pairs/step | tokens/step | tokens/s | ms per 1k tokens | vs 256 |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| mean pair tokens | pairs/step | tokens/step | tokens/s | ms per 1k tokens | cost per token vs 256 | "
+             "attention share of forward | cost per multiply-add vs 256 |", "|---|---|---|---|---|---|---|---|"]
     for p in points:
         lines.append(f"| {p['mean_pair_tokens']} | {p['batch_pairs']} | {p['tokens_per_step']:,.0f} | "
-                     f"{p['tokens_per_s']:,.0f} | {p['ms_per_1k_tokens']:.1f} | {p['vs_256']:.2f} |")
+                     f"{p['tokens_per_s']:,.0f} | {p['ms_per_1k_tokens']:.1f} | {p['vs_256']:.2f} | "
+                     f"{100 * p['attention_share']:.0f}% | {p['per_mac_vs_256']:.2f} |")
     return "\n".join(lines)
 
 

@@ -152,6 +152,13 @@ def segments_to_mask(segments: tuple[tuple[int, int, int, int, int], ...], rows:
     return mask[:, None]
 
 
+def uses_segment_kernel(model: nn.Module) -> bool:
+    """Whether packed batches for ``model`` (a causal LM or a peft model) run on the segment kernel, where the
+    row layout costs nothing: then the whole micro-batch goes in ONE row (no padding at all). Otherwise
+    (eager attention, other families) rows stay bounded because the fallback mask is ``[rows, 1, T, T]``."""
+    return supports_segment_attention(_unwrap_causal_lm(model))
+
+
 def _unwrap_causal_lm(model: nn.Module) -> nn.Module:
     """The transformers ``*ForCausalLM`` inside a peft wrapper (LoRA layers stay injected)."""
     get_base = getattr(model, "get_base_model", None)

@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from .alpha import AlphaController
 from .batching import TokenBatch, packed_batch, padded_batch
 from .errors import Interrupted, RunError
-from .forward import SequenceScorer, SequenceScores, score
+from .forward import SequenceScorer, SequenceScores, score, uses_segment_kernel
 from .refcache import RefLogps
 from .steps import LossSettings, StepSums, run_micro_batches
 from .tokenize import TokenizedPair
@@ -118,10 +118,13 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def make_batcher(opts: TrainOptions, pad_token_id: int) -> Callable[[Sequence[TokenizedPair]], TokenBatch]:
+def make_batcher(opts: TrainOptions, pad_token_id: int, *, single_row: bool = False
+                 ) -> Callable[[Sequence[TokenizedPair]], TokenBatch]:
+    """The micro-batch builder: packed (``opts.row_tokens`` per row, or one row when ``single_row``: the
+    segment kernel needs no row bound, and rows padded to the longest one compute padding) or padded."""
     if opts.packing:
-        return lambda pairs: packed_batch(pairs, pad_token_id, row_tokens=opts.row_tokens,
-                                          share_prompt=opts.share_prompt)
+        row_tokens = sys.maxsize if single_row else opts.row_tokens
+        return lambda pairs: packed_batch(pairs, pad_token_id, row_tokens=row_tokens, share_prompt=opts.share_prompt)
     return lambda pairs: padded_batch(pairs, pad_token_id)
 
 
@@ -190,7 +193,7 @@ def train(
     ref_scorer = None
     if reference is not None and ref_cache is None:
         ref_scorer = SequenceScorer(reference.to(accelerator.device), chunk_size=chunk_size).eval()
-    make_batch = make_batcher(opts, pad_token_id)
+    make_batch = make_batcher(opts, pad_token_id, single_row=uses_segment_kernel(policy))
     raw_scorer = accelerator.unwrap_model(scorer)
 
     def ref_scores(idx: Sequence[int], batch: TokenBatch) -> SequenceScores:
@@ -326,8 +329,12 @@ def _handle_nonfinite(step: int, loss: float, grad_norm: float, opts: TrainOptio
 
 
 def _progress(accelerator: Any, start: int, total: int) -> Callable[[dict[str, Any]], None]:
+    """A tqdm bar (loss, accuracy, tokens/s, ETA) on a terminal; in a log (stderr not a TTY: CI, Kubernetes,
+    ``docker logs``) one plain line every 30 s and at the end instead of carriage-return redraws."""
     if not accelerator.is_main_process:
         return lambda m: None
+    if not sys.stderr.isatty():
+        return _LogLines(start, total)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, leave=True)
@@ -340,3 +347,31 @@ def _progress(accelerator: Any, start: int, total: int) -> Callable[[dict[str, A
             bar.close()
 
     return update
+
+
+class _LogLines:
+    """Progress for logs: ``train step 40/120 (33%) loss 0.6512 acc 0.62 tok/s 4,410 elapsed 1m20s eta 2m40s``."""
+
+    def __init__(self, start: int, total: int, every_s: float = 30.0) -> None:
+        self.start, self.total, self.every_s = start, total, every_s
+        self.t0 = self.last = time.monotonic()
+
+    def __call__(self, m: dict[str, Any]) -> None:
+        now = time.monotonic()
+        step = int(m["step"])
+        if now - self.last < self.every_s and step < self.total and step != self.start + 1:
+            return
+        self.last = now
+        elapsed = now - self.t0
+        done = step - self.start
+        eta = elapsed / done * (self.total - step) if done else float("nan")
+        print(f"train step {step}/{self.total} ({100 * step / self.total:.0f}%) loss {m['loss']:.4f} "
+              f"acc {m['rewards/accuracies']:.2f} tok/s {m['tokens_per_s']:,.0f} elapsed {_hms(elapsed)} "
+              f"eta {_hms(eta)}", file=sys.stderr, flush=True)
+
+
+def _hms(seconds: float) -> str:
+    if seconds != seconds:  # NaN
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

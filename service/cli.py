@@ -7,6 +7,7 @@ running, 130 interrupted. ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -176,12 +177,16 @@ def eval_(
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens per sample.")] = None,
     verifier: Annotated[str | None, typer.Option("--verifier", help="math | code | exact | regex")] = None,
+    eval_pairs: Annotated[str | None, typer.Option("--eval-pairs", help="Held-out preference pairs (TRL format).")] = None,
+    reference: Annotated[bool | None, typer.Option("--reference/--no-reference",
+                                                   help="Also sample the reference model (default: the job's eval.compare_reference).")] = None,
 ) -> None:
     """Evaluate a model: accuracy and pass@k per temperature, diversity, entropy, preference metrics."""
     from service.eval_stage import evaluate_cli
 
     guarded(lambda: evaluate_cli(target, job=job, tasks=tasks, ref=ref, out=out, n=n, temperatures=temperatures,
-                                 top_p=top_p, seed=seed, max_new_tokens=max_new_tokens, verifier=verifier, log=typer.echo))
+                                 top_p=top_p, seed=seed, max_new_tokens=max_new_tokens, verifier=verifier,
+                                 eval_pairs=eval_pairs, compare_reference=reference, log=typer.echo))
 
 
 @app.command()
@@ -220,5 +225,9 @@ def _with_default_command(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point."""
+    if not sys.stderr.isatty():
+        # logs (CI, Kubernetes, docker logs) get no carriage-return bars from transformers/huggingface_hub
+        # ("Loading weights", downloads); our own training progress becomes periodic lines (hdpo_core.trainer)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = _with_default_command(sys.argv[1:] if argv is None else argv)
     return app(args=args, prog_name="hdpo-tune")

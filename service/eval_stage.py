@@ -206,7 +206,8 @@ def compare_runs(run_dirs: list[str], *, out: str | None = None) -> Path:
 def evaluate_cli(target: str, *, job: Any = None, tasks: str | None = None, ref: str | None = None,
                  out: str | None = None, n: int | None = None, temperatures: str | None = None,
                  top_p: float | None = None, seed: int | None = None, max_new_tokens: int | None = None,
-                 verifier: str | None = None, log: Any = print) -> dict[str, Any]:
+                 verifier: str | None = None, eval_pairs: str | None = None, compare_reference: bool | None = None,
+                 log: Any = print) -> dict[str, Any]:
     """``hdpo-tune eval`` options -> :func:`evaluate_target`; logs the headline and the written files."""
     temps = None
     if temperatures is not None:
@@ -216,7 +217,8 @@ def evaluate_cli(target: str, *, job: Any = None, tasks: str | None = None, ref:
             raise InputError(f"--temperatures: '{temperatures}' is not a comma-separated list of numbers "
                              "(e.g. 0.25,0.5,1.0)") from None
     overrides = {"tasks": tasks, "n_samples": n, "temperatures": temps, "top_p": top_p, "seed": seed,
-                 "max_new_tokens": max_new_tokens, "verifier": verifier}
+                 "max_new_tokens": max_new_tokens, "verifier": verifier, "eval_pairs": eval_pairs,
+                 "compare_reference": compare_reference}
     results = evaluate_target(target, job=str(job) if job else None, overrides=overrides, ref=ref, out=out)
     for line in headline_lines(results):
         log(line)

@@ -8,8 +8,11 @@ distributed launch the other ranks take part in training only and leave the late
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,25 @@ def _stage_fn(stage: str, spec: JobSpec, rd: RunDir, force: bool) -> Callable[[]
     return lambda: ship.push_run(rd.path) or {}
 
 
+@contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """SIGTERM outside the training loop raises KeyboardInterrupt, as SIGINT does, so that a stage stopped by
+    ``kill``/Kubernetes/``docker stop`` records ``interrupted`` instead of leaving ``running`` behind.
+    (The trainer installs its own handler while it trains: it checkpoints first, then raises Interrupted.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run every enabled stage of ``job``; returns per-stage results. Raises :class:`HdpoError`."""
     spec = load_spec(job)
@@ -91,11 +113,19 @@ def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> di
         if main:
             rd.write_status(stage, "running", stages_done=sorted(done))
         try:
-            results[stage] = _stage_fn(stage, spec, rd, force)()
+            with _terminate_raises():
+                results[stage] = _stage_fn(stage, spec, rd, force)()
         except Interrupted as exc:
             if main:
                 rd.write_status(stage, "interrupted", error=exc.message, stages_done=sorted(done))
             raise
+        except KeyboardInterrupt as exc:
+            by = exc.args[0] if exc.args else f"signal {int(signal.SIGINT)}"
+            message = (f"stopped by {by} during the {stage} stage; rerun the same command to continue "
+                       "(finished stages are skipped)")
+            if main:
+                rd.write_status(stage, "interrupted", error=message, stages_done=sorted(done))
+            raise Interrupted(message) from None
         except HdpoError as exc:
             if main:
                 rd.write_status(stage, "failed", error=exc.message, stages_done=sorted(done))

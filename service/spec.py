@@ -189,10 +189,12 @@ class TrainSpec(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Autocast compute dtype (accelerate). 'no' computes in model.dtype.")
-    packing: bool = Field(True, description="Pack sequences into rows of row_tokens with a block-causal mask "
-                          "instead of padding each to the longest.")
-    row_tokens: int = Field(4096, gt=0, description="Token budget of one packed row (a longer sequence gets its "
-                            "own row).")
+    packing: bool = Field(True, description="Pack sequences without padding; attention stays within each "
+                          "sequence (segment kernel, or a block-causal mask) instead of padding each to the longest.")
+    row_tokens: int = Field(4096, gt=0, description="Token budget of one packed row where attention needs a "
+                            "[rows, T, T] block mask (eager attention, model families without the segment kernel); "
+                            "a longer sequence gets its own row. With the segment kernel (sdpa on Llama/Qwen2/...) "
+                            "a micro-batch is one row and this is unused.")
     share_prompt: bool = Field(True, description="With packing, score chosen and rejected in one packed segment "
                                "that holds the shared prompt once (rejected attends to the prompt, not to chosen); "
                                "the same numbers, fewer tokens.")

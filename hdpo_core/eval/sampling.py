@@ -17,12 +17,12 @@ reproduce for the same seed, prompts, ``max_batch_size`` and device. ``generatio
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from hdpo_core.compat import cache_kwarg
 from hdpo_core.logps import entropy_from_logits
 
 
@@ -78,14 +78,6 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch
             ids[r, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
             mask[r, width - len(p):] = 1
     return ids, mask
-
-
-def cache_kwarg(model: torch.nn.Module) -> str:
-    """The KV-cache argument/output name: ``cache`` in transformers >= 5.2x models, ``past_key_values`` in
-    older ones (the old name still works there but warns)."""
-    get_base = getattr(model, "get_base_model", None)
-    lm = get_base() if callable(get_base) else model
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hdpo_core.compat import cache_kwarg
 from hdpo_core.errors import RunError
 from hdpo_core.export.ort_generate import CONFIG_NAME
 
@@ -60,6 +61,7 @@ class FlatCacheDecoder(nn.Module):
         super().__init__()
         self.model = model
         self.geometry = geometry
+        self.cache_kw = cache_kwarg(model)
 
     def forward(self, input_ids, attention_mask, position_ids, *past):  # noqa: ANN001, ANN201
         from transformers import DynamicCache
@@ -71,11 +73,11 @@ class FlatCacheDecoder(nn.Module):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=True,
+            **{self.cache_kw: cache},
         )
         flat = []
-        for layer in out.past_key_values.layers:
+        for layer in getattr(out, self.cache_kw).layers:
             flat += [layer.keys, layer.values]
         return (out.logits, *flat)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hdpo_core.compat import cache_kwarg
 from hdpo_core.errors import RunError
 from hdpo_core.export.ort_generate import OrtDecoder, left_pad, position_ids_for
 
@@ -37,8 +38,9 @@ class ParityResult:
 
 def _torch_step(model, ids, mask, cache):  # noqa: ANN001, ANN202 - thin helper
     pos = torch.from_numpy(position_ids_for(mask.numpy(), ids.shape[1]))
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-    return out.logits, out.past_key_values
+    kw = cache_kwarg(model)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache})
+    return out.logits, getattr(out, kw)
 
 
 def compare(

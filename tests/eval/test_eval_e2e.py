@@ -68,6 +68,20 @@ def _same_but_speed(x, y) -> bool:
     return strip(x) == strip(y)
 
 
+def test_cli_no_reference_skips_reference_sampling(workspace):
+    a = _eval(workspace, "out_noref", "--no-reference")
+    assert set(a["sampling"]) == {"policy"}
+    # held-out preference metrics still need reference log-probs: they stay, the reference is not sampled
+    assert a["preference"]["pairs"] == 4 and "ref_logps/chosen" in a["preference"]
+    summary = (workspace / "out_noref" / "summary.md").read_text()
+    assert "| policy | 0.5 |" in summary and "| reference | 0.5 |" not in summary
+    # --eval-pairs replaces the job's data.eval (here a 2-pair file)
+    (workspace / "pairs2.jsonl").write_text("".join(
+        (workspace / "pairs.jsonl").read_text().splitlines(keepends=True)[:2]))
+    b = _eval(workspace, "out_pairs2", "--no-reference", "--eval-pairs", str(workspace / "pairs2.jsonl"))
+    assert b["preference"]["pairs"] == 2 and b["eval_pairs"].endswith("pairs2.jsonl")
+
+
 def test_cli_errors_are_one_line(workspace):
     r = runner.invoke(app, ["eval", str(workspace / "nope")])
     assert r.exit_code == 2 and "eval target not found" in r.output

@@ -37,6 +37,29 @@ def test_packed_equals_padded_values(share, attn):
     assert batch.num_tokens == padded_batch(pairs, PAD).num_tokens
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_trainer_batcher_uses_one_unpadded_row_with_the_segment_kernel(attn):
+    """With the segment kernel the trainer packs a micro-batch into ONE row (rows padded to the longest row
+    would compute padding); with the mask fallback rows stay bounded by row_tokens. Same numbers either way."""
+    from hdpo_core.forward import uses_segment_kernel
+    from hdpo_core.trainer import TrainOptions, make_batcher
+
+    model = tiny_llama(attn=attn).eval()
+    pairs = random_pairs(6, seed=4)
+    opts = TrainOptions(total_steps=1, batch_size=6, micro_batch_size=6, learning_rate=1e-3, row_tokens=50)
+    batch = make_batcher(opts, PAD, single_row=uses_segment_kernel(model))(pairs)
+    computed = sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    if attn == "sdpa":
+        assert batch.input_ids.shape == (1, computed)  # no padding position at all
+    else:
+        assert batch.input_ids.shape[0] > 1 and batch.input_ids.shape[1] <= 50
+    with torch.no_grad():
+        logps, _, ent = _simple(model, pairs)
+        fast = score(SequenceScorer(model, chunk_size=7), batch)
+    torch.testing.assert_close(fast.logps, logps, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.entropy_sum, ent, atol=1e-4, rtol=0)
+
+
 def test_prompt_sharing_computes_the_prompt_once():
     pairs = random_pairs(5, seed=1)
     shared = packed_batch(pairs, PAD, row_tokens=10_000, share_prompt=True)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,8 +31,9 @@ from tests.reliability._jobs import (
 HDPO_TUNE = Path(sys.executable).parent / "hdpo-tune"
 
 
-def _wait_for_step(run: Path, proc: subprocess.Popen, min_step: int, timeout: float = 240.0) -> int:
-    """Poll status.json (written atomically, so never half a file) until training reached ``min_step``."""
+def _wait_for(run: Path, proc: subprocess.Popen, ready: Callable[[dict], bool], what: str,
+              timeout: float = 240.0) -> dict:
+    """Poll status.json (written atomically, so never half a file) until ``ready(status)``; returns it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"hdpo-tune exited early with {proc.returncode}"
@@ -39,10 +41,16 @@ def _wait_for_step(run: Path, proc: subprocess.Popen, min_step: int, timeout: fl
             st = json.loads((run / "status.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             st = {}
-        if st.get("stage") == "train" and (st.get("step") or 0) >= min_step:
-            return int(st["step"])
+        if ready(st):
+            return st
         time.sleep(0.02)
-    raise AssertionError(f"training did not reach step {min_step} in {timeout:.0f}s")
+    raise AssertionError(f"the run did not reach {what} in {timeout:.0f}s")
+
+
+def _wait_for_step(run: Path, proc: subprocess.Popen, min_step: int) -> int:
+    st = _wait_for(run, proc, lambda st: st.get("stage") == "train" and (st.get("step") or 0) >= min_step,
+                   f"training step {min_step}")
+    return int(st["step"])
 
 
 def test_sigterm_and_sigint_checkpoint_mark_interrupted_and_resume_exactly(
@@ -91,3 +99,44 @@ def test_sigterm_and_sigint_checkpoint_mark_interrupted_and_resume_exactly(
         assert_same_weights(got, reference_final)
         print(f"{sig.name}: stopped after step {stopped}, resumed; max |diff| vs straight run "
               f"{max_abs_diff(got, reference_final):.2e}")
+
+
+def test_signal_outside_training_marks_the_stage_interrupted(tmp_path: Path, tiny_model_dir: Path,
+                                                             tiny_pairs: Path) -> None:
+    """SIGTERM (docker stop, Kubernetes) or SIGINT during a later stage: status ``interrupted`` naming the stage,
+    exit 130, one line; the rerun skips the finished train stage and completes the rest."""
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("".join(json.dumps({"prompt": f"Q: {a}+1=", "answer": f"#### {a + 1}"}) + "\n"
+                             for a in range(32)))
+    heavy_eval = {"eval": {"tasks": str(tasks), "n_samples": 32, "max_new_tokens": 32, "temperatures": [0.5, 1.0],
+                           "max_batch_size": 16}}
+    procs = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        folder = tmp_path / sig.name
+        job = write_job(folder, tiny_model_dir, tiny_pairs, steps=2, extra=heavy_eval)
+        proc = subprocess.Popen([str(HDPO_TUNE), "run", str(job)], cwd=folder, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+        procs[sig] = (folder, job, proc)
+    for sig, (folder, _, proc) in procs.items():
+        _wait_for(folder / "run", proc, lambda st: st.get("stage") == "eval", "the eval stage")
+        time.sleep(0.5)  # into the eval stage's model loading or sampling
+        proc.send_signal(sig)
+    for sig, (folder, _job, proc) in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err[-2000:]
+        errors = re.findall(r"error: [^\r\n]*", err)
+        assert errors == [f"error: stopped by signal {int(sig)} during the eval stage; rerun the same command to "
+                          "continue (finished stages are skipped)"], err[-2000:]
+        assert "Traceback" not in err
+        # a log, not a terminal: no carriage-return bars (transformers' "Loading weights", tqdm), plain lines
+        assert "\r" not in err and "Loading weights" not in err and "train step 2/2 (100%)" in err, err[-2000:]
+        st = status(folder / "run")
+        assert st["state"] == "interrupted" and st["stage"] == "eval" and st["stages_done"] == ["train"], st
+        assert not (folder / "run" / "eval" / "results.json").exists()
+    folder, job, _ = procs[signal.SIGTERM]
+    result = run_cli("run", str(job))
+    assert result.exit_code == 0, result.output
+    assert "train: already done" in result.stderr
+    assert status(folder / "run")["state"] == "succeeded"
+    assert (folder / "run" / "eval" / "results.json").is_file()
