@@ -187,6 +187,10 @@ def train(
     last = ckpt.latest_checkpoint(paths.checkpoints)
     if last is not None:  # weights before prepare: DDP broadcasts them, FSDP2 shards them, ZeRO-3 masters them
         ckpt.load_weights(last, policy, zero3=kind == "deepspeed")
+    if kind == "ddp" and accelerator.device.type == "cuda":
+        # on the GPU before the optimizer exists, so AdamW takes its fused kernel (fused=True needs CUDA params
+        # at construction); FSDP2/ZeRO-3 place (and shard) the weights themselves in prepare()
+        policy.to(accelerator.device)
     scorer = SequenceScorer(policy, chunk_size=chunk_size)
     optimizer, scheduler = _optimizer_and_scheduler(policy, opts)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)

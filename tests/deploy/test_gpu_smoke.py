@@ -34,3 +34,14 @@ def test_dry_run(tmp_path):
     summary = (tmp_path / "out" / "smoke_summary.txt").read_text(encoding="utf-8")
     assert "versions: torch" in summary
     assert not list(tmp_path.glob("hdpo-smoke.*")), "dry run left its scratch folder behind"
+
+
+def test_device_check_script_syntax_and_steps():
+    """bench/device_check.sh: the one device call (GPU tests, smoke runs, GPU benchmark) parses, and names the
+    files it runs, so a rename cannot leave it pointing at nothing."""
+    bash = shutil.which("bash") or pytest.skip("bash not installed")
+    script = REPO / "bench" / "device_check.sh"
+    subprocess.run([bash, "-n", str(script)], check=True, timeout=30)
+    text = script.read_text(encoding="utf-8")
+    for path in ("tests/gpu", "deploy/gpu_smoke.sh", "bench/run.py"):
+        assert path in text and (REPO / path).exists(), path

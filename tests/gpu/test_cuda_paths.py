@@ -1,0 +1,74 @@
+"""The fast paths on a CUDA GPU (marked ``gpu``: skipped where CUDA is absent, e.g. CI). Run them on a lent
+device with ``pytest -m gpu tests/gpu``; every CPU equivalence test has its GPU counterpart here."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from hdpo_core.alpha import ScheduledAlpha
+from hdpo_core.batching import packed_batch
+from hdpo_core.forward import SequenceScorer, score
+from hdpo_core.logps import chunked_token_logps
+from hdpo_core.trainer import TrainOptions, TrainPaths, train
+from tests.core._tiny import PAD, random_pairs, tiny_llama
+from tests.perf.test_fast_paths import _simple
+
+pytestmark = pytest.mark.gpu
+
+
+def test_segment_kernel_equals_padded_on_cuda() -> None:
+    model = tiny_llama(seed=3).cuda().eval()
+    pairs = random_pairs(8, seed=5)
+    with torch.no_grad():
+        cpu_model = copy.deepcopy(model).cpu()
+        logps, _, ent = _simple(cpu_model, pairs)
+        fast = score(SequenceScorer(model, chunk_size=7), packed_batch(pairs, PAD, row_tokens=10**9,
+                                                                       share_prompt=True).to("cuda"))
+    torch.testing.assert_close(fast.logps.cpu(), logps, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast.entropy_sum.cpu(), ent, atol=1e-3, rtol=0)
+
+
+def test_chunked_logps_bound_gpu_memory() -> None:
+    """pitfalls.md #8: the custom autograd Function keeps one [chunk, vocab] block, not [tokens, vocab]."""
+    tokens, hidden, vocab = 8192, 512, 65536
+    weight = torch.randn(vocab, hidden, device="cuda", requires_grad=True)
+    h = torch.randn(tokens, hidden, device="cuda", requires_grad=True)
+    tgt = torch.randint(0, vocab, (tokens,), device="cuda")
+
+    def peak(fn) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn().sum().backward()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    full = peak(lambda: torch.log_softmax((h @ weight.T).float(), -1).gather(-1, tgt[:, None]))
+    chunked = peak(lambda: chunked_token_logps(h, weight, tgt, chunk_size=512)[0])
+    assert chunked < 0.25 * full, (chunked, full)
+
+
+def test_fused_adamw_on_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from accelerate import Accelerator
+
+    seen = []
+    adamw = torch.optim.AdamW
+
+    class Recording(adamw):  # type: ignore[misc, valid-type]
+        def __init__(self, params, **kw):  # noqa: ANN001
+            seen.append(kw.get("fused"))
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recording)
+    model = tiny_llama(seed=0)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    opts = TrainOptions(total_steps=2, batch_size=4, micro_batch_size=4, learning_rate=1e-3, save_every=100)
+    result = train(Accelerator(), model, reference, random_pairs(8, seed=1), pad_token_id=PAD,
+                   alpha=ScheduledAlpha(0.9), opts=opts, paths=TrainPaths(tmp_path / "ck", tmp_path / "final"),
+                   save_final=lambda m: None)
+    assert seen == [True]
+    assert result is not None
