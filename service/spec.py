@@ -45,7 +45,9 @@ class ModelSpec(BaseModel):
     model_config = _STRICT
 
     name_or_path: str = Field(..., min_length=1, description="Local model folder (relative to the job file) or "
-                              "Hub model id. The folder needs config.json, safetensors weights and a tokenizer.")
+                              "Hub model id. The folder needs config.json, safetensors weights and a tokenizer. "
+                              "A peft adapter folder (e.g. an SFT LoRA) is merged into its base first "
+                              "(RUN/start_model): policy and reference then start from the adapted model.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when name_or_path is a "
                                  "Hub id; ignored for local folders.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(

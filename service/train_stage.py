@@ -7,14 +7,14 @@ import math
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from hdpo_core import refcache
 from hdpo_core.alpha import EntropyTargetAlpha, ScheduledAlpha
 from hdpo_core.data import file_fingerprint, load_preference_rows
-from hdpo_core.errors import InputError, RunError
+from hdpo_core.errors import HdpoError, InputError, RunError
 from hdpo_core.forward import uses_segment_kernel
 from hdpo_core.metrics_log import MetricsLog
 from hdpo_core.model import (
@@ -182,7 +182,7 @@ def run_train_stage(spec: Any, rd: RunDir, *, fresh: bool = False) -> dict[str, 
         if accelerator.is_main_process:
             _clear_training_outputs(rd.path)
         accelerator.wait_for_everyone()
-    mopts = model_options(spec)
+    mopts = start_model(spec, rd, accelerator)
     tokenizer = load_tokenizer(mopts)
     data = prepare_data(spec, tokenizer)
     steps = total_steps(spec, len(data.train))
@@ -226,6 +226,39 @@ def run_train_stage(spec: Any, rd: RunDir, *, fresh: bool = False) -> dict[str, 
             log.close()
     return {"steps": result.steps, "resumed_from": result.resumed_from, "metrics": result.last_metrics,
             "data": data.info}
+
+
+def start_model(spec: Any, rd: RunDir, accelerator: Any) -> ModelOptions:
+    """The model to train, as :class:`ModelOptions`. When ``model.name_or_path`` is a peft adapter folder (an
+    SFT LoRA, the usual step before preference tuning) it is first merged into its base, into
+    ``RUN/start_model`` (checked: merged logits equal base+adapter; redone only when the adapter changes).
+    Policy and reference both start from that folder, so the reference IS the SFT model, also under LoRA
+    (adapter-off gives the SFT model, not the raw base: TRL's issue #1340)."""
+    from hdpo_core.export import merge
+
+    mopts = model_options(spec)
+    src = Path(mopts.name_or_path)
+    if not merge.is_bare_adapter(src):
+        return mopts
+    base = merge.base_model_of(src)
+    if base is None:
+        raise InputError(f"model.name_or_path: {src}/adapter_config.json names no base model "
+                         "(base_model_name_or_path); set it to the base model's folder or Hub id")
+    out = rd.path / "start_model"
+    if accelerator.is_main_process:
+        dtype = merge.default_dtype(base)
+        if merge.up_to_date(out, merge.fingerprint(src, dtype)) is None:
+            print(f"model: merging the adapter {src} into its base {base} -> {out}", file=sys.stderr)
+            try:
+                merge.merge_lora(src, out, base_id=base, dtype=dtype, tolerance=1e-3)
+            except HdpoError:
+                raise
+            except Exception as exc:  # transformers/peft raise many types for a missing or mismatched base
+                raise InputError(f"model.name_or_path: cannot merge the adapter {src} into its base {base} "
+                                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                                 "check base_model_name_or_path in its adapter_config.json") from None
+    accelerator.wait_for_everyone()
+    return replace(mopts, name_or_path=str(out))
 
 
 def _clear_training_outputs(run_dir: Path) -> None:

@@ -102,13 +102,36 @@ def _check_model(m: ModelSpec, report: Report) -> Any:
         report.problems.append(f"model.name_or_path: {p} is a file; point it at a model folder (the output of "
                                "save_pretrained) or a Hub id")
         return None
+    if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
+        return _check_adapter(m, p, report)
     if not (p / "config.json").is_file():
         report.problems.append(f"model.name_or_path: {p} has no config.json; point it at a Hugging Face model "
-                               "folder (save_pretrained output)")
+                               "folder (save_pretrained output) or a peft adapter folder")
     else:
         _load_config(m, str(p), report)
     _check_weights(m, p, report)
     return _load_tokenizer(m, str(p), report)
+
+
+def _check_adapter(m: ModelSpec, p: Path, report: Report) -> Any:
+    """A peft adapter folder (e.g. an SFT LoRA): its base must load; training merges the two first."""
+    from hdpo_core.export.merge import base_model_of
+
+    try:
+        base = base_model_of(p)
+    except (OSError, ValueError) as exc:
+        report.problems.append(f"model.name_or_path: {p}/adapter_config.json is unreadable ({_short_exc(exc)})")
+        return None
+    if not base:
+        report.problems.append(f"model.name_or_path: {p}/adapter_config.json names no base model "
+                               "(base_model_name_or_path); set it to the base model's folder or Hub id")
+        return None
+    report.summary.append(f"model: peft adapter {p} on base {base}; merged into RUN/start_model before training, "
+                          "so policy and reference start from the adapted model")
+    tokenizer = _check_model(m.model_copy(update={"name_or_path": base}), report)
+    if any((p / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+        tokenizer = _load_tokenizer(m, str(p), report)
+    return tokenizer
 
 
 def _load_config(m: ModelSpec, where: str, report: Report) -> None:

@@ -45,6 +45,11 @@ def is_adapter(folder: Path) -> bool:
     return (folder / "adapter_config.json").exists()
 
 
+def is_bare_adapter(folder: Path) -> bool:
+    """A peft adapter folder without a model of its own (no config.json): e.g. an SFT LoRA to start from."""
+    return folder.is_dir() and is_adapter(folder) and not (folder / "config.json").exists()
+
+
 def fingerprint(folder: Path, dtype: str) -> str:
     """sha256 over file names + contents of ``folder`` (weights and configs) and the target dtype."""
     h = hashlib.sha256(dtype.encode())
@@ -106,7 +111,8 @@ def merge_lora(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    has_tokenizer = any((adapter_dir / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base_id)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
