@@ -118,7 +118,7 @@ def alpha_controller(spec: Any, steps: int) -> Any:
     """Constant, scheduled, or entropy-targeting alpha, from the ``hdpo`` section."""
     h = spec.hdpo
     if h.alpha == "auto":
-        from .spec import parse_relative
+        from .spec_hdpo import parse_relative
 
         relative = parse_relative(h.target_entropy) if isinstance(h.target_entropy, str) else None
         target = None if relative is not None else float(h.target_entropy)
