@@ -22,3 +22,37 @@ def test_attention_macs_match_the_packed_mask(shape) -> None:
         attention, total = forward_macs(row, shape)
         assert attention == 2 * shape.hidden_size * shape.num_hidden_layers * allowed
         assert 0 < attention < total
+
+
+def _bench(tmp_path, *args: str) -> dict:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(root / "bench" / "run.py"), *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (result,) = out.glob("*.json")
+    return json.loads(result.read_text())
+
+
+def test_bench_runs_both_engines_side_by_side(tmp_path) -> None:
+    """The benchmark's plumbing (one step each, not a measurement): both engines train on the same pairs and
+    count the same tokens, so the ratio compares like with like."""
+    res = _bench(tmp_path, "--quick", "--mode", "lora", "--steps", "1", "--warmup", "0", "--batch", "2")
+    runs = {r["engine"]: r for r in res["runs"]}
+    assert set(runs) == {"hdpo", "trl"}
+    assert runs["hdpo"]["tokens"] == runs["trl"]["tokens"] and runs["hdpo"]["tokens"][0] > 0
+    assert "| lora | trl |" in res["table"] and "1.00x" in res["table"]
+
+
+def test_bench_length_sweep_plumbing(tmp_path) -> None:
+    res = _bench(tmp_path, "--sweep-lengths", "--mode", "full", "--reps", "1", "--steps", "1", "--warmup", "0",
+                 "--budget", "1024")
+    points = res["sweep"]["points"]
+    assert [p["mean_pair_tokens"] for p in points] == [256, 512, 1024, 2048]
+    shares = [p["attention_share"] for p in points]
+    assert shares == sorted(shares) and points[0]["vs_256"] == 1.0
