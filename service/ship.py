@@ -92,7 +92,7 @@ def merge_run(run_dir: str | Path, force: bool = False, log: Log = print) -> dic
     eval_results = load_json(run_dir / "eval" / "results.json")
     card = build_card(
         spec,
-        base_model=base or _base_from_spec(spec),
+        base_model=_card_base(run_dir, spec, base),
         eval_results=eval_results,
         repo_id=hub_spec.repo_id,
         onnx=export_spec.onnx.enabled,
@@ -102,6 +102,18 @@ def merge_run(run_dir: str | Path, force: bool = False, log: Log = print) -> dic
     prov = provenance(spec, run_dir=run_dir, merge_info=info, extra=extra)
     (out / "provenance.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
     return info
+
+
+def _card_base(run_dir: Path, spec: dict, base: str | None) -> str | None:
+    """The base model the card names: the spec's model, or, for a run started from an SFT adapter (merged
+    into RUN/start_model), that adapter's own base."""
+    from hdpo_core.export import merge as m
+
+    named = _base_from_spec(spec)
+    marker = run_dir / "start_model" / m.MARKER
+    if named and m.is_bare_adapter(Path(named)) and marker.exists():
+        return json.loads(marker.read_text()).get("base_model") or named
+    return base or named
 
 
 def _base_from_spec(spec: dict) -> str | None:

@@ -107,10 +107,22 @@ def dataset_names(data: Any) -> list[str]:
     )
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def hub_model_id(name: str | None) -> str | None:
+    """``name`` when it can be a Hub model id, else None. A local path in the card's ``base_model`` metadata
+    makes the Hub refuse the push (its YAML validation: peft #2124, transformers #33922)."""
+    if not name or Path(name).expanduser().exists() or not _HUB_ID.fullmatch(name):
+        return None
+    return name
+
+
 def build_card(
     spec: dict, *, base_model: str | None, eval_results: dict | None, repo_id: str | None, onnx: bool
 ) -> str:
-    """Render the card text with ``huggingface_hub.ModelCard`` (YAML metadata + markdown body)."""
+    """Render the card text with ``huggingface_hub.ModelCard`` (YAML metadata + markdown body). ``base_model``
+    goes into the metadata only when it is a Hub id; a local folder is named in the text only."""
     from huggingface_hub import ModelCard, ModelCardData
 
     hdpo = spec.get("hdpo") if isinstance(spec.get("hdpo"), dict) else {}
@@ -118,7 +130,7 @@ def build_card(
     datasets = dataset_names(spec.get("data"))
     name = repo_id or "hdpo-tune-model"
     data = ModelCardData(
-        base_model=base_model,
+        base_model=hub_model_id(base_model),
         datasets=[d for d in datasets if "/" in d and not d.startswith((".", "/"))] or None,
         tags=["hdpo", "dpo", "h-dpo", "alignment", *(["onnx"] if onnx else [])],
         library_name="transformers",
@@ -135,7 +147,7 @@ def build_card(
     body = f"""
 # {name}
 
-Aligned from `{base_model or "unknown base"}` with **H-DPO** (entropy-controllable DPO,
+Aligned from {_base_text(base_model)} with **H-DPO** (entropy-controllable DPO,
 loss `-log sigmoid(alpha*beta*(logp(y_w)-logp(y_l)) - beta*(logp_ref(y_w)-logp_ref(y_l)))`)
 by [hdpo-tune](https://github.com/hdpo-tune). alpha = **{alpha}**, beta = **{beta}**
 (alpha < 1 sharpens the distribution, lowering entropy; alpha = 1 is plain DPO).
@@ -180,3 +192,11 @@ measured parity with PyTorch. Provenance (spec, package versions, git commit): `
 
 def load_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _base_text(base_model: str | None) -> str:
+    if not base_model:
+        return "an unrecorded base model"
+    if hub_model_id(base_model):
+        return f"[`{base_model}`](https://huggingface.co/{base_model})"
+    return f"a local model (`{Path(base_model).name}`)"

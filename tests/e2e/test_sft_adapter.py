@@ -63,6 +63,12 @@ def test_training_starts_from_the_sft_adapter(tmp_path, tiny_model_dir, tiny_pai
         assert trained["ref_logps/chosen"] == pytest.approx(sft["logps/chosen"], rel=1e-5)
         cfg = json.loads((run / "final" / "adapter_config.json").read_text())
         assert cfg["base_model_name_or_path"] == str(start)
+        # merging puts the DPO adapter on the merged SFT model; the card names the original base
+        from service.ship import merge_run
+
+        assert merge_run(run, log=lambda _: None)["base_model"] == str(start)
+        card = (run / "merged" / "README.md").read_text()
+        assert f"a local model (`{tiny_model_dir.name}`)" in card and "start_model" not in card
     # a second run does not merge again
     again = CliRunner().invoke(app, ["run", str(job), "--force"])
     assert again.exit_code == 0, again.output

@@ -107,7 +107,9 @@ def test_card_and_provenance(llama_run, monkeypatch):
     (llama_run / "eval" / "results.json").write_text(json.dumps({"entropy": 1.23, "accuracy": 0.75}))
     merge_run(llama_run, log=lambda _: None)
     card = (llama_run / "merged" / "README.md").read_text()
-    assert card.startswith("---\n") and "base_model:" in card and "- hdpo" in card and "- dpo" in card
+    assert card.startswith("---\n") and "- hdpo" in card and "- dpo" in card
+    # the base is a local folder: named in the text, kept out of the metadata (the Hub rejects local paths there)
+    assert "base_model:" not in card.split("---")[1] and "a local model (`" in card
     assert "alpha = **0.9**" in card and "beta = **0.1**" in card
     assert "| eval.entropy | 1.23 |" in card and "org/tiny-prefs" in card and "onnxruntime" in card
     prov = json.loads((llama_run / "merged" / "provenance.json").read_text())
@@ -150,3 +152,16 @@ def test_cli_merge_twice_says_noop_and_missing_run_is_exit_2(llama_run, tmp_path
     assert second.exit_code == 0 and "nothing to do" in second.output
     missing = runner.invoke(app, ["merge", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "job.resolved.yaml not found" in missing.output
+
+
+def test_card_metadata_takes_hub_ids_only():
+    from hdpo_core.export.modelcard import build_card, hub_model_id
+
+    assert hub_model_id("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B" and hub_model_id("gpt2") == "gpt2"
+    for local in ("/abs/path/model", "./base", "../m", "~/models/x", "a/b/c", None, ""):
+        assert hub_model_id(local) is None, local
+    card = build_card({"hdpo": {"alpha": 0.9, "beta": 0.1}}, base_model="Qwen/Qwen2.5-0.5B", eval_results=None,
+                      repo_id="me/aligned", onnx=False)
+    assert "base_model: Qwen/Qwen2.5-0.5B" in card.split("---")[1]
+    assert "[`Qwen/Qwen2.5-0.5B`](https://huggingface.co/Qwen/Qwen2.5-0.5B)" in card
+
