@@ -102,46 +102,51 @@ def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> di
     _wait_for_everyone()  # every rank reads status.json only after the main process has checked the folder
     done = set((rd.read_status() or {}).get("stages_done", [])) if not force else set()
     results: dict[str, Any] = {}
-    for stage in STAGES:
-        if only and stage not in only or not _enabled(spec, stage):
-            continue
-        if stage != "train" and not main:
-            continue  # eval/merge/export/push read final/ from disk and write the run folder: main process only
-        if stage in done:
-            print(f"{stage}: already done in {rd.path} (use --force to redo)", file=sys.stderr)
-            continue
-        if main:
-            rd.write_status(stage, "running", stages_done=sorted(done))
-        try:
-            with _terminate_raises():
-                results[stage] = _stage_fn(stage, spec, rd, force)()
-        except Interrupted as exc:
+    with _terminate_raises():  # for the whole run: SIGTERM never kills the process silently mid-write
+        for stage in STAGES:
+            if only and stage not in only or not _enabled(spec, stage):
+                continue
+            if stage != "train" and not main:
+                continue  # eval/merge/export/push read final/ from disk and write the run folder: main only
+            if stage in done:
+                print(f"{stage}: already done in {rd.path} (use --force to redo)", file=sys.stderr)
+                continue
+            results[stage] = _run_stage(stage, spec, rd, force=force, main=main, done=done)
+            done.add(stage)
             if main:
-                rd.write_status(stage, "interrupted", error=exc.message, stages_done=sorted(done))
-            raise
-        except KeyboardInterrupt as exc:
-            by = exc.args[0] if exc.args else f"signal {int(signal.SIGINT)}"
-            message = (f"stopped by {by} during the {stage} stage; rerun the same command to continue "
-                       "(finished stages are skipped)")
-            if main:
-                rd.write_status(stage, "interrupted", error=message, stages_done=sorted(done))
-            raise Interrupted(message) from None
-        except HdpoError as exc:
-            if main:
-                rd.write_status(stage, "failed", error=exc.message, stages_done=sorted(done))
-            raise
-        except BaseException as exc:
-            if main:
-                rd.write_status(stage, "failed", error=f"{type(exc).__name__}: {str(exc)[:300]}",
-                                stages_done=sorted(done))
-            raise
-        done.add(stage)
-        if main:
-            rd.write_status(stage, "running", stages_done=sorted(done))
+                rd.write_status(stage, "running", stages_done=sorted(done))
     if main:
         rd.write_status("done", "succeeded", stages_done=sorted(done))
         _print_summary(rd.path, results)
     return results
+
+
+def _run_stage(stage: str, spec: JobSpec, rd: RunDir, *, force: bool, main: bool, done: set[str]) -> Any:
+    """Run one stage; on any failure record ``failed`` or ``interrupted`` (naming the stage) and re-raise."""
+    try:
+        if main:
+            rd.write_status(stage, "running", stages_done=sorted(done))
+        return _stage_fn(stage, spec, rd, force)()
+    except Interrupted as exc:
+        if main:
+            rd.write_status(stage, "interrupted", error=exc.message, stages_done=sorted(done))
+        raise
+    except KeyboardInterrupt as exc:
+        by = exc.args[0] if exc.args else f"signal {int(signal.SIGINT)}"
+        message = (f"stopped by {by} during the {stage} stage; rerun the same command to continue "
+                   "(finished stages are skipped)")
+        if main:
+            rd.write_status(stage, "interrupted", error=message, stages_done=sorted(done))
+        raise Interrupted(message) from None
+    except HdpoError as exc:
+        if main:
+            rd.write_status(stage, "failed", error=exc.message, stages_done=sorted(done))
+        raise
+    except BaseException as exc:
+        if main:
+            rd.write_status(stage, "failed", error=f"{type(exc).__name__}: {str(exc)[:300]}",
+                            stages_done=sorted(done))
+        raise
 
 
 def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:

@@ -29,6 +29,8 @@ from tests.reliability._jobs import (
 )
 
 HDPO_TUNE = Path(sys.executable).parent / "hdpo-tune"
+ROOT = Path(__file__).resolve().parents[2]
+AUDIT = ROOT / "tests" / "distributed" / "audit"
 
 
 def _wait_for(run: Path, proc: subprocess.Popen, ready: Callable[[dict], bool], what: str,
@@ -107,20 +109,21 @@ def test_signal_outside_training_marks_the_stage_interrupted(tmp_path: Path, tin
     exit 130, one line; the rerun skips the finished train stage and completes the rest."""
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text("".join(json.dumps({"prompt": f"Q: {a}+1=", "answer": f"#### {a + 1}"}) + "\n"
-                             for a in range(32)))
-    heavy_eval = {"eval": {"tasks": str(tasks), "n_samples": 32, "max_new_tokens": 32, "temperatures": [0.5, 1.0],
-                           "max_batch_size": 16}}
+                             for a in range(8)))
+    light_eval = {"eval": {"tasks": str(tasks), "n_samples": 2, "max_new_tokens": 8, "temperatures": [1.0]}}
+    # the launched runs stall at the start of the eval stage (test hook), so the signal always lands inside it
+    hook = {"PYTHONPATH": os.pathsep.join([str(AUDIT), str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "HDPO_STALL_IN_STAGE": "eval"}
     procs = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         folder = tmp_path / sig.name
-        job = write_job(folder, tiny_model_dir, tiny_pairs, steps=2, extra=heavy_eval)
+        job = write_job(folder, tiny_model_dir, tiny_pairs, steps=2, extra=light_eval)
         proc = subprocess.Popen([str(HDPO_TUNE), "run", str(job)], cwd=folder, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **hook})
         procs[sig] = (folder, job, proc)
     for sig, (folder, _, proc) in procs.items():
         _wait_for(folder / "run", proc, lambda st: st.get("stage") == "eval", "the eval stage")
-        time.sleep(0.5)  # into the eval stage's model loading or sampling
         proc.send_signal(sig)
     for sig, (folder, _job, proc) in procs.items():
         _, err = proc.communicate(timeout=120)

@@ -4,6 +4,8 @@
   events) is printed to stderr as ``HDPO-AUDIT rank=R event path``. The tests assert there are none.
 * ``HDPO_STALL_AT_STEP=N``: rank 0 prints ``HDPO-STALLED`` and sleeps once the metrics of step N are written
   (the checkpoint of the step before is complete by then), so a test can SIGKILL a run mid-training.
+* ``HDPO_STALL_IN_STAGE=eval`` (or another pipeline stage): the stage sleeps before it starts its work, so a
+  test can signal a run inside that stage without racing it.
 """
 
 import os
@@ -52,3 +54,26 @@ if os.environ.get("HDPO_STALL_AT_STEP") and _RANK == 0:
             time.sleep(600)
 
     MetricsLog.write = _write
+
+if os.environ.get("HDPO_STALL_IN_STAGE") and _RANK == 0:
+    import time
+
+    import service.pipeline as _pipeline
+
+    _orig_stage_fn = _pipeline._stage_fn
+
+    def _stage_fn(stage, *args, **kwargs):  # type: ignore[no-untyped-def]
+        run = _orig_stage_fn(stage, *args, **kwargs)
+        if stage != os.environ["HDPO_STALL_IN_STAGE"]:
+            return run
+
+        def stalled():  # type: ignore[no-untyped-def]
+            sys.__stderr__.write(f"HDPO-STALLED in {stage}\n")
+            sys.__stderr__.flush()
+            time.sleep(600)
+            return run()
+
+        return stalled
+
+    _pipeline._stage_fn = _stage_fn
+
