@@ -144,13 +144,40 @@ def run_trl(cfg: dict, rows: list[dict]) -> _Clock:
     return clock
 
 
+def is_oom(exc: BaseException) -> bool:
+    """Out of memory, on the GPU (``torch.OutOfMemoryError``, or a RuntimeError saying so from a kernel) or on
+    the host (``MemoryError``), possibly wrapped by the trainer's own error handling."""
+    import torch
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).lower()
+        if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in text or \
+                "can't allocate memory" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def main() -> None:
     cfg = json.loads(Path(sys.argv[1]).read_text())
+    if cfg.get("host_mem_cap_mb"):  # --max-batch on a CPU: a host-memory budget (heap and anonymous mappings)
+        cap = int(cfg["host_mem_cap_mb"]) * 2**20
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
     import torch
 
     torch.set_num_threads(cfg["threads"])
     rows = [json.loads(line) for line in Path(cfg["data"]).read_text().splitlines()]
-    clock = (run_hdpo if cfg["engine"] == "hdpo" else run_trl)(cfg, rows)
+    try:
+        clock = (run_hdpo if cfg["engine"] == "hdpo" else run_trl)(cfg, rows)
+    except BaseException as exc:
+        if not is_oom(exc):
+            raise
+        # --max-batch: running out of memory is the answer, not a failure
+        Path(cfg["out"]).write_text(json.dumps({"engine": cfg["engine"], "mode": cfg["mode"], "oom": True,
+                                                "error": f"{type(exc).__name__}: {str(exc)[:200]}"}))
+        return
     w = cfg["warmup"]
     out = {"engine": cfg["engine"], "mode": cfg["mode"], "step_s": clock.step_s[w:], "tokens": clock.tokens[w:],
            "warmup_tokens": clock.tokens[:w], "peak_mb": _peak_mb(cfg["gpu"]), "pid": os.getpid()}

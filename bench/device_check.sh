@@ -7,6 +7,7 @@
 # 1. pytest -m gpu tests/gpu                      the fast paths on CUDA (equivalence, memory bound, fused AdamW)
 # 2. bash deploy/gpu_smoke.sh                     full / LoRA / FSDP2 runs of a tiny model (docs/deploy.md)
 # 3. python bench/run.py --gpu --reps 2          hdpo vs TRL, Qwen2.5-0.5B shape, bf16 (docs/benchmarks.md)
+# 4. python bench/run.py --gpu --max-batch       largest batch each engine fits (only with CHECK_T4 > 0 seconds)
 # Each step has its own time limit (CHECK_T1/T2/T3 seconds: 120/200/240) so one stuck step cannot eat the
 # others' time; the exit status is the number of failed steps. Wheels carried in .whl/ are installed first
 # (the device image may hold older transformers/huggingface_hub; see the device tool's README).
@@ -40,4 +41,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 step gpu_tests "${CHECK_T1:-120}" "${PY}" -m pytest -q -p no:cacheprovider -m gpu tests/gpu
 step gpu_smoke "${CHECK_T2:-200}" env SMOKE_OUT="${RESULTS}/smoke" OUT= bash deploy/gpu_smoke.sh
 step bench_gpu "${CHECK_T3:-240}" "${PY}" bench/run.py --gpu --reps 2 --out "${RESULTS}/bench"
+if [ "${CHECK_T4:-0}" -gt 0 ]; then
+  step max_batch "${CHECK_T4}" "${PY}" bench/run.py --gpu --max-batch --mode full --out "${RESULTS}/bench"
+fi
 exit "${failed}"

@@ -85,6 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="TrainOptions override for the hdpo side (ablations), e.g. packing=false")
     ap.add_argument("--sweep-lengths", action="store_true",
                     help="hdpo cost per token as mean pair length goes 256 -> 2048 at a fixed token budget")
+    ap.add_argument("--max-batch", action="store_true",
+                    help="largest batch (pairs, one micro-batch, one step) each engine fits: doubles from --batch "
+                    "until out of memory or --max-batch-cap")
+    ap.add_argument("--max-batch-cap", type=int, default=1024, help="largest batch --max-batch tries")
+    ap.add_argument("--host-mem-mb", type=int, default=None,
+                    help="--max-batch on a CPU: memory budget per process (RLIMIT_DATA), the CPU's 'GPU memory'")
     ap.add_argument("--budget", type=int, default=None, help="counted tokens per step for --sweep-lengths")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit (no model, no runs)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -220,6 +226,46 @@ def compare(plan: Plan, work: Path, params: int, model_dir: Path) -> dict:
                                                       sum(map(counted_tokens, rows)) / n}}
 
 
+def max_batch(plan: Plan, work: Path, params: int, model_dir: Path, cap: int, host_mem_mb: int | None = None
+              ) -> dict:
+    """Per engine, the largest batch (pairs in one micro-batch, one optimizer step) that runs without running
+    out of memory, doubling from ``plan.batch``; each try is its own process, so a failed try leaves nothing."""
+    out: dict[str, dict] = {}
+    for engine in plan.engines:
+        batch, best, tried = plan.batch, None, []
+        while batch <= cap:
+            rows = make_pairs(batch, plan.lengths, plan.shape.vocab_size, seed=5)
+            data = work / f"pairs-max-{batch}.jsonl"
+            write_data(data, rows)
+            sub = Plan(**{**asdict(plan), "shape": plan.shape, "lengths": plan.lengths, "batch": batch,
+                          "micro": batch, "steps": 1, "warmup": 0})
+            res = run_child({**base_cfg(sub, model_dir, data), "engine": engine, "mode": plan.modes[0],
+                             "rep": f"max{batch}", "host_mem_cap_mb": host_mem_mb}, work)
+            oom = bool(res.get("oom"))
+            tried.append({"batch": batch, "oom": oom, "peak_mb": res.get("peak_mb"), "error": res.get("error")})
+            state = "out of memory" if oom else f"ok, peak {res['peak_mb']:,.0f} MiB"
+            print(f"  max-batch {engine} {batch}: {state}", file=sys.stderr, flush=True)
+            if oom:
+                break
+            best, batch = batch, batch * 2
+        out[engine] = {"largest_batch": best, "tried": tried, "reached_cap": batch > cap}
+    return out
+
+
+def max_batch_table(res: dict, gpu: bool) -> str:
+    mem = "peak GPU MiB" if gpu else "peak RSS MiB"
+    lines = [f"| engine | largest batch (pairs) | {mem} at it | first failing batch | vs TRL |", "|---|---|---|---|---|"]
+    trl = (res.get("trl") or {}).get("largest_batch")
+    for engine, r in res.items():
+        fits = [t for t in r["tried"] if not t["oom"]]
+        failing = next((t["batch"] for t in r["tried"] if t["oom"]), None)
+        ratio = f"{r['largest_batch'] / trl:.1f}x" if trl and r["largest_batch"] else "-"
+        lines.append(f"| {engine} | {r['largest_batch'] or 'none'}{'+' if r['reached_cap'] else ''} | "
+                     f"{fits[-1]['peak_mb']:,.0f} | {failing or 'none (cap)'} | {ratio} |" if fits else
+                     f"| {engine} | none | - | {failing} | - |")
+    return "\n".join(lines)
+
+
 def sweep(plan: Plan, work: Path, params: int, model_dir: Path, budget: int) -> dict:
     """hdpo only: milliseconds per 1k counted tokens at a fixed token budget per step, mean pair 256 -> 2048.
 
@@ -296,7 +342,11 @@ def main(argv: list[str] | None = None) -> None:
         params = build_model_folder(plan.shape, model_dir)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         result = {"plan": asdict(plan), "params": params, "versions": versions(), "command": sys.argv}
-        if a.sweep_lengths:
+        if a.max_batch:
+            result["max_batch"] = max_batch(plan, work, params, model_dir, a.max_batch_cap, a.host_mem_mb)
+            text = max_batch_table(result["max_batch"], plan.gpu)
+            name = "maxbatch"
+        elif a.sweep_lengths:
             result["sweep"] = sweep(plan, work, params, model_dir, budget)
             text = sweep_table(result["sweep"]["points"]) + \
                 f"\n\nmax/min cost per token: {result['sweep']['max_over_min']:.2f}"

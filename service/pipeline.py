@@ -71,9 +71,11 @@ def _stage_fn(stage: str, spec: JobSpec, rd: RunDir, force: bool) -> Callable[[]
 
 @contextmanager
 def _terminate_raises() -> Iterator[None]:
-    """SIGTERM outside the training loop raises KeyboardInterrupt, as SIGINT does, so that a stage stopped by
-    ``kill``/Kubernetes/``docker stop`` records ``interrupted`` instead of leaving ``running`` behind.
-    (The trainer installs its own handler while it trains: it checkpoints first, then raises Interrupted.)"""
+    """SIGTERM and SIGINT outside the training loop raise KeyboardInterrupt, so that a stage stopped by
+    ``kill``/Kubernetes/``docker stop``/Ctrl-C records ``interrupted`` instead of leaving ``running`` behind.
+    SIGINT is installed too because a process started in the background inherits it *ignored*, while the
+    trainer's handler catches it during training: the same signal should stop every stage alike.
+    (The trainer installs its own handlers while it trains: it checkpoints first, then raises Interrupted.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -81,11 +83,12 @@ def _terminate_raises() -> Iterator[None]:
     def _raise(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    old = signal.signal(signal.SIGTERM, _raise)
+    old = {sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -56,3 +56,33 @@ def test_bench_length_sweep_plumbing(tmp_path) -> None:
     assert [p["mean_pair_tokens"] for p in points] == [256, 512, 1024, 2048]
     shares = [p["attention_share"] for p in points]
     assert shares == sorted(shares) and points[0]["vs_256"] == 1.0
+
+
+def test_bench_max_batch_stops_at_the_memory_limit(tmp_path) -> None:
+    """--max-batch doubles the batch until a try runs out of memory (here a host-memory budget, the CPU's
+    stand-in for GPU memory) and reports the last batch that fitted."""
+    res = _bench(tmp_path, "--max-batch", "--engines", "hdpo", "--mode", "lora", "--batch", "8", "--max-batch-cap",
+                 "128", "--host-mem-mb", "2500")
+    r = res["max_batch"]["hdpo"]
+    tried = r["tried"]
+    assert [t["batch"] for t in tried] == [8 * 2**i for i in range(len(tried))]
+    assert all(not t["oom"] for t in tried[:-1]) and tried[-1]["oom"] and "allocate" in tried[-1]["error"]
+    assert r["largest_batch"] == tried[-2]["batch"] >= 8
+    assert tried[-2]["peak_mb"] > tried[0]["peak_mb"]
+
+
+def test_oom_is_recognised_through_wrapping() -> None:
+    import torch
+
+    from bench.child import is_oom
+    from hdpo_core.errors import RunError
+
+    try:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.OutOfMemoryError as inner:
+            raise RunError("step 3 failed") from inner
+    except RunError as exc:
+        assert is_oom(exc)
+    assert is_oom(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
+    assert not is_oom(ValueError("shapes do not match")) and not is_oom(KeyboardInterrupt())
