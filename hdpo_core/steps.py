@@ -7,6 +7,7 @@ gradients across ranks). So one micro-batch of 8 and four of 2 give the same upd
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -88,17 +89,21 @@ def run_micro_batches(
     loss_scale: float,
     backward: Callable[[torch.Tensor, bool], None] | None,
     device: torch.device,
+    offload: bool = False,
 ) -> StepSums:
     """Forward (and, with ``backward``, backward) over micro-batches of pair indices.
 
     ``backward(loss, is_last)`` lets the caller skip gradient sync on all but the last micro-batch.
-    ``loss_scale`` is ``world_size / global_batch``.
+    ``loss_scale`` is ``world_size / global_batch``. ``offload`` keeps the tensors autograd saves for backward
+    in (pinned) host memory (``torch.autograd.graph.save_on_cpu``): activation memory leaves the GPU.
     """
     sums = StepSums()
     for i, idx in enumerate(micro_batches):
         batch = make_batch([pairs[j] for j in idx]).to(device)
         ref = ref_scores(idx, batch)
-        with torch.set_grad_enabled(backward is not None):
+        saved = (torch.autograd.graph.save_on_cpu(pin_memory=torch.device(device).type == "cuda")
+                 if offload and backward is not None else contextlib.nullcontext())
+        with torch.set_grad_enabled(backward is not None), saved:
             policy = score(policy_scorer, batch)
             losses = pair_loss(policy, ref, settings, sums)
             sums.add("tokens", float(batch.num_tokens))

@@ -53,6 +53,7 @@ class TrainOptions:
     on_nonfinite: str = "stop"
     beta: float = 0.1
     sft_weight: float = 0.0
+    activation_offloading: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,7 @@ def train(
                 sums = run_micro_batches(micro, pairs, make_batch, scorer, ref_scores,
                                          LossSettings(a, opts.beta, opts.sft_weight),
                                          loss_scale=world / opts.batch_size, backward=backward,
-                                         device=accelerator.device)
+                                         device=accelerator.device, offload=opts.activation_offloading)
             grad_norm = _grad_norm(accelerator, scorer, opts.max_grad_norm)
             # one reduce carries the metric sums and "some rank got SIGTERM", so every rank stops at the same step
             flag = torch.tensor([1.0 if stop.signal is not None else 0.0], dtype=torch.float64)

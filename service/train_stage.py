@@ -110,7 +110,7 @@ def train_options(spec: Any, steps: int) -> TrainOptions:
         max_grad_norm=t.max_grad_norm, adam_betas=(t.adam_beta1, t.adam_beta2), adam_eps=t.adam_eps, seed=t.seed,
         log_every=t.log_every, save_every=t.save_every, eval_every=t.eval_every, keep_checkpoints=t.keep_checkpoints,
         packing=t.packing, row_tokens=t.row_tokens, share_prompt=t.share_prompt, on_nonfinite=t.on_nonfinite, beta=spec.hdpo.beta,
-        sft_weight=spec.hdpo.sft_weight,
+        sft_weight=spec.hdpo.sft_weight, activation_offloading=t.activation_offloading,
     )
 
 

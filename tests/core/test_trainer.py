@@ -75,6 +75,18 @@ def test_packed_training_equals_padded_training(tmp_path):
 
 
 @pytest.mark.parametrize("lora", [True, False])
+def test_activation_offloading_gives_the_same_training(tmp_path, lora):
+    """train.activation_offloading packs every tensor saved for backward into a fresh host copy
+    (save_on_cpu) and unpacks it in backward: the trajectory must not change."""
+    model_a, a, _ = _run(tmp_path / "a", lora=lora, steps=3)
+    model_b, b, _ = _run(tmp_path / "b", lora=lora, steps=3, activation_offloading=True)
+    torch.testing.assert_close(torch.tensor(_losses(a)), torch.tensor(_losses(b)), atol=1e-6, rtol=0)
+    assert [m["grad_norm"] for m in a] == pytest.approx([m["grad_norm"] for m in b], abs=1e-5)
+    for (name, pa), (_, pb) in zip(model_a.named_parameters(), model_b.named_parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("lora", [True, False])
 def test_resume_continues_the_same_trajectory(tmp_path, lora):
     straight_model, straight, _ = _run(tmp_path / "s", lora=lora, steps=6)
     with pytest.raises(KeyboardInterrupt):

@@ -72,3 +72,29 @@ def test_fused_adamw_on_cuda(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
                    save_final=lambda m: None)
     assert seen == [True]
     assert result is not None
+
+
+def test_activation_offloading_lowers_gpu_peak_memory() -> None:
+    from hdpo_core.steps import LossSettings, run_micro_batches
+
+    def peak(offload: bool) -> int:
+        model = tiny_llama(seed=0).cuda().train()
+        pairs = random_pairs(64, seed=2, max_prompt=120, max_completion=100)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run_micro_batches([list(range(64))], pairs, lambda ps: packed_batch(ps, PAD, row_tokens=10**9,
+                                                                            share_prompt=True),
+                          SequenceScorer(model), lambda idx, b: _reference(model, b),
+                          LossSettings(0.9, 0.1, 0.0), loss_scale=1.0, backward=lambda loss, last: loss.backward(),
+                          device=torch.device("cuda"), offload=offload)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    assert peak(True) < 0.7 * peak(False)
+
+
+@torch.no_grad()
+def _reference(model, batch):  # noqa: ANN001, ANN202
+    return score(SequenceScorer(model), batch)
+
