@@ -234,6 +234,16 @@ def write_table(agg: dict[str, dict[str, Any]], temps: list[float], n: int, path
     return text
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Write one figure as PNG and free it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(agg: dict[str, dict[str, Any]], alphas: list[float], temps: list[float], n: int, out: Path) -> list[Path]:
     import matplotlib
 
@@ -256,10 +266,7 @@ def plot(agg: dict[str, dict[str, Any]], alphas: list[float], temps: list[float]
     ax.set_ylabel("accuracy (mean ± sd over seeds)")
     ax.set_title("Accuracy vs alpha (dashed: base model)")
     ax.legend(fontsize=7)
-    paths.append(out / "accuracy_vs_alpha.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "accuracy_vs_alpha.png"))
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ks = list(range(1, n + 1))
@@ -276,10 +283,7 @@ def plot(agg: dict[str, dict[str, Any]], alphas: list[float], temps: list[float]
     ax.set_ylabel("pass@k (mean over seeds)")
     ax.set_title("Coverage: pass@k")
     ax.legend(fontsize=7)
-    paths.append(out / "pass_at_k.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "pass_at_k.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for key, ax, title in (("entropy_sampled", axes[0], "entropy on own samples (nats/token)"),
@@ -291,10 +295,7 @@ def plot(agg: dict[str, dict[str, Any]], alphas: list[float], temps: list[float]
         ax.set_xlabel("alpha")
         ax.set_title(title)
         ax.legend(fontsize=7)
-    paths.append(out / "entropy_diversity.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out / "entropy_diversity.png"))
     return paths
 
 
