@@ -75,14 +75,14 @@ def run_hdpo(cfg: dict, rows: list[dict]) -> _Clock:
     if cfg.get("precompute"):  # like TRL's precompute_ref_log_probs: scored once before training, not timed
         import contextlib
 
-        from hdpo_core.forward import SequenceScorer, score, uses_segment_kernel
+        from hdpo_core.forward import SequenceScorer, score
         from hdpo_core.refcache import compute_ref_logps
         from hdpo_core.trainer import make_batcher
 
         device = accelerator.device
         scorer = SequenceScorer((reference if reference is not None else policy).to(device)).eval()
         ctx = scorer.reference_mode() if reference is None else contextlib.nullcontext()
-        batcher = make_batcher(opts, 0, single_row=uses_segment_kernel(scorer.model))
+        batcher = make_batcher(opts, 0, scorer.model)
         with ctx, accelerator.autocast():
             ref_cache = compute_ref_logps(pairs, lambda ps: batcher(ps).to(device), lambda b: score(scorer, b),
                                           cfg["micro"])

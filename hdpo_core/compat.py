@@ -6,10 +6,11 @@ import inspect
 
 import torch
 
+from .forward import unwrap_causal_lm
+
 
 def cache_kwarg(model: torch.nn.Module) -> str:
     """The KV-cache argument/output name of ``model.forward``: ``cache`` in transformers 5.2x+ (where
     ``past_key_values`` still works but warns, and is removed in 5.40), ``past_key_values`` before."""
-    get_base = getattr(model, "get_base_model", None)
-    lm = get_base() if callable(get_base) else model
+    lm = unwrap_causal_lm(model)
     return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"

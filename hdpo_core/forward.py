@@ -156,10 +156,10 @@ def uses_segment_kernel(model: nn.Module) -> bool:
     """Whether packed batches for ``model`` (a causal LM or a peft model) run on the segment kernel, where the
     row layout costs nothing: then the whole micro-batch goes in ONE row (no padding at all). Otherwise
     (eager attention, other families) rows stay bounded because the fallback mask is ``[rows, 1, T, T]``."""
-    return supports_segment_attention(_unwrap_causal_lm(model))
+    return supports_segment_attention(unwrap_causal_lm(model))
 
 
-def _unwrap_causal_lm(model: nn.Module) -> nn.Module:
+def unwrap_causal_lm(model: nn.Module) -> nn.Module:
     """The transformers ``*ForCausalLM`` inside a peft wrapper (LoRA layers stay injected)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
@@ -180,7 +180,7 @@ class SequenceScorer(nn.Module):
 
     @property
     def causal_lm(self) -> nn.Module:
-        return _unwrap_causal_lm(self.model)
+        return unwrap_causal_lm(self.model)
 
     @contextlib.contextmanager
     def reference_mode(self) -> Iterator[None]:

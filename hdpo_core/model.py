@@ -44,6 +44,11 @@ class LoraOptions:
     target_modules: str | tuple[str, ...] = "all-linear"
 
 
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether ``folder`` holds a saved tokenizer (``tokenizer.json`` or ``tokenizer_config.json``)."""
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+
+
 def _check_local_folder(opts: ModelOptions) -> None:
     path = Path(opts.name_or_path)
     if not path.exists():

@@ -119,12 +119,13 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def make_batcher(opts: TrainOptions, pad_token_id: int, *, single_row: bool = False
+def make_batcher(opts: TrainOptions, pad_token_id: int, model: nn.Module | None = None
                  ) -> Callable[[Sequence[TokenizedPair]], TokenBatch]:
-    """The micro-batch builder: packed (``opts.row_tokens`` per row, or one row when ``single_row``: the
-    segment kernel needs no row bound, and rows padded to the longest one compute padding) or padded."""
+    """The micro-batch builder for ``model``: packed or padded. Packed batches go in ONE row when ``model``
+    runs on the segment kernel (no row bound is needed there, and rows padded to the longest one compute
+    padding); otherwise rows of ``opts.row_tokens`` bound the ``[rows, 1, T, T]`` fallback mask."""
     if opts.packing:
-        row_tokens = sys.maxsize if single_row else opts.row_tokens
+        row_tokens = sys.maxsize if model is not None and uses_segment_kernel(model) else opts.row_tokens
         return lambda pairs: packed_batch(pairs, pad_token_id, row_tokens=row_tokens, share_prompt=opts.share_prompt)
     return lambda pairs: padded_batch(pairs, pad_token_id)
 
@@ -198,7 +199,7 @@ def train(
     ref_scorer = None
     if reference is not None and ref_cache is None:
         ref_scorer = SequenceScorer(reference.to(accelerator.device), chunk_size=chunk_size).eval()
-    make_batch = make_batcher(opts, pad_token_id, single_row=uses_segment_kernel(policy))
+    make_batch = make_batcher(opts, pad_token_id, policy)
     raw_scorer = accelerator.unwrap_model(scorer)
 
     def ref_scores(idx: Sequence[int], batch: TokenBatch) -> SequenceScores:

@@ -15,7 +15,6 @@ from hdpo_core import refcache
 from hdpo_core.alpha import EntropyTargetAlpha, ScheduledAlpha
 from hdpo_core.data import file_fingerprint, load_preference_rows
 from hdpo_core.errors import HdpoError, InputError, RunError
-from hdpo_core.forward import uses_segment_kernel
 from hdpo_core.metrics_log import MetricsLog
 from hdpo_core.model import (
     LoraOptions,
@@ -198,7 +197,7 @@ def run_train_stage(spec: Any, rd: RunDir, *, fresh: bool = False) -> dict[str, 
             disable_dropout(m)
     if spec.lora is not None:
         disable_dropout(policy.get_base_model())
-    make_batch = make_batcher(opts, tokenizer.pad_token_id, single_row=uses_segment_kernel(policy))
+    make_batch = make_batcher(opts, tokenizer.pad_token_id, policy)
     chunk = spec.train.logps_chunk_size
     ref_cache = None
     if spec.train.precompute_ref_logps:

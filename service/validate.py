@@ -102,7 +102,9 @@ def _check_model(m: ModelSpec, report: Report) -> Any:
         report.problems.append(f"model.name_or_path: {p} is a file; point it at a model folder (the output of "
                                "save_pretrained) or a Hub id")
         return None
-    if (p / "adapter_config.json").is_file() and not (p / "config.json").is_file():
+    from hdpo_core.export.merge import is_bare_adapter
+
+    if is_bare_adapter(p):
         return _check_adapter(m, p, report)
     if not (p / "config.json").is_file():
         report.problems.append(f"model.name_or_path: {p} has no config.json; point it at a Hugging Face model "
@@ -116,6 +118,7 @@ def _check_model(m: ModelSpec, report: Report) -> Any:
 def _check_adapter(m: ModelSpec, p: Path, report: Report) -> Any:
     """A peft adapter folder (e.g. an SFT LoRA): its base must load; training merges the two first."""
     from hdpo_core.export.merge import base_model_of
+    from hdpo_core.model import has_tokenizer_files
 
     try:
         base = base_model_of(p)
@@ -129,7 +132,7 @@ def _check_adapter(m: ModelSpec, p: Path, report: Report) -> Any:
     report.summary.append(f"model: peft adapter {p} on base {base}; merged into RUN/start_model before training, "
                           "so policy and reference start from the adapted model")
     tokenizer = _check_model(m.model_copy(update={"name_or_path": base}), report)
-    if any((p / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+    if has_tokenizer_files(p):
         tokenizer = _load_tokenizer(m, str(p), report)
     return tokenizer
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 
 from hdpo_core.errors import InputError
+from hdpo_core.model import has_tokenizer_files
 
 Kind = Literal["hf", "peft", "onnx"]
 
@@ -77,7 +78,7 @@ def _load_tokenizer(folder: Path, fallback: Path | None) -> Any:
     import transformers
 
     for f in (folder, fallback):
-        if f is not None and ((f / "tokenizer.json").is_file() or (f / "tokenizer_config.json").is_file()):
+        if f is not None and has_tokenizer_files(f):
             tok = transformers.AutoTokenizer.from_pretrained(str(f))
             if tok.pad_token_id is None:
                 tok.pad_token = tok.eos_token

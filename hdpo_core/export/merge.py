@@ -111,8 +111,9 @@ def merge_lora(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    has_tokenizer = any((adapter_dir / n).exists() for n in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base_id)
+    from hdpo_core.model import has_tokenizer_files
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer_files(adapter_dir) else base_id)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -41,13 +41,12 @@ def test_packed_equals_padded_values(share, attn):
 def test_trainer_batcher_uses_one_unpadded_row_with_the_segment_kernel(attn):
     """With the segment kernel the trainer packs a micro-batch into ONE row (rows padded to the longest row
     would compute padding); with the mask fallback rows stay bounded by row_tokens. Same numbers either way."""
-    from hdpo_core.forward import uses_segment_kernel
     from hdpo_core.trainer import TrainOptions, make_batcher
 
     model = tiny_llama(attn=attn).eval()
     pairs = random_pairs(6, seed=4)
     opts = TrainOptions(total_steps=1, batch_size=6, micro_batch_size=6, learning_rate=1e-3, row_tokens=50)
-    batch = make_batcher(opts, PAD, single_row=uses_segment_kernel(model))(pairs)
+    batch = make_batcher(opts, PAD, model)(pairs)
     computed = sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     if attn == "sdpa":
         assert batch.input_ids.shape == (1, computed)  # no padding position at all
