@@ -216,6 +216,10 @@ def evaluate_cli(target: str, *, job: Any = None, tasks: str | None = None, ref:
         except ValueError:
             raise InputError(f"--temperatures: '{temperatures}' is not a comma-separated list of numbers "
                              "(e.g. 0.25,0.5,1.0)") from None
+    looks_local = eval_pairs is not None and (Path(eval_pairs).suffix or eval_pairs.startswith((".", "/", "~")))
+    if looks_local and not Path(eval_pairs).expanduser().exists():  # a Hub dataset id is left to the loader
+        raise InputError(f"--eval-pairs: {eval_pairs}: file not found (relative to the current folder "
+                         f"{Path.cwd()}); give the held-out pairs file's path")
     overrides = {"tasks": tasks, "n_samples": n, "temperatures": temps, "top_p": top_p, "seed": seed,
                  "max_new_tokens": max_new_tokens, "verifier": verifier, "eval_pairs": eval_pairs,
                  "compare_reference": compare_reference}

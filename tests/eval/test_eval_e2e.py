@@ -80,6 +80,10 @@ def test_cli_no_reference_skips_reference_sampling(workspace):
         (workspace / "pairs.jsonl").read_text().splitlines(keepends=True)[:2]))
     b = _eval(workspace, "out_pairs2", "--no-reference", "--eval-pairs", str(workspace / "pairs2.jsonl"))
     assert b["preference"]["pairs"] == 2 and b["eval_pairs"].endswith("pairs2.jsonl")
+    r = runner.invoke(app, ["eval", str(workspace / "model"), "--eval-pairs", "nope.jsonl", "--out",
+                            str(workspace / "x")])
+    assert r.exit_code == 2 and "--eval-pairs: nope.jsonl: file not found (relative to the current folder" in r.output
+    assert "Traceback" not in r.output
 
 
 def test_cli_errors_are_one_line(workspace):
