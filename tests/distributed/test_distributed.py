@@ -167,8 +167,11 @@ def test_full_finetune_two_processes_with_sharded_ref_precompute(tmp_path, tiny_
     (c1,), (c2,) = list((tmp_path / "cache1").iterdir()), list((tmp_path / "cache2").iterdir())
     assert c1.name == c2.name
     t1, t2 = load_file(str(c1)), load_file(str(c2))
-    for k in ("logps", "entropy_sum", "token_counts"):
-        assert torch.equal(t1[k], t2[k]), k  # the same micro-batches, scored on different ranks: bitwise equal
+    # the same micro-batches, scored on different ranks: equal within float noise (not bitwise: another process
+    # may pick other kernels or thread splits on another processor), token counts exactly
+    torch.testing.assert_close(t2["logps"], t1["logps"], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(t2["entropy_sum"], t1["entropy_sum"], atol=1e-3, rtol=1e-5)
+    assert torch.equal(t1["token_counts"], t2["token_counts"])
     assert t1["logps"].shape == (16, 2)
     assert tree(tmp_path / "two" / "run") == tree(tmp_path / "one" / "run")
 
