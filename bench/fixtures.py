@@ -1,7 +1,7 @@
 """Offline benchmark fixtures: a random-weight causal LM saved to a folder, a word-level tokenizer, and
 variable-length synthetic preference pairs (text for TRL, the same token ids for hdpo-tune).
 
-TRL needs a model *folder* (it rebuilds the reference copy from ``name_or_path``, pitfalls.md #3) and
+TRL needs a model *folder* (it rebuilds the reference copy from ``name_or_path``) and
 tokenizes text itself, so the data is text over a word-level vocabulary ``w0 .. wN`` whose tokenization is
 exactly one id per word: both trainers then see the same ids, and the token counts agree.
 """
@@ -78,7 +78,7 @@ class LengthSpec:
 
 
 CPU_LENGTHS = LengthSpec()
-GPU_LENGTHS = LengthSpec(prompt=(96, 800), completion=(64, 576))  # ~1100 tokens per pair (anchors.md)
+GPU_LENGTHS = LengthSpec(prompt=(96, 800), completion=(64, 576))  # ~1100 tokens per pair
 
 
 def build_tokenizer(vocab_size: int):

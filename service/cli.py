@@ -45,12 +45,15 @@ def _root(
 
 
 def guarded(fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn a domain error into one stderr line and its exit code (traceback only with --debug)."""
+    """Run ``fn``; turn a domain error into one stderr line and its exit code. ``--debug`` adds the
+    traceback before that line and keeps the exit code (2 stays 2: a script can rely on it either way)."""
     try:
         return fn()
     except HdpoError as exc:
         if _STATE["debug"]:
-            raise
+            import traceback
+
+            traceback.print_exc()
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(code=exc.exit_code) from None
     except KeyboardInterrupt:
@@ -121,9 +124,9 @@ def merge(
     force: Annotated[bool, typer.Option("--force", help="Redo the merge even if merged/ is up to date.")] = False,
 ) -> None:
     """Merge the LoRA adapter into the base (float32, checked) and write RUN/merged/ with a model card."""
-    from service.ship import merge_run
+    from service.pipeline import run_folder_stage
 
-    guarded(lambda: merge_run(run_dir, force=force, log=typer.echo))
+    guarded(lambda: run_folder_stage(run_dir, "merge", force=force))
 
 
 @app.command()
@@ -132,9 +135,9 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Re-export even if onnx/ is current and validated.")] = False,
 ) -> None:
     """Export RUN/merged/ to ONNX with KV cache in RUN/onnx/ and validate it against PyTorch."""
-    from service.ship import export_run
+    from service.pipeline import run_folder_stage
 
-    guarded(lambda: export_run(run_dir, force=force, log=typer.echo))
+    guarded(lambda: run_folder_stage(run_dir, "export", force=force))
 
 
 @app.command()
@@ -143,9 +146,14 @@ def push(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.")] = False,
 ) -> None:
     """Push RUN/merged/ (and RUN/onnx/ under onnx/) to hub.repo_id. Token from HF_TOKEN only."""
-    from service.ship import push_run
+    if dry_run:
+        from service.ship import push_run
 
-    guarded(lambda: push_run(run_dir, dry_run=dry_run, log=typer.echo))
+        guarded(lambda: push_run(run_dir, dry_run=True, log=typer.echo))
+        return
+    from service.pipeline import run_folder_stage
+
+    guarded(lambda: run_folder_stage(run_dir, "push", force=False))
 
 
 @app.command()
@@ -231,3 +239,7 @@ def main(argv: list[str] | None = None) -> Any:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = _with_default_command(sys.argv[1:] if argv is None else argv)
     return app(args=args, prog_name="hdpo-tune")
+
+
+if __name__ == "__main__":  # `python -m service.cli ...` (also the launcher's fallback without the script)
+    main()

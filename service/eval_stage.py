@@ -6,6 +6,7 @@ pipeline after training (:func:`run_eval_stage`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ from hdpo_core.eval.report import write_report
 from hdpo_core.eval.targets import (
     EvalSide,
     ResolvedTarget,
-    config_value,
     load_causal_lm,
     load_onnx_sampler,
     peft_reference,
@@ -29,7 +29,13 @@ from hdpo_core.eval.tasks import load_tasks
 from hdpo_core.eval.verifiers import get_verifier
 from hdpo_core.tokenize import tokenize_rows
 
+from .run import Run
+from .spec import DataSpec, ModelSpec, load_sections, sections_of
 from .spec_eval import EvalSpec
+from .spec_hdpo import HdpoSpec
+
+#: alpha used to score a model trained outside any job (no job file, no run folder): plain DPO.
+UNKNOWN_ALPHA = 1.0
 
 
 def _device() -> tuple[str, torch.dtype | None]:
@@ -120,23 +126,22 @@ def headline_lines(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def run_eval_for_job(spec: Any, run_dir: Path) -> dict[str, Any]:
-    """The pipeline's entry: evaluate ``run_dir/final`` with ``spec.eval`` (an EvalSpec, or its dict).
+def run_eval_for_job(run: Run) -> dict[str, Any]:
+    """The pipeline's eval stage: evaluate ``RUN/final`` with the run's ``eval:`` section.
 
     Returns ``{"headline": [lines], "numbers": results["headline"], "results": path}``.
     """
-    section = spec.eval
-    eval_spec = section if isinstance(section, EvalSpec) else EvalSpec.model_validate(section or {})
+    spec = run.spec
     results = run_eval_stage(
-        run_dir, eval_spec, model_dir=Path(run_dir) / "final",
+        run.path, spec.eval or EvalSpec(), model_dir=run.path / "final",
         reference_dir=None if spec.lora is not None else Path(spec.model.name_or_path),
-        alpha=final_alpha(spec.hdpo.alpha, Path(run_dir)), beta=float(spec.hdpo.beta), eval_pairs_path=spec.data.eval,
+        alpha=final_alpha(spec.hdpo.alpha, run.path), beta=spec.hdpo.beta, eval_pairs_path=spec.data.eval,
         max_length=spec.data.max_length)
     return {"headline": headline_lines(results), "numbers": results["headline"],
-            "results": str(Path(run_dir) / "eval" / "results.json")}
+            "results": str(run.path / "eval" / "results.json")}
 
 
-def final_alpha(alpha: Any, run_dir: Path | None) -> float:
+def final_alpha(alpha: float | str, run_dir: Path | None) -> float:
     """The alpha the policy was trained with at its last step: the spec's number, or for ``auto`` and
     schedules the last ``alpha`` in the run's metrics.jsonl (1.0 when unknown)."""
     if run_dir is not None and (Path(run_dir) / "metrics.jsonl").exists():
@@ -145,26 +150,35 @@ def final_alpha(alpha: Any, run_dir: Path | None) -> float:
         records = read_metrics(Path(run_dir))
         if records and isinstance(records[-1].get("alpha"), int | float):
             return float(records[-1]["alpha"])
-    return float(alpha) if isinstance(alpha, int | float) else 1.0
+    return float(alpha) if isinstance(alpha, int | float) else UNKNOWN_ALPHA
 
 
-def _job_eval_section(job: str | None, target: ResolvedTarget) -> tuple[dict[str, Any], Path | None]:
-    """The job dict (``--job`` file, else the run's job.resolved.yaml) and the folder relative paths start from."""
-    if job is None:
-        return target.run_config, target.run_dir
-    import yaml
+@dataclass(frozen=True)
+class JobContext:
+    """What ``hdpo-tune eval`` takes from a job: its ``eval:`` section and the values that score pairs. From
+    ``--job FILE`` (only these sections are read), else from the evaluated run folder, else the defaults."""
 
-    p = Path(job)
-    if not p.is_file():
-        raise InputError(f"{job}: job file not found")
-    return yaml.safe_load(p.read_text(encoding="utf-8")) or {}, p.parent
+    eval: EvalSpec | None = None
+    hdpo: HdpoSpec | None = None
+    base_model: str | None = None
+    eval_pairs: str | None = None
+    max_length: int = DataSpec.model_fields["max_length"].default
 
 
-def _rel(path: Any, base: Path | None) -> str | None:
-    if not path:
-        return None
-    p = Path(str(path))
-    return str(base / p) if base is not None and not p.is_absolute() and (base / p).exists() else str(path)
+def _job_context(job: str | None, target: ResolvedTarget) -> JobContext:
+    if job is not None:
+        sections = load_sections(Path(job), ("model", "data", "hdpo", "eval"))
+        model, data, ev, hd = (sections[k] for k in ("model", "data", "eval", "hdpo"))
+        data = data if isinstance(data, DataSpec) else None
+        return JobContext(eval=ev if isinstance(ev, EvalSpec) else None, hdpo=hd if isinstance(hd, HdpoSpec) else None,
+                          base_model=model.name_or_path if isinstance(model, ModelSpec) else None,
+                          eval_pairs=data.eval if data else None,
+                          max_length=data.max_length if data else JobContext.max_length)
+    if target.run_dir is not None:
+        spec = Run.from_folder(target.run_dir).spec
+        return JobContext(eval=spec.eval, hdpo=spec.hdpo, base_model=spec.model.name_or_path,
+                          eval_pairs=spec.data.eval, max_length=spec.data.max_length)
+    return JobContext()
 
 
 def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict[str, Any] | None = None,
@@ -172,10 +186,8 @@ def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict
     """``hdpo-tune eval``: evaluate a model/adapter/ONNX/run folder. CLI options in ``overrides`` win over the
     job's ``eval:`` section, which wins over the defaults."""
     target = resolve_target(target_path)
-    config, base = _job_eval_section(job, target)
-    section = dict(config_value(config, "eval") or {})
-    for key in ("tasks", "eval_pairs"):
-        section[key] = _rel(section.get(key), base)
+    ctx = _job_context(job, target)
+    section = ctx.eval.model_dump() if ctx.eval else {}
     section.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         spec = EvalSpec.model_validate(section)
@@ -184,15 +196,13 @@ def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict
         where = ".".join(str(x) for x in first["loc"])
         raise InputError(f"eval.{where}: {first['msg']} (from the job's eval: section or the command line)") from None
     reference = Path(ref) if ref else None
-    if reference is None and target.kind != "peft":
-        base_model = _rel(config_value(config, "model.name_or_path"), base)
-        reference = Path(base_model) if base_model and Path(base_model).is_dir() else None
+    if reference is None and target.kind != "peft" and ctx.base_model and Path(ctx.base_model).is_dir():
+        reference = Path(ctx.base_model)
     out_dir = Path(out) if out else (target.run_dir / "eval" if target.run_dir else Path("eval_results") / target.model_dir.name)
-    return evaluate(target, spec, out_dir=out_dir, reference_dir=reference,
-                    alpha=final_alpha(config_value(config, "hdpo.alpha") or 1.0, target.run_dir),
-                    beta=float(config_value(config, "hdpo.beta") or 0.1),
-                    eval_pairs_path=_rel(config_value(config, "data.eval"), base),
-                    max_length=int(config_value(config, "data.max_length") or 1024))
+    hdpo = ctx.hdpo or HdpoSpec()
+    alpha = final_alpha(hdpo.alpha if ctx.hdpo else UNKNOWN_ALPHA, target.run_dir)
+    return evaluate(target, spec, out_dir=out_dir, reference_dir=reference, alpha=alpha, beta=hdpo.beta,
+                    eval_pairs_path=ctx.eval_pairs, max_length=ctx.max_length)
 
 
 def compare_runs(run_dirs: list[str], *, out: str | None = None) -> Path:
@@ -200,7 +210,22 @@ def compare_runs(run_dirs: list[str], *, out: str | None = None) -> Path:
     from hdpo_core.eval.compare import compare
 
     out_dir = Path(out) if out else Path("compare")
-    return compare([Path(r) for r in run_dirs], out_dir)
+    folders = [Path(r) for r in run_dirs]
+    return compare(folders, out_dir, alphas={f: _trained_alpha(f) for f in folders})
+
+
+def _trained_alpha(folder: Path) -> float | None:
+    """A run folder's numeric ``hdpo.alpha`` (None for 'auto', a schedule's end is in its results, or a
+    folder that is not a run): what the comparison table shows."""
+    from .spec_yaml import load_yaml
+
+    resolved = folder / "job.resolved.yaml"
+    if not resolved.is_file():
+        return None
+    data = load_yaml(resolved)
+    hdpo = sections_of(data, ("hdpo",), source=resolved)["hdpo"] if isinstance(data, dict) else None
+    alpha = hdpo.alpha if isinstance(hdpo, HdpoSpec) else None
+    return float(alpha) if isinstance(alpha, int | float) else None
 
 
 def evaluate_cli(target: str, *, job: Any = None, tasks: str | None = None, ref: str | None = None,

@@ -14,38 +14,12 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from hdpo_core.errors import InputError
 
 #: deploy/accelerate/ file per backend (multi-node FSDP has its own file).
 CONFIG_FILES = {"ddp": "ddp.yaml", "fsdp": "fsdp2.yaml", "deepspeed": "zero3.yaml"}
 MULTI_NODE_FSDP = "multi_node.yaml"
-
-
-def wants_cpu() -> bool:
-    """Whether this process must run accelerate on the CPU: ``ACCELERATE_USE_CPU`` is set, or it was started by
-    a distributed launcher (``WORLD_SIZE`` > 1) on a machine without an accelerator. Without the second rule
-    accelerate 1.x gives every torchrun process on a CPU-only machine ``DistributedType.NO``: each one believes
-    it is the only (main) process, and they all write the run folder."""
-    flag = os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes")
-    if flag:
-        return True
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return False
-    import torch
-
-    has_accel = getattr(torch, "accelerator", None)
-    available = has_accel.is_available() if has_accel is not None else torch.cuda.is_available()
-    return not available
-
-
-def process_state() -> Any:
-    """accelerate's ``PartialState`` for this process, created with the right ``cpu`` flag (see
-    :func:`wants_cpu`); the pipeline and the train stage both go through here, so they agree."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=wants_cpu())
 
 
 def config_dirs() -> list[Path]:
@@ -68,7 +42,7 @@ def run_target() -> list[str]:
     """How the launcher starts one process: the `hdpo-tune` script next to this Python, else this module."""
     here = Path(sys.executable).parent / "hdpo-tune"
     exe = str(here) if here.is_file() else shutil.which("hdpo-tune")
-    return [exe] if exe else [sys.executable, "-m", "service.launch"]
+    return [exe] if exe else [sys.executable, "-m", "service.cli"]
 
 
 def build_command(job: Path, *, num_processes: int | None = None, config_file: Path | None = None,
@@ -130,9 +104,3 @@ def launch(job: Path, *, num_processes: int | None = None, config_file: Path | N
         sys.stderr.flush()
         execve(cmd[0], cmd, {**os.environ, **extra})
     return cmd
-
-
-if __name__ == "__main__":  # the launch target when no `hdpo-tune` script is installed
-    from .cli import main
-
-    main(sys.argv[1:])

@@ -1,4 +1,4 @@
-"""The stage pipeline behind `hdpo-tune run`: validate -> train -> eval -> merge -> export -> push.
+"""The stage pipeline behind `hdpo-tune run`: open the run folder, then each stage of :data:`service.stages.STAGES`.
 
 Every stage is idempotent: a finished stage is recorded in ``status.json`` (``stages``) and skipped when the
 job is run again, unless ``force``. A failure writes ``state: failed`` with the one-line error; SIGTERM/SIGINT
@@ -8,6 +8,7 @@ distributed launch the other ranks take part in training only and leave the late
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -16,57 +17,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hdpo_core.errors import HdpoError, Interrupted
+from hdpo_core.errors import HdpoError, InputError, Interrupted
 
-from .rundir import RunDir
-from .spec import JobSpec, load_spec, spec_to_dict
-
-STAGES = ("train", "eval", "merge", "export", "push")
-
-
-def _is_main() -> bool:
-    from .launch import process_state
-
-    return bool(process_state().is_main_process)
+from . import ownership
+from .faults import fault_error
+from .run import Run
+from .rundir import State
+from .runtime import is_main_process, wait_for_everyone
+from .stages import NAMES, STAGES, Stage, StageResult, stage_named
 
 
-def _wait_for_everyone() -> None:
-    """Barrier across launched processes (no-op in a single process)."""
-    from .launch import process_state
-
-    process_state().wait_for_everyone()
-
-
-def _enabled(spec: JobSpec, stage: str) -> bool:
-    section = getattr(spec, stage if stage != "push" else "hub", None)
-    if stage == "train":
-        return True
-    if section is None:
-        return False
-    if stage == "push":
-        return bool(getattr(section, "repo_id", None))
-    if stage == "export":
-        onnx = getattr(section, "onnx", None)
-        return bool(onnx is not None and getattr(onnx, "enabled", False))
-    return bool(getattr(section, "enabled", True))
-
-
-def _stage_fn(stage: str, spec: JobSpec, rd: RunDir, force: bool) -> Callable[[], dict[str, Any]]:
-    if stage == "train":
-        from .train_stage import run_train_stage
-
-        return lambda: run_train_stage(spec, rd, fresh=force)
-    if stage == "eval":
-        from .eval_stage import run_eval_for_job
-
-        return lambda: run_eval_for_job(spec, rd.path)
-    from . import ship
-
-    if stage == "merge":
-        return lambda: ship.merge_run(rd.path, force=force) or {}
-    if stage == "export":
-        return lambda: ship.export_run(rd.path, force=force) or {}
-    return lambda: ship.push_run(rd.path) or {}
+def _stage_fn(stage: str, run: Run, force: bool) -> Callable[[], StageResult]:
+    """The call that runs ``stage`` on ``run`` (one seam, so a test can wrap a stage)."""
+    chosen = stage_named(stage)
+    return lambda: chosen.run(run, force)
 
 
 @contextmanager
@@ -91,65 +55,123 @@ def _terminate_raises() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
+def open_run_folder(run: Run, *, force: bool) -> None:
+    """Make ``run``'s folder ready to write, before any stage runs (main process only): the folder is hdpo-tune's
+    (new, empty or marked), no input is one of its outputs, this process holds its lock, and it holds this job
+    (or ``force``). Then the resolved spec and versions are written."""
+    spec = run.spec
+    ownership.claim(run.path)
+    ownership.RunLock(run.path).acquire()
+    inputs = {"model.name_or_path": spec.model.name_or_path, "data.train": spec.data.train,
+              "data.eval": spec.data.eval, "eval.tasks": spec.eval.tasks if spec.eval else None,
+              "eval.eval_pairs": spec.eval.eval_pairs if spec.eval else None,
+              "train.ref_cache_dir": spec.train.ref_cache_dir,
+              "distributed.accelerate_config": spec.distributed.accelerate_config}
+    ownership.check_inputs_not_outputs(run.path, inputs)
+    resolved = run.resolved()
+    run.folder.check_compatible(resolved, force=force)
+    before = ownership.listing(run.path)
+    try:
+        run.folder.write_resolved_spec(resolved)
+        run.folder.write_versions()
+    except OSError as exc:
+        raise fault_error(exc, "start-up", run.path) from None
+    finally:
+        ownership.record_new(run.path, before)
+
+
+def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> dict[str, StageResult]:
     """Run every enabled stage of ``job``; returns per-stage results. Raises :class:`HdpoError`."""
-    spec = load_spec(job)
-    rd = RunDir(Path(spec.output.dir))
-    resolved = spec_to_dict(spec)
-    main = _is_main()
+    run = Run.from_job(job)
+    unknown = [s for s in only if s not in NAMES]
+    if unknown:
+        raise InputError(f"--only: unknown stage {', '.join(unknown)}; choose from {', '.join(NAMES)}")
+    main = is_main_process()
     if main:
-        rd.check_compatible(resolved, force=force)
-        rd.path.mkdir(parents=True, exist_ok=True)
-        rd.write_resolved_spec(resolved)
-        rd.write_versions()
-    _wait_for_everyone()  # every rank reads status.json only after the main process has checked the folder
-    done = set((rd.read_status() or {}).get("stages_done", [])) if not force else set()
-    results: dict[str, Any] = {}
+        open_run_folder(run, force=force)
+    wait_for_everyone()  # every rank reads status.json only after the main process has checked the folder
+    done = set() if force else run.stages_done()
+    results: dict[str, StageResult] = {}
     with _terminate_raises():  # for the whole run: SIGTERM never kills the process silently mid-write
         for stage in STAGES:
-            if only and stage not in only or not _enabled(spec, stage):
+            if only and stage.name not in only or not stage.enabled(run.spec) or stage.main_only and not main:
                 continue
-            if stage != "train" and not main:
-                continue  # eval/merge/export/push read final/ from disk and write the run folder: main only
-            if stage in done:
-                print(f"{stage}: already done in {rd.path} (use --force to redo)", file=sys.stderr)
+            if stage.name in done:
+                print(f"{stage.name}: already done in {run.path} (use --force to redo)", file=sys.stderr)
                 continue
-            results[stage] = _run_stage(stage, spec, rd, force=force, main=main, done=done)
-            done.add(stage)
+            results[stage.name] = run_stage(stage, run, force=force, main=main, done=done)
+            done.add(stage.name)
             if main:
-                rd.write_status(stage, "running", stages_done=sorted(done))
+                run.mark(stage.name, "running", done)
     if main:
-        rd.write_status("done", "succeeded", stages_done=sorted(done))
-        _print_summary(rd.path, results)
+        run.mark("done", "succeeded", done)
+        _print_summary(run.path, results)
     return results
 
 
-def _run_stage(stage: str, spec: JobSpec, rd: RunDir, *, force: bool, main: bool, done: set[str]) -> Any:
-    """Run one stage; on any failure record ``failed`` or ``interrupted`` (naming the stage) and re-raise."""
+def run_stage(stage: Stage, run: Run, *, force: bool, main: bool = True, done: set[str] | None = None) -> StageResult:
+    """Run one stage; on any failure record ``failed`` or ``interrupted`` (naming the stage) and re-raise as
+    one :class:`HdpoError` line. An I/O fault (disk full, read-only, permission) becomes one line naming the
+    path, after hdpo-tune's temporary leftovers of the stage are removed."""
+    done = run.stages_done() if done is None else done
+    before = ownership.listing(run.path)
+
+    def mark(state: State, error: str | None = None) -> None:
+        if main:
+            with contextlib.suppress(OSError):  # a full disk must not hide the stage's own error
+                run.mark(stage.name, state, done, error=error)
+
     try:
-        if main:
-            rd.write_status(stage, "running", stages_done=sorted(done))
-        return _stage_fn(stage, spec, rd, force)()
+        mark("running")
+        return _stage_fn(stage.name, run, force)()
     except Interrupted as exc:
-        if main:
-            rd.write_status(stage, "interrupted", error=exc.message, stages_done=sorted(done))
+        mark("interrupted", exc.message)
         raise
     except KeyboardInterrupt as exc:
         by = exc.args[0] if exc.args else f"signal {int(signal.SIGINT)}"
-        message = (f"stopped by {by} during the {stage} stage; rerun the same command to continue "
+        message = (f"stopped by {by} during the {stage.name} stage; rerun the same command to continue "
                    "(finished stages are skipped)")
-        if main:
-            rd.write_status(stage, "interrupted", error=message, stages_done=sorted(done))
+        mark("interrupted", message)
         raise Interrupted(message) from None
     except HdpoError as exc:
-        if main:
-            rd.write_status(stage, "failed", error=exc.message, stages_done=sorted(done))
+        mark("failed", exc.message)
         raise
     except BaseException as exc:
+        error = fault_error(exc, stage.name, run.path) if main else None
+        if error is None:
+            mark("failed", f"{type(exc).__name__}: {str(exc)[:300]}")
+            raise
+        remove_temporaries(run.path)
+        mark("failed", error.message)
+        raise error from None
+    finally:
         if main:
-            rd.write_status(stage, "failed", error=f"{type(exc).__name__}: {str(exc)[:300]}",
-                            stages_done=sorted(done))
-        raise
+            ownership.record_new(run.path, before)
+
+
+def run_folder_stage(folder: Path, name: str, *, force: bool) -> StageResult:
+    """``hdpo-tune merge|export|push RUN``: one stage on an existing run folder, the same :class:`Run` and
+    the same bookkeeping as inside ``hdpo-tune run`` (the folder's lock, status.json, one-line faults)."""
+    run = Run.from_folder(folder)
+    ownership.check_location(run.path, "RUN_DIR")
+    ownership.RunLock(run.path).acquire()
+    done = run.stages_done()
+    result = run_stage(stage_named(name), run, force=force, done=done)
+    with contextlib.suppress(OSError):
+        run.mark(name, "succeeded", done | {name})
+    return result
+
+
+def remove_temporaries(folder: Path) -> None:
+    """What an interrupted write of hdpo-tune leaves: ``*.tmp`` output folders and checkpoint temp folders."""
+    import shutil
+
+    for name in ("final.tmp", "merged.tmp", "start_model.tmp"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    if (folder / "checkpoints").is_dir():
+        from hdpo_core.checkpoint import clean_partial
+
+        clean_partial(folder / "checkpoints")
 
 
 def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:

@@ -21,12 +21,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from hdpo_core.errors import InputError
 from hdpo_core.io import atomic_write_json, atomic_write_text
 
 from .spec import dump_yaml, redact_secrets
+from .spec_yaml import load_yaml
 
 State = Literal["running", "succeeded", "failed", "interrupted"]
 STATES: tuple[str, ...] = ("running", "succeeded", "failed", "interrupted")
@@ -101,8 +100,8 @@ class RunDir:
         if not f.is_file():
             return None
         try:
-            data = yaml.safe_load(f.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            data = load_yaml(f)
+        except InputError:
             raise InputError(f"output.dir: {f} is unreadable, so this folder's run cannot be compared with the "
                              "job; pick a new output.dir or pass --force") from None
         return data if isinstance(data, dict) else None

@@ -1,9 +1,10 @@
 """Ship stages of a finished run: merge -> model card/provenance -> ONNX export + validation -> Hub push.
 
-Each function takes the run folder and reads ``RUN/job.resolved.yaml`` itself (sections parsed with
-:mod:`service.spec_ship`), so ``hdpo-tune merge|export|push RUN_DIR`` work standalone and the pipeline can
-call the same functions. Layout: ``RUN/final/`` (adapter or full model) -> ``RUN/merged/`` -> ``RUN/onnx/``.
-Heavy imports (torch, transformers) happen inside the functions: ``generate_onnx`` must stay torch-free.
+:func:`merge`, :func:`export` and :func:`push` take a :class:`~service.run.Run` (the typed spec and the
+folder), whether the pipeline opened it from a job file or ``hdpo-tune merge|export|push RUN_DIR`` from the
+run folder; ``merge_run``/``export_run``/``push_run`` open the folder and call them. Layout: ``RUN/final/``
+(adapter or full model) -> ``RUN/merged/`` -> ``RUN/onnx/``. Heavy imports (torch, transformers) happen
+inside the functions: ``generate_onnx`` must stay torch-free.
 """
 
 from __future__ import annotations
@@ -17,32 +18,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
 from hdpo_core.errors import InputError, RunError
-from service.spec_ship import ExportSpec, HubSpec, MergeSpec
+
+from .run import Run
+from .spec_ship import ExportSpec, HubSpec, MergeSpec
 
 Log = Callable[[str], None]
 SPEC_FILE = "job.resolved.yaml"
 
 
-def load_run_spec(run_dir: Path) -> tuple[dict, MergeSpec, ExportSpec, HubSpec]:
-    """Read ``RUN/job.resolved.yaml``; parse ``merge``/``export``/``hub`` (missing sections = defaults)."""
-    path = Path(run_dir) / SPEC_FILE
-    if not path.exists():
-        raise InputError(f"{path} not found: RUN_DIR must be a run folder written by `hdpo-tune run`")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: expected a mapping at the top level")
-    parsed = []
-    for key, model in (("merge", MergeSpec), ("export", ExportSpec), ("hub", HubSpec)):
-        try:
-            parsed.append(model.model_validate(raw.get(key) or {}))
-        except ValidationError as exc:
-            lines = "; ".join(f"{key}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise InputError(f"{path}: {lines}") from None
-    return raw, parsed[0], parsed[1], parsed[2]
+def _sections(run: Run) -> tuple[MergeSpec, ExportSpec, HubSpec]:
+    """The ship sections of the run's spec; an absent section means its defaults (a standalone
+    ``hdpo-tune merge RUN`` works for a job that did not ask for the merge stage)."""
+    spec = run.spec
+    return spec.merge or MergeSpec(), spec.export or ExportSpec(), spec.hub or HubSpec()
+
+
+def _open(run: Run | str | Path) -> Run:
+    return run if isinstance(run, Run) else Run.from_folder(run)
 
 
 def _final_dir(run_dir: Path) -> Path:
@@ -52,7 +45,12 @@ def _final_dir(run_dir: Path) -> Path:
     return final
 
 
-def merge_run(run_dir: str | Path, force: bool = False, log: Log = print) -> dict:
+def merge_run(run_dir: Run | str | Path, force: bool = False, log: Log = print) -> dict[str, Any]:
+    """``hdpo-tune merge RUN_DIR``: :func:`merge` on the run folder."""
+    return merge(_open(run_dir), force=force, log=log)
+
+
+def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
     """Merge ``final/`` into ``merged/`` (LoRA) or copy it (full FT); (re)write README.md and provenance.json.
 
     A second call with unchanged inputs does not touch the weights and says so; ``force`` redoes it.
@@ -60,15 +58,11 @@ def merge_run(run_dir: str | Path, force: bool = False, log: Log = print) -> dic
     from hdpo_core.export import merge as m
     from hdpo_core.export.modelcard import build_card, load_json, provenance
 
-    run_dir = Path(run_dir)
-    spec, merge_spec, export_spec, hub_spec = load_run_spec(run_dir)
+    run_dir, spec = run.path, run.resolved()
+    merge_spec, export_spec, hub_spec = _sections(run)
     final, out = _final_dir(run_dir), run_dir / "merged"
     lora = m.is_adapter(final)
-    base = (m.base_model_of(final) or _base_from_spec(spec)) if lora else None
-    if lora and base is None:
-        raise InputError(
-            f"{final}/adapter_config.json names no base model and the spec has no model.name_or_path"
-        )
+    base = (m.base_model_of(final) or run.spec.model.name_or_path) if lora else None
     dtype = merge_spec.dtype or m.default_dtype(base if lora else str(final))
     existing = None if force else m.up_to_date(out, m.fingerprint(final, dtype))
     if existing:
@@ -92,7 +86,7 @@ def merge_run(run_dir: str | Path, force: bool = False, log: Log = print) -> dic
     eval_results = load_json(run_dir / "eval" / "results.json")
     card = build_card(
         spec,
-        base_model=_card_base(run_dir, spec, base),
+        base_model=_card_base(run, base),
         eval_results=eval_results,
         repo_id=hub_spec.repo_id,
         onnx=export_spec.onnx.enabled,
@@ -104,30 +98,24 @@ def merge_run(run_dir: str | Path, force: bool = False, log: Log = print) -> dic
     return info
 
 
-def _card_base(run_dir: Path, spec: dict, base: str | None) -> str | None:
+def _card_base(run: Run, base: str | None) -> str | None:
     """The base model the card names: the spec's model, or, for a run started from an SFT adapter (merged
     into RUN/start_model), that adapter's own base."""
     from hdpo_core.export import merge as m
 
-    named = _base_from_spec(spec)
-    marker = run_dir / "start_model" / m.MARKER
-    if named and m.is_bare_adapter(Path(named)) and marker.exists():
+    named = run.spec.model.name_or_path
+    marker = run.path / "start_model" / m.MARKER
+    if m.is_bare_adapter(Path(named)) and marker.exists():
         return json.loads(marker.read_text()).get("base_model") or named
     return base or named
 
 
-def _base_from_spec(spec: dict) -> str | None:
-    model = spec.get("model")
-    if isinstance(model, str):
-        return model
-    if isinstance(model, dict):
-        for key in ("name_or_path", "base", "name", "path", "id"):
-            if isinstance(model.get(key), str):
-                return model[key]
-    return None
+def export_run(run_dir: Run | str | Path, force: bool = False, log: Log = print) -> dict[str, Any]:
+    """``hdpo-tune export RUN_DIR``: :func:`export` on the run folder."""
+    return export(_open(run_dir), force=force, log=log)
 
 
-def export_run(run_dir: str | Path, force: bool = False, log: Log = print) -> dict:
+def export(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
     """Export ``merged/`` to ``onnx/`` and validate it against PyTorch (always; failure raises RunError).
 
     Merges first if needed (a no-op when merged/ is current). Writes ``onnx/validation.json`` either way.
@@ -136,10 +124,9 @@ def export_run(run_dir: str | Path, force: bool = False, log: Log = print) -> di
     from hdpo_core.export.onnx_export import export_decoder, quantize_int8
     from hdpo_core.export.onnx_validate import validate_export
 
-    run_dir = Path(run_dir)
-    _, _, export_spec, _ = load_run_spec(run_dir)
-    onnx_spec = export_spec.onnx
-    merge_info = merge_run(run_dir, log=lambda msg: None)  # quiet when merged/ is already current
+    run_dir = run.path
+    onnx_spec = _sections(run)[1].onnx
+    merge_info = merge(run, log=lambda msg: None)  # quiet when merged/ is already current
     merged, out = run_dir / "merged", run_dir / "onnx"
     key = hashlib.sha256((merge_info["fingerprint"] + onnx_spec.model_dump_json()).encode()).hexdigest()
     marker = out / "validation.json"
@@ -153,11 +140,15 @@ def export_run(run_dir: str | Path, force: bool = False, log: Log = print) -> di
     if out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()
-    config = export_decoder(merged, out, opset=onnx_spec.opset)
-    int8 = quantize_int8(out) if onnx_spec.quantize == "int8" else None
-    if int8:
-        config["model_file"] = int8
-        (out / "hdpo_onnx.json").write_text(json.dumps(config, indent=2) + "\n")
+    try:
+        config = export_decoder(merged, out, opset=onnx_spec.opset)
+        int8 = quantize_int8(out) if onnx_spec.quantize == "int8" else None
+        if int8:
+            config["model_file"] = int8
+            (out / "hdpo_onnx.json").write_text(json.dumps(config, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a half-written export is never left to look like one
+        raise
     log(f"export: wrote {out} (opset {config['opset']}) in {time.perf_counter() - started:.1f}s; validating")
     report = validate_export(
         out,
@@ -198,18 +189,25 @@ def upload_plan(run_dir: Path) -> list:
     return plan
 
 
-def push_run(
-    run_dir: str | Path,
+def push_run(run_dir: Run | str | Path, dry_run: bool = False, api: Any = None, log: Log = print,
+             sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """``hdpo-tune push RUN_DIR``: :func:`push` on the run folder."""
+    return push(_open(run_dir), dry_run=dry_run, api=api, log=log, sleep=sleep)
+
+
+def push(
+    run: Run,
     dry_run: bool = False,
     api: Any = None,
     log: Log = print,
     sleep: Callable[[float], None] = time.sleep,
-) -> dict:
+) -> dict[str, Any]:
     """Push ``merged/`` (+ ``onnx/``) to ``hub.repo_id``; ``dry_run`` only lists the files. Token: HF_TOKEN."""
-    from hdpo_core.export.hub import hf_token, push
+    from hdpo_core.export.hub import hf_token
+    from hdpo_core.export.hub import push as push_uploads
 
-    run_dir = Path(run_dir)
-    _, _, _, hub = load_run_spec(run_dir)
+    run_dir = run.path
+    hub = _sections(run)[2]
     if hub.repo_id is None:
         raise InputError(f"{run_dir / SPEC_FILE}: hub.repo_id is not set; set it to 'owner/name' to push")
     plan = upload_plan(run_dir)
@@ -228,7 +226,7 @@ def push_run(
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    results = push(
+    results = push_uploads(
         api,
         repo_id=hub.repo_id,
         private=hub.private,
@@ -273,15 +271,3 @@ def generate_onnx(
         onnx_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
     )
     return text
-
-
-def ship_run(run_dir: str | Path, *, push: bool = True, log: Log = print) -> None:
-    """Pipeline helper: run every ship stage the spec enables (merge, export, push) in order."""
-    run_dir = Path(run_dir)
-    _, merge_spec, export_spec, hub = load_run_spec(run_dir)
-    if merge_spec.enabled or export_spec.onnx.enabled or (push and hub.repo_id):
-        merge_run(run_dir, log=log)
-    if export_spec.onnx.enabled:
-        export_run(run_dir, log=log)
-    if push and hub.repo_id:
-        push_run(run_dir, log=log)

@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from hdpo_core.errors import InputError
 
+from .spec_base import StrictModel
 from .spec_distributed import DistributedSpec
 from .spec_messages import find_secrets, format_validation_error, model_of, redact_secrets
 from .spec_yaml import load_yaml
 
-__all__ = ["JobSpec", "dump_yaml", "json_schema", "load_spec", "model_of", "redact_secrets", "spec_to_dict",
-           "valid_sections"]
+__all__ = ["JobSpec", "batch_split_problem", "dump_yaml", "json_schema", "load_spec", "model_of", "redact_secrets",
+           "spec_from_resolved", "spec_to_dict", "valid_sections"]
 
-_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 # --- Sections owned by other modules -------------------------------------------------------------------
 from .spec_eval import EvalSpec as EvalSection  # noqa: E402
@@ -39,10 +39,9 @@ from .spec_ship import MergeSpec as MergeSection  # noqa: E402
 # --------------------------------------------------------------------------------------------------------
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(StrictModel):
     """The base model (policy initialisation and, frozen, the reference)."""
 
-    model_config = _STRICT
 
     name_or_path: str = Field(..., min_length=1, description="Local model folder (relative to the job file) or "
                               "Hub model id. The folder needs config.json, safetensors weights and a tokenizer. "
@@ -62,10 +61,9 @@ class ModelSpec(BaseModel):
                                          "(about 30% slower).")
 
 
-class LoraSpec(BaseModel):
+class LoraSpec(StrictModel):
     """LoRA adapters (peft). The reference model is the same network with the adapter switched off."""
 
-    model_config = _STRICT
 
     r: int = Field(16, gt=0, description="Adapter rank.")
     alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
@@ -75,10 +73,9 @@ class LoraSpec(BaseModel):
         "the output head).")
 
 
-class DataSpec(BaseModel):
+class DataSpec(StrictModel):
     """Preference pairs: TRL's standard (strings) or conversational (messages) format, explicit or implicit prompt."""
 
-    model_config = _STRICT
 
     train: str = Field(..., min_length=1, description="Training pairs: a .jsonl/.json/.parquet file, a "
                        "save_to_disk folder (relative to the job file) or a Hub dataset id.")
@@ -96,10 +93,9 @@ class DataSpec(BaseModel):
                             "DatasetDict folder.")
 
 
-class TrainSpec(BaseModel):
+class TrainSpec(StrictModel):
     """Optimisation, checkpointing and logging. Step counts are optimizer steps."""
 
-    model_config = _STRICT
 
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps to run. Set this or epochs, not both; "
                                   "with neither, epochs is 1.")
@@ -144,7 +140,8 @@ class TrainSpec(BaseModel):
     precompute_ref_logps: bool = Field(False, description="Compute reference log-probs once before training and "
                                        "cache them on disk (keyed by model, data and tokenization).")
     ref_cache_dir: str | None = Field(None, min_length=1, description="Folder of the reference log-prob cache "
-                                      "(shared between runs); null = inside output.dir.")
+                                      "(shared between runs, keyed by model, data and tokenization); null = "
+                                      "$HDPO_CACHE, else ~/.cache/hdpo-tune.")
     on_nonfinite: Literal["skip", "stop"] = Field(
         "stop", description="A NaN/inf loss or gradient: skip that step (no update) or stop the run, naming the step.")
 
@@ -162,10 +159,9 @@ class TrainSpec(BaseModel):
         if self.max_steps is not None and self.epochs is not None:
             issues.append(f"train.max_steps ({self.max_steps}) and train.epochs ({self.epochs}) are both set; "
                           "choose one")
-        if self.batch_size % self.micro_batch_size:
-            issues.append(f"train.batch_size ({self.batch_size}) must be divisible by train.micro_batch_size "
-                          f"({self.micro_batch_size}); choose a micro_batch_size that divides batch_size "
-                          f"(e.g. {_largest_divisor(self.batch_size, self.micro_batch_size)})")
+        split = batch_split_problem(self.batch_size, self.micro_batch_size, processes=1)
+        if split:
+            issues.append(split)
         if self.warmup_steps and self.warmup_ratio:
             issues.append(f"train.warmup_steps ({self.warmup_steps}) and train.warmup_ratio ({self.warmup_ratio}) "
                           "are both set; can't provide both, choose one")
@@ -179,19 +175,17 @@ class TrainSpec(BaseModel):
         return self
 
 
-class OutputSpec(BaseModel):
+class OutputSpec(StrictModel):
     """Where the run folder goes."""
 
-    model_config = _STRICT
 
     dir: str = Field(..., min_length=1, description="Run folder (relative to the job file): checkpoints, metrics, "
                      "status.json, final model. Rerunning the same job here resumes it.")
 
 
-class JobSpec(BaseModel):
+class JobSpec(StrictModel):
     """One H-DPO fine-tuning job: ``hdpo-tune run job.yaml``."""
 
-    model_config = _STRICT
 
     model: ModelSpec = Field(..., description="Base model.")
     lora: LoraSpec | None = Field(None, description="LoRA settings; null or absent = full fine-tuning.")
@@ -251,6 +245,19 @@ def _largest_divisor(n: int, below: int) -> int:
     return max(d for d in range(1, min(n, below) + 1) if n % d == 0)
 
 
+def batch_split_problem(batch_size: int, micro_batch_size: int, *, processes: int) -> str | None:
+    """The one rule for splitting a global batch: ``batch_size`` must be a multiple of ``micro_batch_size x
+    processes`` (every process runs whole micro-batches of the same size). Returns the problem line or None.
+    The spec checks it with one process; the train stage again once the number of processes is known."""
+    if batch_size % (micro_batch_size * processes) == 0:
+        return None
+    if processes == 1:
+        return (f"train.batch_size ({batch_size}) must be divisible by train.micro_batch_size ({micro_batch_size}); "
+                f"choose a micro_batch_size that divides batch_size (e.g. {_largest_divisor(batch_size, micro_batch_size)})")
+    return (f"train.batch_size ({batch_size}) must be divisible by train.micro_batch_size ({micro_batch_size}) x "
+            f"processes ({processes}); adjust one of them")
+
+
 def _raise_issues(issues: list[str]) -> None:
     if issues:
         raise ValueError("\n".join(issues))
@@ -267,18 +274,31 @@ def load_spec(path: str | os.PathLike[str]) -> JobSpec:
     if not isinstance(data, dict):
         raise InputError(f"{job}: job file must be a YAML mapping with sections model, data, train, output "
                          f"(got {type(data).__name__}); start from `hdpo-tune init`")
+    return _validated(_resolve_paths(data, job.resolve().parent))
+
+
+def spec_from_resolved(data: object, source: Path) -> JobSpec:
+    """A run folder's ``job.resolved.yaml`` (already parsed, paths already absolute) as a :class:`JobSpec`;
+    problems are prefixed with ``source`` so the user knows which file is wrong."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected the resolved job spec (a mapping) that `hdpo-tune run` writes")
+    try:
+        return _validated(data)
+    except InputError as exc:
+        raise InputError(f"{source}: " + "; ".join(exc.message.splitlines())) from None
+
+
+def _validated(data: dict[str, Any]) -> JobSpec:
     issues: list[str] = []
     data = find_secrets(data, "", issues)
-    data = _resolve_paths(data, job.resolve().parent)
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
         issues.extend(format_validation_error(exc, JobSpec))
         issues.extend(_rerun_cross_field_rules(data, exc))
         spec = None
-    if issues:
+    if issues or spec is None:
         raise InputError("\n".join(redact_secrets(i) for i in dict.fromkeys(issues)))
-    assert spec is not None  # issues is empty only when validation passed
     return spec
 
 
@@ -362,3 +382,27 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 def dump_yaml(data: dict[str, Any]) -> str:
     """YAML text of a plain dict, key order kept (for job.resolved.yaml)."""
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def load_sections(path: str | os.PathLike[str], names: tuple[str, ...]) -> dict[str, BaseModel | None]:
+    """Only the ``names`` sections of a job file, each validated strictly on its own (paths resolved against
+    the file's folder); an absent section is None. For commands that use part of a job (``hdpo-tune eval
+    --job``): a job file without ``output:`` is fine there, a wrong value in a used section is not."""
+    job = Path(path)
+    data = load_yaml(job)
+    if not isinstance(data, dict):
+        raise InputError(f"{job}: job file must be a YAML mapping of sections; start from `hdpo-tune init`")
+    return sections_of(_resolve_paths(data, job.resolve().parent), names, source=job)
+
+
+def sections_of(data: dict[str, Any], names: tuple[str, ...], *, source: Path) -> dict[str, BaseModel | None]:
+    """Validate the ``names`` sections of parsed job data (see :func:`load_sections`)."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {n: (model_of(JobSpec.model_fields[n].annotation) | None, None) for n in names}
+    partial = create_model("PartialJobSpec", __base__=StrictModel, **fields)
+    try:
+        parsed = partial.model_validate({n: data.get(n) for n in names})
+    except ValidationError as exc:
+        raise InputError("\n".join(f"{source}: {line}" for line in format_validation_error(exc, partial))) from None
+    return {n: getattr(parsed, n) for n in names}

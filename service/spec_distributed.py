@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from .spec_base import StrictModel
 
 
-class DistributedSpec(BaseModel):
+class DistributedSpec(StrictModel):
     """Processes and the accelerate backend `hdpo-tune launch` uses."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: Literal["none", "ddp", "fsdp", "deepspeed"] = Field(
         "none", description="none: one process (or plain DDP when num_processes > 1); ddp: data parallel; fsdp: "

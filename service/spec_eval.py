@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from .spec_base import StrictModel
 
 
-class EvalSpec(BaseModel):
+class EvalSpec(StrictModel):
     """How the evaluation stage samples, verifies and measures (docs/eval.md)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(True, description="Run the eval stage after training (hdpo-tune run).")
     tasks: str | None = Field(None, description="Task file (JSONL): prompt + answer (math/exact/regex) or prompt + "

@@ -5,16 +5,15 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+from .spec_base import StrictModel
 
 
-class HdpoSpec(BaseModel):
+class HdpoSpec(StrictModel):
     """H-DPO loss: ``-log sigmoid(alpha*beta*(logp_w - logp_l) - beta*(logp_ref_w - logp_ref_l))``."""
 
-    model_config = _STRICT
 
     alpha: float | Literal["auto"] = Field(
         0.9, description="Entropy coefficient: 1 is plain DPO; below 1 sharpens the policy (lower entropy), above "

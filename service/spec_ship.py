@@ -10,16 +10,16 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+from .spec_base import StrictModel
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class MergeSpec(BaseModel):
+class MergeSpec(StrictModel):
     """How LoRA adapters are folded into the base weights after training."""
 
-    model_config = _STRICT
 
     enabled: bool = Field(
         True, description="Run the merge stage (LoRA: merge adapters; full fine-tuning: copy)."
@@ -36,10 +36,9 @@ class MergeSpec(BaseModel):
     )
 
 
-class OnnxSpec(BaseModel):
+class OnnxSpec(StrictModel):
     """ONNX export of the merged model: one decoder graph with KV cache, validated by onnxruntime."""
 
-    model_config = _STRICT
 
     enabled: bool = Field(False, description="Export ONNX after merging.")
     opset: int | None = Field(
@@ -66,18 +65,16 @@ class OnnxSpec(BaseModel):
     )
 
 
-class ExportSpec(BaseModel):
+class ExportSpec(StrictModel):
     """Export formats. Only ONNX today."""
 
-    model_config = _STRICT
 
     onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX export settings.")
 
 
-class HubSpec(BaseModel):
+class HubSpec(StrictModel):
     """Where and how to push the merged model (and ONNX) to the Hugging Face Hub. The token comes from HF_TOKEN."""
 
-    model_config = _STRICT
 
     repo_id: str | None = Field(
         None, description="Target model repo 'owner/name'. None: the push stage is skipped."

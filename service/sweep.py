@@ -25,7 +25,9 @@ from typing import Any
 
 from hdpo_core.errors import InputError, RunError
 
+from . import ownership
 from .spec import dump_yaml, load_spec, spec_to_dict
+from .spec_yaml import load_yaml
 
 METRIC_HELP = "accuracy@tT, pass@K[@tT], entropy~X, reward_accuracy or loss"
 
@@ -95,7 +97,10 @@ def variant_jobs(job: Path, alphas: list[float]) -> tuple[Path, list[tuple[float
         raise InputError("eval.tasks: a sweep picks its winner from the eval stage; give eval.tasks (and "
                          "eval.n_samples/temperatures for the metric)")
     base = spec_to_dict(spec)
-    root = Path(spec.output.dir) / "sweep"
+    owner = Path(spec.output.dir)
+    ownership.claim(owner)  # the sweep's folder is hdpo-tune's like a run folder; its variants are run folders
+    ownership.record(owner, ["sweep"])
+    root = owner / "sweep"
     root.mkdir(parents=True, exist_ok=True)
     jobs = []
     for a in alphas:
@@ -149,15 +154,9 @@ def _ship_winner(job: Path, root: Path, winner: float, force: bool) -> None:
     spec = spec_to_dict(load_spec(job))
     if not any(spec.get(k) for k in ("merge", "export", "hub")):
         return
-    variant = yaml_load(root / f"job-alpha-{winner:g}.yaml")
+    variant = load_yaml(root / f"job-alpha-{winner:g}.yaml")
     for key in ("merge", "export", "hub"):
         variant[key] = spec.get(key)
     path = root / "job-winner.yaml"
     path.write_text(dump_yaml(variant), encoding="utf-8")
     run_job(path, force=force, only=("merge", "export", "push"))
-
-
-def yaml_load(path: Path) -> dict[str, Any]:
-    import yaml
-
-    return dict(yaml.safe_load(path.read_text(encoding="utf-8")))

@@ -1,4 +1,6 @@
-"""The train stage: turns the job spec into flat core calls (the only place that reads the spec for training)."""
+"""The train stage: turns the job spec into flat core calls (the only place that reads the spec for training).
+
+Entry: :func:`run_train_stage` with a :class:`~service.run.Run` (see :mod:`service.stages`)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hdpo_core import refcache
-from hdpo_core.alpha import EntropyTargetAlpha, ScheduledAlpha
+from hdpo_core.alpha import AlphaController, EntropyTargetAlpha, ScheduledAlpha
 from hdpo_core.data import file_fingerprint, load_preference_rows
 from hdpo_core.errors import HdpoError, InputError, RunError
 from hdpo_core.metrics_log import MetricsLog
@@ -28,7 +30,14 @@ from hdpo_core.steps import LossSettings, run_micro_batches
 from hdpo_core.tokenize import TokenizedPair, tokenize_rows
 from hdpo_core.trainer import TrainHooks, TrainOptions, TrainPaths, make_batcher, train
 
+from . import ownership
+from .faults import fault_error
+from .run import Run
 from .rundir import RunDir
+from .spec import JobSpec, batch_split_problem
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 @dataclass(frozen=True)
@@ -38,14 +47,14 @@ class PreparedData:
     info: dict[str, Any]
 
 
-def model_options(spec: Any) -> ModelOptions:
+def model_options(spec: JobSpec) -> ModelOptions:
     m = spec.model
     return ModelOptions(name_or_path=m.name_or_path, dtype=m.dtype, revision=m.revision,
                         trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
                         attn_implementation=m.attn_implementation, gradient_checkpointing=m.gradient_checkpointing)
 
 
-def lora_options(spec: Any) -> LoraOptions | None:
+def lora_options(spec: JobSpec) -> LoraOptions | None:
     lo = spec.lora
     if lo is None:
         return None
@@ -56,7 +65,7 @@ def lora_options(spec: Any) -> LoraOptions | None:
 _PREPARED: dict[tuple[Any, ...], PreparedData] = {}
 
 
-def prepare_data(spec: Any, tokenizer: Any) -> PreparedData:
+def prepare_data(spec: JobSpec, tokenizer: Any) -> PreparedData:
     """Load, check and tokenise the train (and eval) pairs; report skipped rows on stderr.
 
     Memoised per process on everything the result depends on (files' fingerprints, tokenizer, limits), so
@@ -71,7 +80,7 @@ def prepare_data(spec: Any, tokenizer: Any) -> PreparedData:
     return PreparedData(cached.train, cached.eval, json.loads(json.dumps(cached.info)))
 
 
-def _prepare_data(spec: Any, tokenizer: Any) -> PreparedData:
+def _prepare_data(spec: JobSpec, tokenizer: Any) -> PreparedData:
     d = spec.data
     info: dict[str, Any] = {}
     out: dict[str, list[TokenizedPair]] = {"train": [], "eval": []}
@@ -92,7 +101,7 @@ def _prepare_data(spec: Any, tokenizer: Any) -> PreparedData:
     return PreparedData(out["train"], out["eval"], info)
 
 
-def total_steps(spec: Any, num_pairs: int) -> int:
+def total_steps(spec: JobSpec, num_pairs: int) -> int:
     t = spec.train
     if t.max_steps is not None:
         return int(t.max_steps)
@@ -100,7 +109,7 @@ def total_steps(spec: Any, num_pairs: int) -> int:
     return max(1, math.ceil(epochs * num_pairs / t.batch_size))
 
 
-def train_options(spec: Any, steps: int) -> TrainOptions:
+def train_options(spec: JobSpec, steps: int) -> TrainOptions:
     t = spec.train
     warmup = t.warmup_steps or int(round(t.warmup_ratio * steps))
     return TrainOptions(
@@ -113,7 +122,7 @@ def train_options(spec: Any, steps: int) -> TrainOptions:
     )
 
 
-def alpha_controller(spec: Any, steps: int) -> Any:
+def alpha_controller(spec: JobSpec, steps: int) -> AlphaController:
     """Constant, scheduled, or entropy-targeting alpha, from the ``hdpo`` section."""
     h = spec.hdpo
     if h.alpha == "auto":
@@ -129,18 +138,27 @@ def alpha_controller(spec: Any, steps: int) -> Any:
 def _save_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, Any] | None = None) -> None:
     """Write the adapter (LoRA) or the full model with tokenizer into ``final`` atomically (main process).
 
-    ``state_dict``: the gathered full weights under FSDP/DeepSpeed, where the module's own are shards."""
+    ``state_dict``: the gathered full weights under FSDP/DeepSpeed, where the module's own are shards. Any
+    failure removes ``final.tmp``; an I/O fault (an ``OSError``, or safetensors' own error type) is one line."""
+    tmp = final.with_name(final.name + ".tmp")
     try:
         _write_final(model, tokenizer, final, state_dict)
-    except OSError as exc:
-        raise RunError(f"cannot write the final model to {final} ({exc.strerror or exc}); the last checkpoint "
-                       "is kept: free disk space and rerun the job") from None
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        error = fault_error(exc, "train", final)
+        if error is None:
+            raise
+        raise RunError(f"cannot write the final model to {final} ({_reason(exc)}); the last checkpoint is kept: "
+                       "free disk space and rerun the job", exit_code=error.exit_code) from None
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
 
 
 def _write_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, Any] | None = None) -> None:
     tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
     gen = getattr(model, "generation_config", None)
     if gen is not None:
         gen.eos_token_id = tokenizer.eos_token_id
@@ -155,11 +173,11 @@ def _write_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, 
     os.replace(tmp, final)
 
 
-def make_accelerator(spec: Any) -> Any:
+def make_accelerator(spec: JobSpec) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .launch import wants_cpu
+    from .runtime import wants_cpu
 
     acc = Accelerator(mixed_precision=spec.train.mixed_precision, cpu=wants_cpu())
     set_seed(spec.train.seed)
@@ -170,26 +188,27 @@ def make_accelerator(spec: Any) -> Any:
 TRAINING_OUTPUTS = ("checkpoints", "final", "final.tmp", "metrics.jsonl", "tensorboard")
 
 
-def run_train_stage(spec: Any, rd: RunDir, *, fresh: bool = False) -> dict[str, Any]:
+def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     """Train and write ``final/``; returns the last logged metrics plus data info.
 
-    ``fresh`` (``run --force``) starts over: the folder's checkpoints, final model and metrics are removed
-    first, so training never resumes from the checkpoint of the run it replaces (possibly another job's).
+    ``fresh`` (``run --force``) starts over: the checkpoints, final model and metrics that hdpo-tune wrote in
+    the folder (its manifest) are removed first, so training never resumes from the checkpoint of the run it
+    replaces (possibly another job's); files it did not write stay.
     """
+    spec, rd = run.spec, run.folder
     accelerator = make_accelerator(spec)
     if fresh:
         if accelerator.is_main_process:
-            _clear_training_outputs(rd.path)
+            ownership.remove_written(rd.path, TRAINING_OUTPUTS)
         accelerator.wait_for_everyone()
     mopts = start_model(spec, rd, accelerator)
     tokenizer = load_tokenizer(mopts)
     data = prepare_data(spec, tokenizer)
     steps = total_steps(spec, len(data.train))
     opts = train_options(spec, steps)
-    world = accelerator.num_processes
-    if opts.batch_size % (opts.micro_batch_size * world):
-        raise InputError(f"train.batch_size ({opts.batch_size}) must be divisible by train.micro_batch_size "
-                         f"({opts.micro_batch_size}) x processes ({world}); adjust one of them")
+    split = batch_split_problem(opts.batch_size, opts.micro_batch_size, processes=accelerator.num_processes)
+    if split:
+        raise InputError(split)
     _check_backend(spec, accelerator)
     policy, reference = build_policy_and_reference(mopts, lora_options(spec))
     for m in (policy, reference):
@@ -227,7 +246,7 @@ def run_train_stage(spec: Any, rd: RunDir, *, fresh: bool = False) -> dict[str, 
             "data": data.info}
 
 
-def start_model(spec: Any, rd: RunDir, accelerator: Any) -> ModelOptions:
+def start_model(spec: JobSpec, rd: RunDir, accelerator: Accelerator) -> ModelOptions:
     """The model to train, as :class:`ModelOptions`. When ``model.name_or_path`` is a peft adapter folder (an
     SFT LoRA, the usual step before preference tuning) it is first merged into its base, into
     ``RUN/start_model`` (checked: merged logits equal base+adapter; redone only when the adapter changes).
@@ -260,15 +279,6 @@ def start_model(spec: Any, rd: RunDir, accelerator: Any) -> ModelOptions:
     return replace(mopts, name_or_path=str(out))
 
 
-def _clear_training_outputs(run_dir: Path) -> None:
-    for name in TRAINING_OUTPUTS:
-        target = run_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-
-
 def _resume_step(root: Path) -> int | None:
     from hdpo_core.checkpoint import latest_checkpoint
 
@@ -276,7 +286,7 @@ def _resume_step(root: Path) -> int | None:
     return int(last.name.split("-")[1]) if last else None
 
 
-def _precompute(spec: Any, accelerator: Any, policy: Any, reference: Any, pairs: list[TokenizedPair],
+def _precompute(spec: JobSpec, accelerator: Any, policy: Any, reference: Any, pairs: list[TokenizedPair],
                 make_batch: Any, chunk: int, mopts: ModelOptions) -> tuple[refcache.RefLogps, dict[str, Any]]:
     import torch
 
@@ -329,7 +339,7 @@ def _load_or_compute_distributed(accelerator: Any, path: Path, pairs: list[Token
     return ref, False
 
 
-def _check_backend(spec: Any, accelerator: Any) -> None:
+def _check_backend(spec: JobSpec, accelerator: Accelerator) -> None:
     """Combinations the engine does not support under DeepSpeed ZeRO-3, where parameters are partitioned from
     the moment the model loads: a frozen full-weight reference copy and scoring before ``prepare``."""
     from hdpo_core.checkpoint import backend

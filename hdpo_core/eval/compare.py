@@ -1,5 +1,6 @@
 """Compare several runs' evaluations (e.g. an alpha sweep): one PNG (pass@k, accuracy vs temperature,
-entropy vs alpha) and one markdown table, from each ``RUN/eval/results.json`` (+ ``RUN/job.resolved.yaml``)."""
+entropy vs alpha) and one markdown table, from each ``RUN/eval/results.json``. The alpha each run was trained
+with comes from the caller (the service reads the run's spec); the core never reads a job spec."""
 
 from __future__ import annotations
 
@@ -13,22 +14,15 @@ from hdpo_core.errors import InputError
 from .report import _fmt
 
 
-def load_run(run: Path) -> dict[str, Any]:
-    """``results.json`` of a run folder (or an eval folder, or the file itself), with ``name`` and ``alpha``."""
+def load_run(run: Path, alpha: float | None = None) -> dict[str, Any]:
+    """``results.json`` of a run folder (or an eval folder, or the file itself), with ``name`` and ``alpha``
+    (``alpha`` when given: the run's numeric ``hdpo.alpha``; else the alpha its evaluation recorded)."""
     candidates = [run / "eval" / "results.json", run / "results.json", run]
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
         raise InputError(f"{run}: no eval/results.json; run `hdpo-tune eval {run}` first")
     results = json.loads(path.read_text(encoding="utf-8"))
-    alpha = results.get("alpha")
-    spec = run / "job.resolved.yaml"
-    if spec.is_file():
-        import yaml
-
-        spec_alpha = ((yaml.safe_load(spec.read_text(encoding="utf-8")) or {}).get("hdpo") or {}).get("alpha")
-        if isinstance(spec_alpha, int | float) and not isinstance(spec_alpha, bool):
-            alpha = spec_alpha  # 'auto' or a schedule: keep the alpha the evaluation recorded
-    results["alpha"] = alpha
+    results["alpha"] = alpha if alpha is not None else results.get("alpha")
     results["name"] = run.name if run.is_dir() else run.parent.name
     return results
 
@@ -53,8 +47,9 @@ def compare_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare(run_dirs: list[Path], out_dir: Path) -> Path:
-    """Write ``out_dir/compare.png`` and ``out_dir/compare.md``; returns the markdown path."""
+def compare(run_dirs: list[Path], out_dir: Path, alphas: dict[Path, float | None] | None = None) -> Path:
+    """Write ``out_dir/compare.png`` and ``out_dir/compare.md``; returns the markdown path. ``alphas``: the
+    trained alpha per run folder where the caller knows it (see :func:`load_run`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,7 +57,7 @@ def compare(run_dirs: list[Path], out_dir: Path) -> Path:
 
     if not run_dirs:
         raise InputError("compare: give at least one run folder")
-    runs = sorted((load_run(r) for r in run_dirs), key=lambda r: (r.get("alpha") is None, r.get("alpha") or 0))
+    runs = sorted((load_run(r, (alphas or {}).get(r)) for r in run_dirs), key=lambda r: (r.get("alpha") is None, r.get("alpha") or 0))
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
     styles = ["-", "--", ":", "-."]

@@ -1,12 +1,14 @@
 """Find and load what ``hdpo-tune eval`` evaluates: a model folder (base, peft adapter, merged), an ONNX
-export folder, or a run folder (``RUN/final`` or ``RUN/merged`` + ``RUN/job.resolved.yaml``)."""
+export folder, or a run folder (``RUN/final`` or ``RUN/merged`` + ``RUN/job.resolved.yaml``).
+
+The core only recognises a run folder by its files; reading the run's job spec is the service's job."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,12 +22,11 @@ Kind = Literal["hf", "peft", "onnx"]
 
 @dataclass(frozen=True)
 class ResolvedTarget:
-    """Where the model lives and, for a run folder, the run's resolved job spec (a plain dict)."""
+    """Where the model lives and, for a run folder, the run folder."""
 
     model_dir: Path
     kind: Kind
     run_dir: Path | None = None
-    run_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _kind(folder: Path) -> Kind | None:
@@ -46,13 +47,10 @@ def resolve_target(path: str | Path) -> ResolvedTarget:
                          "folder or a run folder")
     spec = p / "job.resolved.yaml"
     if spec.is_file():
-        import yaml
-
-        config = yaml.safe_load(spec.read_text(encoding="utf-8")) or {}
         for sub in ("final", "merged"):
             kind = _kind(p / sub)
             if kind is not None:
-                return ResolvedTarget(p / sub, kind, run_dir=p, run_config=config)
+                return ResolvedTarget(p / sub, kind, run_dir=p)
         raise InputError(f"{p}: run folder has no final/ or merged/ model; train first (hdpo-tune run) or pass "
                          "a model folder")
     kind = _kind(p)
@@ -62,16 +60,6 @@ def resolve_target(path: str | Path) -> ResolvedTarget:
         raise InputError(f"{p}: not a model folder (no config.json, adapter_config.json or *.onnx) and not a "
                          "run folder (no job.resolved.yaml)")
     return ResolvedTarget(p, kind)
-
-
-def config_value(config: dict[str, Any], dotted: str) -> Any:
-    """``config['a']['b']`` for ``'a.b'``, or ``None`` when any level is missing."""
-    node: Any = config
-    for key in dotted.split("."):
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def _load_tokenizer(folder: Path, fallback: Path | None) -> Any:

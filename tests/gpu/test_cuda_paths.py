@@ -33,7 +33,7 @@ def test_segment_kernel_equals_padded_on_cuda() -> None:
 
 
 def test_chunked_logps_bound_gpu_memory() -> None:
-    """pitfalls.md #8: the custom autograd Function keeps one [chunk, vocab] block, not [tokens, vocab]."""
+    """The custom autograd Function (hdpo_core/logps.py) keeps one [chunk, vocab] block, not [tokens, vocab]."""
     tokens, hidden, vocab = 8192, 512, 65536
     weight = torch.randn(vocab, hidden, device="cuda", requires_grad=True)
     h = torch.randn(tokens, hidden, device="cuda", requires_grad=True)

@@ -1,0 +1,61 @@
+"""One run: the validated job spec, its run folder, and the folder's state.
+
+Every stage receives a :class:`Run` and nothing else, whether it was opened from a job file
+(``hdpo-tune run job.yaml``: :meth:`Run.from_job`) or from a run folder written earlier
+(``hdpo-tune merge|export|push RUN``, ``hdpo-tune eval RUN``: :meth:`Run.from_folder`, which reads the folder's
+``job.resolved.yaml``). No stage parses YAML itself, and a stage reads the same typed :class:`JobSpec` under
+either entry point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hdpo_core.errors import InputError
+
+from .rundir import RESOLVED_SPEC, RunDir, State
+from .spec import JobSpec, load_spec, spec_from_resolved, spec_to_dict
+from .spec_yaml import load_yaml
+
+
+@dataclass(frozen=True)
+class Run:
+    """A job spec bound to its run folder. ``path`` is where this run lives now (a folder can be moved: a
+    run opened from a folder uses that folder, not the ``output.dir`` written in its spec)."""
+
+    spec: JobSpec
+    folder: RunDir
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
+
+    @classmethod
+    def from_job(cls, job: str | Path) -> Run:
+        """Open the run a job file describes (``output.dir``); reads and validates the job file."""
+        spec = load_spec(job)
+        return cls(spec, RunDir(Path(spec.output.dir)))
+
+    @classmethod
+    def from_folder(cls, path: str | Path) -> Run:
+        """Open a run folder written by ``hdpo-tune run`` from its ``job.resolved.yaml``."""
+        folder = Path(path)
+        resolved = folder / RESOLVED_SPEC
+        if not resolved.is_file():
+            raise InputError(f"{resolved} not found: RUN_DIR must be a run folder written by `hdpo-tune run`")
+        return cls(spec_from_resolved(load_yaml(resolved), resolved), RunDir(folder))
+
+    def resolved(self) -> dict[str, Any]:
+        """The spec as plain data, every default filled in (what ``job.resolved.yaml`` holds)."""
+        return spec_to_dict(self.spec)
+
+    def stages_done(self) -> set[str]:
+        """Stages this folder records as finished (``status.json``)."""
+        done = (self.folder.read_status() or {}).get("stages_done", [])
+        return {s for s in done if isinstance(s, str)} if isinstance(done, list) else set()
+
+    def mark(self, stage: str, state: State, done: set[str], **extra: Any) -> None:
+        """Record ``stage``'s ``state`` and the finished stages in ``status.json``."""
+        self.folder.write_status(stage, state, stages_done=sorted(done), **extra)

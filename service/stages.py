@@ -1,0 +1,99 @@
+"""The stages of a run and the one contract they share.
+
+A stage is an object with a ``name``, ``enabled(spec)`` (does this job want it) and ``run(run, force)`` (do it
+for this :class:`~service.run.Run`; ``force`` redoes work that is already current). ``main_only`` stages read
+``final/`` from disk and write the run folder, so under a distributed launch only the main process runs them.
+:data:`STAGES` is the order :func:`service.pipeline.run_job` walks; a new stage is one more object here.
+
+Heavy imports (torch, transformers, onnx) happen inside ``run``, so listing or skipping stages costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .run import Run
+from .spec import JobSpec
+
+StageResult = dict[str, Any]
+
+
+class Stage(Protocol):
+    name: str
+    main_only: bool
+
+    def enabled(self, spec: JobSpec) -> bool:
+        """Whether the job asks for this stage."""
+        ...
+
+    def run(self, run: Run, force: bool) -> StageResult:
+        """Do the stage's work for ``run``; returns what the summary prints. Raises HdpoError."""
+        ...
+
+
+class Train:
+    name, main_only = "train", False
+
+    def enabled(self, spec: JobSpec) -> bool:
+        return True
+
+    def run(self, run: Run, force: bool) -> StageResult:
+        from .train_stage import run_train_stage
+
+        return run_train_stage(run, fresh=force)
+
+
+class Eval:
+    name, main_only = "eval", True
+
+    def enabled(self, spec: JobSpec) -> bool:
+        return spec.eval is not None and spec.eval.enabled
+
+    def run(self, run: Run, force: bool) -> StageResult:
+        from .eval_stage import run_eval_for_job
+
+        return run_eval_for_job(run)
+
+
+class Merge:
+    name, main_only = "merge", True
+
+    def enabled(self, spec: JobSpec) -> bool:
+        return spec.merge is not None and spec.merge.enabled
+
+    def run(self, run: Run, force: bool) -> StageResult:
+        from .ship import merge
+
+        return merge(run, force=force)
+
+
+class Export:
+    name, main_only = "export", True
+
+    def enabled(self, spec: JobSpec) -> bool:
+        return spec.export is not None and spec.export.onnx.enabled
+
+    def run(self, run: Run, force: bool) -> StageResult:
+        from .ship import export
+
+        return export(run, force=force)
+
+
+class Push:
+    name, main_only = "push", True
+
+    def enabled(self, spec: JobSpec) -> bool:
+        return spec.hub is not None and spec.hub.repo_id is not None
+
+    def run(self, run: Run, force: bool) -> StageResult:
+        from .ship import push
+
+        return push(run)
+
+
+STAGES: tuple[Stage, ...] = (Train(), Eval(), Merge(), Export(), Push())
+NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def stage_named(name: str) -> Stage:
+    return next(s for s in STAGES if s.name == name)
