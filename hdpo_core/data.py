@@ -61,7 +61,12 @@ def iter_raw_rows(path: str, *, split: str = "train") -> Iterator[tuple[str, Any
                              "(no dataset_info.json); point data.train at a .jsonl/.json/.parquet file or such a folder")
         import datasets
 
-        ds = datasets.load_from_disk(str(p))
+        try:
+            ds = datasets.load_from_disk(str(p))
+        except Exception as exc:  # datasets/pyarrow/json raise many types for a damaged folder
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise InputError(f"{path}: cannot read the save_to_disk dataset folder ({type(exc).__name__}: "
+                             f"{first}); save it again with save_to_disk or export it to .jsonl") from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise InputError(f"{path}: DatasetDict has splits {sorted(ds)}, not '{split}'")

@@ -6,6 +6,7 @@ pipeline after training (:func:`run_eval_stage`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,21 @@ def run_eval_stage(run_dir: Path, eval_spec: EvalSpec, *, model_dir: Path, refer
     ``reference_dir`` is the base model folder for full fine-tuning (``None`` for LoRA: the adapter is disabled).
     Returns the results; ``results["headline"]`` holds accuracy per temperature and entropy per model.
     """
+    import shutil
+
     target = resolve_target(model_dir)
-    return evaluate(target, eval_spec, out_dir=Path(run_dir) / "eval", reference_dir=reference_dir, alpha=alpha,
-                    beta=beta, eval_pairs_path=eval_pairs_path, max_length=max_length)
+    out, tmp = Path(run_dir) / "eval", Path(run_dir) / "eval.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:  # written aside and swapped in whole: a failed eval leaves the previous report, never half of one
+        results = evaluate(target, eval_spec, out_dir=tmp, reference_dir=reference_dir, alpha=alpha, beta=beta,
+                           eval_pairs_path=eval_pairs_path, max_length=max_length)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    results["files"] = [str(out / Path(f).name) for f in results["files"]]
+    return results
 
 
 def headline_lines(results: dict[str, Any]) -> list[str]:

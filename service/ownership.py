@@ -36,7 +36,7 @@ LOCK = ".hdpo-tune.lock"
 #: Every top-level name a run (or a sweep) may create in its folder.
 OUTPUTS = frozenset({
     MARKER, LOCK, "job.resolved.yaml", "status.json", "versions.json", "data_info.json", "metrics.jsonl",
-    "tensorboard", "checkpoints", "final", "final.tmp", "start_model", "start_model.tmp", "eval", "merged",
+    "tensorboard", "checkpoints", "final", "final.tmp", "start_model", "start_model.tmp", "eval", "eval.tmp", "merged",
     "merged.tmp", "onnx", "sweep",
 })
 

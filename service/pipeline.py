@@ -21,7 +21,7 @@ from hdpo_core.errors import HdpoError, InputError, Interrupted
 
 from . import ownership
 from .faults import fault_error
-from .run import Run
+from .run import Run, input_paths
 from .rundir import State
 from .runtime import is_main_process, wait_for_everyone
 from .stages import NAMES, STAGES, Stage, StageResult, stage_named
@@ -59,15 +59,10 @@ def open_run_folder(run: Run, *, force: bool) -> None:
     """Make ``run``'s folder ready to write, before any stage runs (main process only): the folder is hdpo-tune's
     (new, empty or marked), no input is one of its outputs, this process holds its lock, and it holds this job
     (or ``force``). Then the resolved spec and versions are written."""
-    spec = run.spec
+    ownership.check_location(run.path)
+    ownership.check_inputs_not_outputs(run.path, input_paths(run.spec))
     ownership.claim(run.path)
     ownership.RunLock(run.path).acquire()
-    inputs = {"model.name_or_path": spec.model.name_or_path, "data.train": spec.data.train,
-              "data.eval": spec.data.eval, "eval.tasks": spec.eval.tasks if spec.eval else None,
-              "eval.eval_pairs": spec.eval.eval_pairs if spec.eval else None,
-              "train.ref_cache_dir": spec.train.ref_cache_dir,
-              "distributed.accelerate_config": spec.distributed.accelerate_config}
-    ownership.check_inputs_not_outputs(run.path, inputs)
     resolved = run.resolved()
     run.folder.check_compatible(resolved, force=force)
     before = ownership.listing(run.path)
@@ -75,7 +70,10 @@ def open_run_folder(run: Run, *, force: bool) -> None:
         run.folder.write_resolved_spec(resolved)
         run.folder.write_versions()
     except OSError as exc:
-        raise fault_error(exc, "start-up", run.path) from None
+        error = fault_error(exc, "start-up", run.path) or InputError(f"start-up: {run.path}: {exc}")
+        with contextlib.suppress(OSError):
+            run.folder.write_status("start-up", "failed", error=error.message)
+        raise error from None
     finally:
         ownership.record_new(run.path, before)
 
@@ -166,7 +164,7 @@ def remove_temporaries(folder: Path) -> None:
     """What an interrupted write of hdpo-tune leaves: ``*.tmp`` output folders and checkpoint temp folders."""
     import shutil
 
-    for name in ("final.tmp", "merged.tmp", "start_model.tmp"):
+    for name in ("final.tmp", "merged.tmp", "start_model.tmp", "eval.tmp"):
         shutil.rmtree(folder / name, ignore_errors=True)
     if (folder / "checkpoints").is_dir():
         from hdpo_core.checkpoint import clean_partial

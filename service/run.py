@@ -59,3 +59,12 @@ class Run:
     def mark(self, stage: str, state: State, done: set[str], **extra: Any) -> None:
         """Record ``stage``'s ``state`` and the finished stages in ``status.json``."""
         self.folder.write_status(stage, state, stages_done=sorted(done), **extra)
+
+
+def input_paths(spec: JobSpec) -> dict[str, str | None]:
+    """Every path the job reads (field -> resolved path or Hub id): none may be one the run writes."""
+    return {"model.name_or_path": spec.model.name_or_path, "data.train": spec.data.train,
+            "data.eval": spec.data.eval, "eval.tasks": spec.eval.tasks if spec.eval else None,
+            "eval.eval_pairs": spec.eval.eval_pairs if spec.eval else None,
+            "train.ref_cache_dir": spec.train.ref_cache_dir,
+            "distributed.accelerate_config": spec.distributed.accelerate_config}

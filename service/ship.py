@@ -92,7 +92,7 @@ def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
         onnx=export_spec.onnx.enabled,
     )
     (out / "README.md").write_text(card)
-    extra = {"training_provenance": load_json(run_dir / "provenance.json")}
+    extra = {"data": load_json(run_dir / "data_info.json")}  # the train stage's data files and fingerprints
     prov = provenance(spec, run_dir=run_dir, merge_info=info, extra=extra)
     (out / "provenance.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
     return info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -37,6 +38,9 @@ class HdpoSpec(StrictModel):
     @field_validator("alpha", mode="before")
     @classmethod
     def _alpha_positive(cls, value: Any) -> Any:
+        """One line for a bad number (the union with 'auto' would otherwise report two contradicting ones)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PydanticCustomError("finite_number", "Input should be a finite number")
         if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
             raise PydanticCustomError("greater_than", "Input should be greater than {gt}", {"gt": 0.0})
         return value

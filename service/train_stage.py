@@ -216,6 +216,7 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
             disable_dropout(m)
     if spec.lora is not None:
         disable_dropout(policy.get_base_model())
+    _check_token_ids(policy, tokenizer, data)
     make_batch = make_batcher(opts, tokenizer.pad_token_id, policy)
     chunk = spec.train.logps_chunk_size
     ref_cache = None
@@ -244,6 +245,19 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
             log.close()
     return {"steps": result.steps, "resumed_from": result.resumed_from, "metrics": result.last_metrics,
             "data": data.info}
+
+
+def _check_token_ids(policy: Any, tokenizer: Any, data: PreparedData) -> None:
+    """Refuse ids without an embedding row (a tokenizer from another model) before the forward pass fails
+    with an IndexError; ``hdpo-tune validate`` reports the same."""
+    rows = policy.get_input_embeddings().num_embeddings
+    top = max((max(ids, default=-1) for p in (*data.train, *data.eval)
+               for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids)), default=-1)
+    top = max(top, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1)
+    if top >= rows:
+        raise InputError(f"model.name_or_path: token id {top} is beyond the model's embedding ({rows} rows); the "
+                         "tokenizer does not belong to this model: use the model's own tokenizer or resize its "
+                         "embeddings")
 
 
 def start_model(spec: JobSpec, rd: RunDir, accelerator: Accelerator) -> ModelOptions:

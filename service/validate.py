@@ -39,6 +39,8 @@ class Report:
 
     problems: list[str] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
+    embedding_rows: int | None = None  # the model's input embedding rows (config vocab_size), when known
+    max_token: tuple[int, str] | None = None  # the largest token id in the data and the row it comes from
 
 
 def validate_job(path: str | os.PathLike[str]) -> list[str]:
@@ -59,6 +61,7 @@ def check_job(path: str | os.PathLike[str]) -> Report:
     tokenizer = _check_model(model, report) if isinstance(model, ModelSpec) else None
     formats = _check_data(data, tokenizer, report) if isinstance(data, DataSpec) else set()
     _check_tokenizer(tokenizer, formats, report)
+    _check_token_ids(tokenizer, report)
     if spec is not None:
         _check_run_folder(spec, report)
     report.problems = [redact_secrets(p) for p in report.problems]
@@ -151,6 +154,8 @@ def _load_config(m: ModelSpec, where: str, report: Report) -> None:
                                    f"({_short_exc(exc)}); fix config.json")
         return
     report.summary.append(f"model: {m.name_or_path} ({config.model_type}, dtype {m.dtype})")
+    rows = getattr(config.get_text_config(), "vocab_size", None)
+    report.embedding_rows = rows if isinstance(rows, int) else None
 
 
 def _safetensors_params(files: list[Path]) -> int | None:
@@ -293,6 +298,25 @@ def _report_bad_rows(name: str, bad: list[str], d: DataSpec, report: Report, *, 
                                "data.on_bad_row: skip")
 
 
+def _check_token_ids(tok: Any, report: Report) -> None:
+    """Every id the run feeds the model (eos, pad, and each data token, recorded by :func:`_tokenize`) must
+    have an embedding row; a tokenizer from another model otherwise fails deep in the forward pass."""
+    rows = report.embedding_rows
+    if tok is None or rows is None:
+        return
+    for name in ("eos_token_id", "pad_token_id"):
+        value = getattr(tok, name, None)
+        if isinstance(value, int) and value >= rows:
+            report.problems.append(_beyond(f"the tokenizer's {name.removesuffix('_id')} token id {value}", rows))
+    if report.max_token is not None and report.max_token[0] >= rows:
+        report.problems.append(_beyond(f"{report.max_token[1]}: token id {report.max_token[0]}", rows))
+
+
+def _beyond(what: str, rows: int) -> str:
+    return (f"model.name_or_path: {what} is beyond the model's embedding ({rows} rows, config vocab_size); the "
+            "tokenizer does not belong to this model: use the model's own tokenizer or resize its embeddings")
+
+
 def _tokenizer_usable(tok: Any, fmt: str) -> bool:
     if tok is None or tok.eos_token_id is None or tok.pad_token_id is None:
         return False
@@ -320,6 +344,10 @@ def _tokenize(name: str, rows: list[PreferenceRow], tok: Any, d: DataSpec, repor
             bad.append(f"{row.source}: cannot tokenize the row ({_short_exc(exc)})")
             continue
         truncated += seen.skipped.get("truncated", 0)
+        top = max((max(ids, default=-1) for ids in (pairs[0].prompt_ids, pairs[0].chosen_ids, pairs[0].rejected_ids)),
+                  default=-1) if pairs else -1
+        if report.max_token is None or top > report.max_token[0]:
+            report.max_token = (top, row.source)
         kept += 1
         tokens += pairs[0].num_tokens
         longest = max(longest, len(pairs[0].prompt_ids) + max(len(pairs[0].chosen_ids), len(pairs[0].rejected_ids)))
@@ -336,9 +364,19 @@ def _tokenize(name: str, rows: list[PreferenceRow], tok: Any, d: DataSpec, repor
 # --- run folder ------------------------------------------------------------------------------------------
 
 def _check_run_folder(spec: JobSpec, report: Report) -> None:
+    from . import ownership
+    from .run import input_paths
+
     out = Path(spec.output.dir)
-    if out.exists() and not out.is_dir():
-        report.problems.append(f"output.dir: {out} is a file; pick a folder path")
+    try:
+        ownership.check_location(out)
+        ownership.check_inputs_not_outputs(out, input_paths(spec))
+    except InputError as exc:
+        report.problems.extend(exc.message.splitlines())
+        return
+    if out.is_dir() and not ownership.is_owned(out) and any(out.iterdir()):
+        report.problems.append(f"output.dir: {out} already holds files that hdpo-tune did not write (no "
+                               f"{ownership.MARKER}); choose a new or empty folder")
         return
     try:
         RunDir(out).check_compatible(spec_to_dict(spec))

@@ -100,10 +100,12 @@ def _flat(section: Any, prefix: str) -> dict[str, Any]:
 
 
 def dataset_names(data: Any) -> list[str]:
-    """Dataset ids/paths named in the spec's ``data`` section (any string under a key mentioning data/path)."""
+    """Dataset ids/paths named in the spec's ``data`` section (``data.train``, ``data.eval``, or any string under
+    a key mentioning path/dataset/name/id)."""
     flat = _flat(data, "data")
     return sorted(
-        {str(v) for k, v in flat.items() if isinstance(v, str) and re.search(r"path|dataset|name|id$", k)}
+        {str(v) for k, v in flat.items()
+         if isinstance(v, str) and re.search(r"path|dataset|name|id$|^data\.(train|eval)$", k)}
     )
 
 

@@ -46,9 +46,9 @@ def write_spec(run: Path, **sections) -> None:
     spec = {
         "model": {"name_or_path": "tiny-base"},
         "lora": {"r": 4, "alpha": 8},
-        "data": {"train_path": "org/tiny-prefs", "fingerprint": "sha256:abc123"},
+        "data": {"train": "org/tiny-prefs"},
         "hdpo": {"alpha": 0.9, "beta": 0.1},
-        "train": {"lr": 5e-5, "epochs": 1},
+        "train": {"learning_rate": 5e-5, "epochs": 1.0},
         "output": {"dir": str(run)},
         "merge": {"enabled": True},
         "export": {"onnx": {"enabled": True}},

@@ -102,7 +102,8 @@ def test_full_finetune_is_copied_with_card(gpt2_run):
 
 def test_card_and_provenance(llama_run, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_PLANTEDsecret123")
-    write_spec(llama_run, train={"lr": 5e-5, "report_api_key": "hf_PLANTEDsecret123"})
+    write_spec(llama_run)
+    (llama_run / "data_info.json").write_text(json.dumps({"train": {"fingerprint": "sha256:abc123"}}))
     (llama_run / "eval").mkdir()
     (llama_run / "eval" / "results.json").write_text(json.dumps({"entropy": 1.23, "accuracy": 0.75}))
     merge_run(llama_run, log=lambda _: None)
@@ -113,8 +114,8 @@ def test_card_and_provenance(llama_run, monkeypatch):
     assert "alpha = **0.9**" in card and "beta = **0.1**" in card
     assert "| eval.entropy | 1.23 |" in card and "org/tiny-prefs" in card and "onnxruntime" in card
     prov = json.loads((llama_run / "merged" / "provenance.json").read_text())
-    assert prov["data_fingerprints"] == {"spec.data.fingerprint": "sha256:abc123"}
-    assert prov["packages"]["torch"].startswith("2.") and "report_api_key" not in prov["spec"]["train"]
+    assert prov["data_fingerprints"] == {"data.train.fingerprint": "sha256:abc123"}
+    assert prov["packages"]["torch"].startswith("2.")
     for f in (llama_run / "merged").rglob("*"):
         if f.is_file():
             assert b"PLANTEDsecret" not in f.read_bytes(), f

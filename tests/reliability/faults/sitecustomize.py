@@ -1,0 +1,63 @@
+"""Fault injection for subprocess tests: ``HDPO_FAULT=kind:nth:errno[:match]`` makes the ``nth`` write of a kind
+fail with ``errno``, inside the real ``hdpo-tune`` console script (this folder goes first on PYTHONPATH).
+
+* ``safetensors`` -- ``safetensors.torch.save_file`` raises safetensors' own ``SafetensorError`` (not an
+  ``OSError``, as the real one on a full disk), with the OS error in its text. Patched before anything imports
+  it, so checkpoints, peft's ``save_pretrained`` and transformers' see the same function.
+* ``open`` -- opening for writing a path that contains ``match`` (``open``, ``Path.write_*``, ``os.open`` as
+  used by ``tempfile.mkstemp``) raises ``OSError(errno, strerror, path)``.
+
+Nothing else changes: the files really are written until the fault, so what is left afterwards is real.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno as _errno
+import io
+import os
+
+_SPEC = os.environ.get("HDPO_FAULT", "")
+if _SPEC:
+    _kind, _nth, _code, *_rest = _SPEC.split(":", 3)
+    _N, _ERRNO, _MATCH = int(_nth), getattr(_errno, _code), (_rest[0] if _rest else "")
+    _calls = [0]
+
+    def _due() -> bool:
+        _calls[0] += 1
+        return _calls[0] == _N
+
+    if _kind == "safetensors":
+        import safetensors.torch as _st
+        from safetensors import SafetensorError
+
+        _real_save = _st.save_file
+
+        def _save_file(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if _due():
+                raise SafetensorError(f"Error while serializing: I/O error: {os.strerror(_ERRNO)} "
+                                      f"(os error {_ERRNO})")
+            return _real_save(*args, **kwargs)
+
+        _st.save_file = _save_file
+    elif _kind == "open":
+        _real_open, _real_os_open = builtins.open, os.open
+        _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+        def _check(path: object, writing: bool) -> None:
+            if not writing or not isinstance(path, str | os.PathLike):
+                return
+            name = os.fspath(path)
+            if isinstance(name, str) and _MATCH in name and _due():
+                raise OSError(_ERRNO, os.strerror(_ERRNO), name)
+
+        def _open(file, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+            _check(file, any(c in mode for c in "wax+"))
+            return _real_open(file, mode, *args, **kwargs)
+
+        def _os_open(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+            _check(path, bool(flags & _WRITE))
+            return _real_os_open(path, flags, *args, **kwargs)
+
+        builtins.open = io.open = _open
+        os.open = _os_open
