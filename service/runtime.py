@@ -56,3 +56,28 @@ def wait_for_everyone() -> None:
     """Barrier across launched processes (no-op in a single process)."""
     if launched():
         process_state().wait_for_everyone()
+
+
+def import_deepspeed_only_when_used() -> None:
+    """Keep ``deepspeed`` out of runs that do not use it.
+
+    ``Accelerator.unwrap_model`` (called once per training run) imports ``deepspeed`` whenever it is
+    installed, only to add ``DeepSpeedEngine`` to an ``isinstance`` check; deepspeed in turn imports its
+    autotuner and mlflow. Measured here that is the largest single import of a short CPU job (more than
+    transformers). An object can only be a ``DeepSpeedEngine`` if deepspeed was imported, so answering
+    "available" only once it is in ``sys.modules`` gives the same unwrapping without the import. A DeepSpeed
+    run imports deepspeed when accelerate prepares the engine, so it is unaffected.
+    """
+    import sys
+
+    from accelerate.utils import other
+
+    original = other.is_deepspeed_available
+    if getattr(original, "_hdpo_deferred", False):
+        return
+
+    def deepspeed_if_imported() -> bool:
+        return "deepspeed" in sys.modules and bool(original())
+
+    deepspeed_if_imported._hdpo_deferred = True  # type: ignore[attr-defined]
+    other.is_deepspeed_available = deepspeed_if_imported

@@ -23,6 +23,7 @@ from hdpo_core.errors import InputError
 from .spec_base import StrictModel
 from .spec_distributed import DistributedSpec
 from .spec_messages import find_secrets, format_validation_error, model_of, redact_secrets
+from .spec_paths import resolve_paths
 from .spec_yaml import load_yaml
 
 __all__ = ["JobSpec", "batch_split_problem", "dump_yaml", "json_schema", "load_spec", "model_of", "redact_secrets",
@@ -274,7 +275,7 @@ def load_spec(path: str | os.PathLike[str]) -> JobSpec:
     if not isinstance(data, dict):
         raise InputError(f"{job}: job file must be a YAML mapping with sections model, data, train, output "
                          f"(got {type(data).__name__}); start from `hdpo-tune init`")
-    return _validated(_resolve_paths(data, job.resolve().parent))
+    return _validated(resolve_paths(data, job.resolve().parent))
 
 
 def spec_from_resolved(data: object, source: Path) -> JobSpec:
@@ -315,7 +316,7 @@ def valid_sections(path: str | os.PathLike[str]) -> dict[str, BaseModel]:
         return {}
     if not isinstance(data, dict):
         return {}
-    data = _resolve_paths(find_secrets(data, "", []), job.resolve().parent)
+    data = resolve_paths(find_secrets(data, "", []), job.resolve().parent)
     out: dict[str, BaseModel] = {}
     for name, info in JobSpec.model_fields.items():
         model = model_of(info.annotation)
@@ -339,46 +340,6 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-def _looks_like_hub_id(value: str) -> bool:
-    parts = value.split("/")
-    return (len(parts) == 2 and all(parts) and not value.startswith((".", "~"))
-            and not value.endswith((".jsonl", ".json", ".parquet")))
-
-
-def _resolve(value: Any, base: Path, *, kind: Literal["model", "data", "dir"]) -> Any:
-    """Make a relative path absolute against the job folder; leave Hub ids (that are not local paths) alone.
-
-    A model id is a Hub id unless it is explicitly a path (``./``, ``../``, ``~``, several slashes) or exists
-    next to the job file, so ``gpt2`` and ``org/name`` stay ids. A data id must be ``org/name`` (as
-    :mod:`hdpo_core.data` reads it).
-    """
-    if not isinstance(value, str) or not value:
-        return value
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return str(p)
-    local = base / p
-    explicit = value.startswith((".", "~")) or value.count("/") > 1 or local.exists()
-    if kind == "model" and not explicit:
-        return value
-    if kind == "data" and not explicit and _looks_like_hub_id(value):
-        return value
-    return str(Path(os.path.normpath(local)))
-
-
-def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
-    out = dict(data)
-    targets: tuple[tuple[str, str, Literal["model", "data", "dir"]], ...] = (
-        ("model", "name_or_path", "model"), ("data", "train", "data"), ("data", "eval", "data"),
-        ("output", "dir", "dir"), ("train", "ref_cache_dir", "dir"), ("eval", "tasks", "data"),
-        ("eval", "eval_pairs", "data"), ("distributed", "accelerate_config", "dir"))
-    for section, key, kind in targets:
-        sec = out.get(section)
-        if isinstance(sec, dict) and key in sec:
-            out[section] = {**sec, key: _resolve(sec[key], base, kind=kind)}
-    return out
-
-
 def dump_yaml(data: dict[str, Any]) -> str:
     """YAML text of a plain dict, key order kept (for job.resolved.yaml)."""
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
@@ -392,7 +353,7 @@ def load_sections(path: str | os.PathLike[str], names: tuple[str, ...]) -> dict[
     data = load_yaml(job)
     if not isinstance(data, dict):
         raise InputError(f"{job}: job file must be a YAML mapping of sections; start from `hdpo-tune init`")
-    return sections_of(_resolve_paths(data, job.resolve().parent), names, source=job)
+    return sections_of(resolve_paths(data, job.resolve().parent), names, source=job)
 
 
 def sections_of(data: dict[str, Any], names: tuple[str, ...], *, source: Path) -> dict[str, BaseModel | None]:

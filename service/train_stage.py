@@ -177,8 +177,9 @@ def make_accelerator(spec: JobSpec) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .runtime import wants_cpu
+    from .runtime import import_deepspeed_only_when_used, wants_cpu
 
+    import_deepspeed_only_when_used()
     acc = Accelerator(mixed_precision=spec.train.mixed_precision, cpu=wants_cpu())
     set_seed(spec.train.seed)
     return acc
