@@ -60,7 +60,7 @@ def check_location(folder: Path, field: str = "output.dir") -> Path:
         raise InputError(f"{field}: {resolved} is a system or home folder, not a run folder; use a new "
                          "subfolder, e.g. runs/my-job")
     if resolved.exists() and not resolved.is_dir():
-        raise InputError(f"{field}: {resolved} is an existing file; give a folder path (new, empty, or an "
+        raise InputError(f"{field}: {resolved} is a file, not a folder; give a folder path (new, empty, or an "
                          "earlier run of hdpo-tune)")
     return resolved
 

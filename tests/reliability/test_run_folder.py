@@ -66,7 +66,7 @@ def test_output_dir_that_is_or_lies_under_a_file(tmp_path: Path, tiny_model_dir:
     proc = hdpo("run", str(job))
     assert proc.returncode == 2, proc.stderr
     line = one_error(proc)
-    assert str(blocker) in line and ("existing file" in line or "Not a directory" in line), line
+    assert str(blocker) in line and ("is a file" in line or "Not a directory" in line), line
     assert blocker.read_text() == "mine"
 
 

@@ -63,6 +63,9 @@ def other_run(c: Ctx) -> None:
     """A run of the same job but another learning rate already lives in output.dir."""
     job = c.dir / "job.yaml"
     job.write_text(yaml.safe_dump({**c.spec, "train": {**c.spec["train"], "learning_rate": 0.5}}))
+    from service.ownership import claim
+
+    claim(c.dir / "run")  # a run folder hdpo-tune created (it carries the marker)
     RunDir(c.dir / "run").write_resolved_spec(spec_to_dict(load_spec(job)))
     job.unlink()
 

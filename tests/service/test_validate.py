@@ -107,9 +107,12 @@ output: {{dir: ./runs/exp1}}
 def test_validate_reports_a_resumable_run(tmp_path: Path, tiny_model_dir: Path, tiny_pairs: Path) -> None:
     from service.rundir import RunDir
 
-    job = make_job(tmp_path, tiny_model_dir, tiny_pairs)
-    run = RunDir(tmp_path / "run")
+    from service.ownership import claim
     from service.spec import spec_to_dict
+
+    job = make_job(tmp_path, tiny_model_dir, tiny_pairs)
+    claim(tmp_path / "run")
+    run = RunDir(tmp_path / "run")
 
     run.write_resolved_spec(spec_to_dict(load_spec(job)))
     run.write_status("train", "interrupted", step=2, total_steps=3)
