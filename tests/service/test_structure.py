@@ -127,3 +127,16 @@ def test_every_section_is_equally_strict(section: str, body: dict[str, object], 
     with pytest.raises(InputError) as err:
         sections_of({section: body}, (section,), source=Path("job.yaml"))
     assert f"job.yaml: {field}: " in err.value.message, err.value.message
+
+
+def test_runs_without_deepspeed_do_not_import_it() -> None:
+    """accelerate's unwrap imports deepspeed (and mlflow through it) whenever it is installed; the train stage
+    defers that to runs that use it: "available" only once deepspeed is imported. Unwrapping still works."""
+    code = ("import sys, torch\nfrom service.runtime import import_deepspeed_only_when_used\n"
+            "import_deepspeed_only_when_used(); import_deepspeed_only_when_used()\n"
+            "from accelerate.utils import other\n"
+            "m = torch.nn.Linear(2, 2)\nassert other.extract_model_from_parallel(m) is m\n"
+            "print('deepspeed' in sys.modules, other.is_deepspeed_available())")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False False"

@@ -105,9 +105,8 @@ output: {{dir: ./runs/exp1}}
 
 
 def test_validate_reports_a_resumable_run(tmp_path: Path, tiny_model_dir: Path, tiny_pairs: Path) -> None:
-    from service.rundir import RunDir
-
     from service.ownership import claim
+    from service.rundir import RunDir
     from service.spec import spec_to_dict
 
     job = make_job(tmp_path, tiny_model_dir, tiny_pairs)
