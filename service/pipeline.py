@@ -115,9 +115,12 @@ def run_stage(stage: Stage, run: Run, *, force: bool, main: bool = True, done: s
     before = ownership.listing(run.path)
 
     def mark(state: State, error: str | None = None) -> None:
-        if main:
-            with contextlib.suppress(OSError):  # a full disk must not hide the stage's own error
-                run.mark(stage.name, state, done, error=error)
+        if not main:
+            return
+        if state != "running":  # temporaries first: on a full disk they hold the space status.json needs
+            remove_temporaries(run.path)
+        with contextlib.suppress(OSError):  # a full disk must not hide the stage's own error
+            run.mark(stage.name, state, done, error=error)
 
     try:
         mark("running")
@@ -139,7 +142,6 @@ def run_stage(stage: Stage, run: Run, *, force: bool, main: bool = True, done: s
         if error is None:
             mark("failed", f"{type(exc).__name__}: {str(exc)[:300]}")
             raise
-        remove_temporaries(run.path)
         mark("failed", error.message)
         raise error from None
     finally:
