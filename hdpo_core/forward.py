@@ -139,7 +139,7 @@ def supports_segment_attention(lm: nn.Module) -> bool:
 def segments_to_mask(segments: tuple[tuple[int, int, int, int, int], ...], rows: int, width: int,
                      device: torch.device | None = None) -> torch.Tensor:
     """The ``[rows, 1, T, T]`` boolean mask equivalent to ``segments`` (fallback and tests)."""
-    mask = torch.zeros(rows, width, width, dtype=torch.bool, device=device)
+    mask = torch.zeros(rows, width, width, dtype=torch.bool)  # built on the host: no per-segment device work
     for row, start, prefix, a, b in segments:
         end = start + prefix + a
         mask[row, start:end, start:end] = torch.ones(end - start, end - start, dtype=torch.bool).tril()
@@ -149,7 +149,7 @@ def segments_to_mask(segments: tuple[tuple[int, int, int, int, int], ...], rows:
     # padding rows attend to themselves so softmax stays finite (their outputs are never scored)
     idle = ~mask.any(-1)
     mask[idle.nonzero(as_tuple=True) + (idle.nonzero(as_tuple=True)[1],)] = True
-    return mask[:, None]
+    return mask[:, None].to(device) if device is not None else mask[:, None]
 
 
 def uses_segment_kernel(model: nn.Module) -> bool:
@@ -181,6 +181,13 @@ class SequenceScorer(nn.Module):
     @property
     def causal_lm(self) -> nn.Module:
         return unwrap_causal_lm(self.model)
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The decoder-layer classes, so accelerate's FSDP2 auto-wrap shards per layer (without it the whole model
+        is one unit: memory like DDP). No ``get_output_embeddings`` here on purpose: the output layer stays in
+        the root unit, unsharded during the forward where the chunked log-probs read its weight."""
+        return list(getattr(self.causal_lm, "_no_split_modules", None) or [])
 
     @contextlib.contextmanager
     def reference_mode(self) -> Iterator[None]:
@@ -221,23 +228,10 @@ class SequenceScorer(nn.Module):
         if score_pos is not None:
             h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, score_pos)  # [N, H]
             targets, seq = score_tgt, score_seq
-        else:
+        else:  # boolean indexing: a host sync on a GPU (batches from hdpo_core.batching carry score_pos)
             valid = target_ids.ne(-100)
-            h = hidden[valid]  # [N, H]
-            targets = target_ids[valid]  # [N]
-            seq = target_seq[valid]  # [N]
-        head = lm.get_output_embeddings()
-        softcap = getattr(lm.config, "final_logit_softcapping", None)
-        if isinstance(head, nn.Linear) and not softcap and type(head).forward is nn.Linear.forward:
-            token_logps, token_entropy = chunked_token_logps(h, head.weight, targets, bias=head.bias,
-                                                             chunk_size=self.chunk_size)
-        else:  # exotic heads (soft-capping, LoRA on lm_head): plain path on the selected positions only
-            logits = head(h).float()
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            logp = torch.log_softmax(logits, dim=-1)
-            token_logps = logp.gather(1, targets[:, None]).squeeze(1)
-            token_entropy = -(logp.exp() * logp).sum(-1).detach()
+            h, targets, seq = hidden[valid], target_ids[valid], target_seq[valid]  # [N, H], [N], [N]
+        token_logps, token_entropy = output_logps(lm, h, targets, self.chunk_size)
         zeros = torch.zeros(num_seqs, dtype=torch.float32, device=h.device)
         logps = zeros.index_add(0, seq, token_logps)
         entropy = zeros.index_add(0, seq, token_entropy.detach())
@@ -245,12 +239,50 @@ class SequenceScorer(nn.Module):
         return logps, entropy, counts
 
 
+def output_logps(lm: nn.Module, h: torch.Tensor, targets: torch.Tensor, chunk_size: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token ``(logps, entropy)`` of ``targets`` from final hidden states ``h`` ``[N, H]``.
+
+    A plain ``nn.Linear`` head goes through :func:`chunked_token_logps` (reads ``head.weight`` directly). Other
+    heads (soft-capping, LoRA on lm_head) and a head whose weight is partitioned by DeepSpeed ZeRO-3 (an empty
+    placeholder outside the head's own forward) call the head MODULE, chunk by chunk under activation
+    checkpointing: memory stays one ``[chunk, vocab]`` block, and ZeRO-3 gathers the weight in each call.
+    """
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    partitioned = getattr(getattr(head, "weight", None), "ds_id", None) is not None
+    if isinstance(head, nn.Linear) and not softcap and not partitioned and type(head).forward is nn.Linear.forward:
+        return chunked_token_logps(h, head.weight, targets, bias=head.bias, chunk_size=chunk_size)
+    from torch.utils.checkpoint import checkpoint
+
+    logps, entropy = [], []
+    for start in range(0, h.shape[0], chunk_size):
+        lp, ent = checkpoint(_head_chunk, head, h[start:start + chunk_size], targets[start:start + chunk_size],
+                             softcap, use_reentrant=False)
+        logps.append(lp)
+        entropy.append(ent.detach())
+    if not logps:
+        empty = h.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    return torch.cat(logps), torch.cat(entropy)
+
+
+def _head_chunk(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, softcap: float | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(h).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp.gather(1, targets[:, None]).squeeze(1), -(logp.exp() * logp).sum(-1)
+
+
 def score(scorer: nn.Module, batch: TokenBatch) -> SequenceScores:
     """Run a (possibly accelerate-wrapped) :class:`SequenceScorer` on a batch."""
-    extra = {}
+    extra: dict[str, object] = {}
+    if batch.score_pos is not None:
+        extra = {"score_pos": batch.score_pos, "score_tgt": batch.score_tgt, "score_seq": batch.score_seq}
     if batch.segments is not None:
-        extra = {"segments": batch.segments, "score_pos": batch.score_pos, "score_tgt": batch.score_tgt,
-                 "score_seq": batch.score_seq}
+        extra["segments"] = batch.segments
     logps, entropy, counts = scorer(batch.input_ids, batch.position_ids, batch.attention_mask,
                                     batch.target_ids, batch.target_seq, 2 * batch.num_pairs, **extra)
     return SequenceScores(logps=logps, entropy_sum=entropy, token_counts=counts)

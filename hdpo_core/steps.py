@@ -160,3 +160,26 @@ def run_micro_batches(
             if backward is not None:
                 backward(losses.sum() * loss_scale, i == len(micro_batches) - 1)
     return sums
+
+
+def evaluate_pairs(scorer: torch.nn.Module, ref_scores: Callable[[Sequence[int], TokenBatch], SequenceScores],
+                   pairs: Sequence[TokenizedPair], make_batch: Callable[[Sequence[TokenizedPair]], TokenBatch],
+                   settings: LossSettings, *, micro_batch_size: int, device: torch.device,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   ) -> dict[str, float]:
+    """Metric means over ``pairs`` without gradients (dropout off), read with one host transfer.
+
+    ``scorer`` must be the PREPARED scorer the trainer trains: under FSDP2 its parameters are sharded
+    DTensors that only the FSDP root gathers, so a fresh ``SequenceScorer(policy)`` beside it cannot run
+    (``aten.embedding`` gets mixed Tensor and DTensor). ``ref_scores(indices, batch)`` indexes ``pairs``.
+    """
+    micro = [list(range(i, min(i + micro_batch_size, len(pairs)))) for i in range(0, len(pairs), micro_batch_size)]
+    was_training = scorer.training
+    scorer.eval()
+    try:
+        with torch.no_grad(), autocast():
+            sums = run_micro_batches(micro, pairs, make_batch, scorer, ref_scores, settings, loss_scale=1.0,
+                                     backward=None, device=device)
+    finally:
+        scorer.train(was_training)
+    return metric_means(dict(zip(METRIC_SUMS, sums.packed(device).tolist(), strict=True)))

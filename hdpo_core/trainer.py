@@ -27,7 +27,7 @@ from .errors import Interrupted, RunError
 from .forward import SequenceScorer, SequenceScores, uses_segment_kernel
 from .progress import StopFlag, progress_printer
 from .refcache import RefLogps, live_reference
-from .steps import METRIC_SUMS, LossSettings, metric_means, run_micro_batches
+from .steps import METRIC_SUMS, LossSettings, evaluate_pairs, metric_means, run_micro_batches
 from .tokenize import TokenizedPair
 
 
@@ -369,23 +369,13 @@ def _optimizer_step(s: _Session, step: int, loss: float, grad_norm: float) -> bo
 
 
 def evaluate(s: _Session, step: int) -> dict[str, float]:
-    """``eval/*`` means over the held-out pairs, through the PREPARED scorer (under FSDP2 a fresh scorer
-    around the policy would see sharded weights) and the session's reference; one host read."""
+    """``eval/*`` means over the held-out pairs, through the prepared scorer and the session's reference."""
     assert s.evaluation is not None and s.eval_ref_scores is not None
-    pairs, acc = s.evaluation.pairs, s.accelerator
-    micro = [list(range(i, min(i + s.opts.micro_batch_size, len(pairs))))
-             for i in range(0, len(pairs), s.opts.micro_batch_size)]
-    was_training = s.scorer.training
-    s.scorer.eval()
-    try:
-        with torch.no_grad(), acc.autocast():
-            sums = run_micro_batches(micro, pairs, s.make_batch, s.scorer, s.eval_ref_scores,
-                                     LossSettings(s.alpha.value(step - 1), s.opts.beta, s.opts.sft_weight),
-                                     loss_scale=1.0, backward=None, device=acc.device)
-    finally:
-        s.scorer.train(was_training)
-    values = dict(zip(METRIC_SUMS, sums.packed(acc.device).tolist(), strict=True))
-    return {f"eval/{k}": v for k, v in metric_means(values).items()}
+    means = evaluate_pairs(s.scorer, s.eval_ref_scores, s.evaluation.pairs, s.make_batch,
+                           LossSettings(s.alpha.value(step - 1), s.opts.beta, s.opts.sft_weight),
+                           micro_batch_size=s.opts.micro_batch_size, device=s.accelerator.device,
+                           autocast=s.accelerator.autocast)
+    return {f"eval/{k}": v for k, v in means.items()}
 
 
 def _save(s: _Session, step: int) -> None:
