@@ -172,6 +172,8 @@ def precompute_reference(accelerator: Any, frozen: nn.Module | None, policy: nn.
     Call before ``accelerator.prepare`` (not under DeepSpeed ZeRO-3, which partitions weights at load).
     """
     device = accelerator.device
+    if frozen is None:
+        policy.to(device)  # LoRA: the policy with its adapter off is the reference (prepare() leaves it placed)
     score_ref = live_reference(frozen, policy, device=device, chunk_size=chunk_size, autocast=accelerator.autocast)
     out = [_load_or_compute(accelerator, path, pairs, lambda ps: make_batch(ps).to(device), score_ref, batch_pairs)
            for pairs, path in sets]
