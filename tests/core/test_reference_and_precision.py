@@ -14,7 +14,15 @@ from hdpo_core.alpha import ScheduledAlpha
 from hdpo_core.forward import output_logps
 from hdpo_core.logps import chunked_token_logps
 from hdpo_core.refcache import precompute_reference
-from hdpo_core.trainer import EvalSet, TrainHooks, TrainOptions, TrainPaths, configure_deepspeed, make_batcher, train
+from hdpo_core.trainer import (
+    EvalSet,
+    TrainHooks,
+    TrainOptions,
+    TrainPaths,
+    configure_deepspeed,
+    make_batcher,
+    train,
+)
 
 from ._tiny import PAD, random_pairs, tiny_llama
 
