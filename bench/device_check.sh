@@ -102,11 +102,11 @@ PYEOF
 MODEL="${SCRATCH}/qwen-shape"  # the random-weight Qwen2.5-0.5B folder, built once, reused by parts 2, 4, 5
 BENCH=("${PY}" bench/run.py --gpu --batch 8 --reps 1 --warmup 2 --steps 5 --model-dir "${MODEL}")
 if [ "${DRY}" = 1 ]; then
-  part 1 "tests/gpu collect" 120 "${PY}" -m pytest -q -p no:cacheprovider --collect-only -m gpu tests/gpu
-  part 2a "bench plan + both children import" 120 bash -c "${PY} bench/run.py --gpu --dry-run && ${PY} bench/child.py --check"
-  part 3 "FSDP2 / ZeRO-3 jobs and commands" 180 "${PY}" bench/dist_check.py --dry-run --out "${SCRATCH}/res3"
-  part 4 "memory knobs plan" 60 "${PY}" bench/run.py --gpu --dry-run --engines hdpo --mode full --grad-ckpt --chunk-size 1000000
-  part 5 "max batch plan" 60 "${PY}" bench/run.py --gpu --dry-run --max-batch --mode full
+  part 1 "tests/gpu collect" 400 "${PY}" -m pytest -q -p no:cacheprovider --collect-only -m gpu tests/gpu
+  part 2a "bench plan + both children import" 400 bash -c "${PY} bench/run.py --gpu --dry-run && ${PY} bench/child.py --check"
+  part 3 "FSDP2 / ZeRO-3 jobs and commands" 400 "${PY}" bench/dist_check.py --dry-run --out "${SCRATCH}/res3"
+  part 4 "memory knobs plan" 200 "${PY}" bench/run.py --gpu --dry-run --engines hdpo --mode full --grad-ckpt --chunk-size 1000000
+  part 5 "max batch plan" 200 "${PY}" bench/run.py --gpu --dry-run --max-batch --mode full
 else
   part 1 "tests/gpu" "${CHECK_T1:-75}" "${PY}" -m pytest -q -p no:cacheprovider -m gpu tests/gpu
   part 2a "hdpo vs TRL, live reference" "${CHECK_T2A:-120}" \

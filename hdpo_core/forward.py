@@ -77,36 +77,52 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     rows, heads, width, dim = query.shape
+    masks = _branch_masks(segments, query.device)
     out_rows = []
     # 4D [1, H, L, D] inputs keep sdpa on its fused CPU/GPU kernels (3D falls back to the math path), and
-    # unbind/split (not slicing) keep the backward to one concatenation instead of a full-size copy per slice
+    # unbind/split (not slicing) keep the backward to one concatenation instead of a full-size copy per slice;
+    # prefix and branch a are adjacent, so their causal block is one split piece (no concatenation)
     for row, (q_r, k_r, v_r) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0), strict=True)):
-        segs = [s for s in segments if s[0] == row]
+        segs = [(i, s) for i, s in enumerate(segments) if s[0] == row]
         sizes: list[int] = []
         cursor = 0
-        for _, start, prefix, a, b in segs:
-            sizes += [start - cursor, prefix, a, b]
+        for _, (_, start, prefix, a, b) in segs:
+            sizes += [start - cursor, prefix + a, b]
             cursor = start + prefix + a + b
         sizes.append(width - cursor)
         qs, ks, vs = (t.unsqueeze(0).split(sizes, dim=2) for t in (q_r, k_r, v_r))
         pieces = []
-        for i, (_, _, prefix, a, b) in enumerate(segs):
-            gap, p_, a_, b_ = 4 * i, 4 * i + 1, 4 * i + 2, 4 * i + 3
+        for n, (i, (_, _, prefix, _, b)) in enumerate(segs):
+            gap, pa, b_ = 3 * n, 3 * n + 1, 3 * n + 2
             if sizes[gap]:
                 pieces.append(qs[gap].new_zeros(1, heads, sizes[gap], dim))
-            q_pa, k_pa, v_pa = ((torch.cat([t[p_], t[a_]], dim=2) if a else t[p_]) for t in (qs, ks, vs))
-            pieces.append(F.scaled_dot_product_attention(q_pa, k_pa, v_pa, is_causal=True,
-                                                         dropout_p=dropout, scale=scaling))
+            pieces.append(F.scaled_dot_product_attention(qs[pa], ks[pa], vs[pa], is_causal=True, dropout_p=dropout,
+                                                         scale=scaling))
             if b:
                 # query i of the branch sees the prefix and branch tokens 0..i: bottom-right aligned causal
-                mask = torch.ones(b, prefix + b, dtype=torch.bool, device=query.device).tril(diagonal=prefix)
                 pieces.append(F.scaled_dot_product_attention(
-                    qs[b_], torch.cat([ks[p_], ks[b_]], dim=2), torch.cat([vs[p_], vs[b_]], dim=2),
-                    attn_mask=mask, dropout_p=dropout, scale=scaling))
+                    qs[b_], torch.cat([ks[pa][:, :, :prefix], ks[b_]], dim=2),
+                    torch.cat([vs[pa][:, :, :prefix], vs[b_]], dim=2), attn_mask=masks[i], dropout_p=dropout,
+                    scale=scaling))
         if sizes[-1]:
             pieces.append(query.new_zeros(1, heads, sizes[-1], dim))
         out_rows.append(torch.cat(pieces, dim=2))
     return torch.cat(out_rows).transpose(1, 2).contiguous()  # [rows, T, H, D]
+
+
+_MASKS: dict[tuple[object, ...], dict[int, torch.Tensor]] = {}
+
+
+def _branch_masks(segments: tuple[tuple[int, int, int, int, int], ...], device: torch.device
+                  ) -> dict[int, torch.Tensor]:
+    """Segment index -> the ``[b, prefix + b]`` boolean mask of its second branch, built once per batch (every
+    layer, and a checkpointed layer's recomputation, reuses them instead of launching two kernels per pair)."""
+    key = (segments, str(device))
+    if key not in _MASKS:
+        _MASKS.clear()  # one batch at a time: the masks of the previous batch are dropped
+        _MASKS[key] = {i: torch.ones(b, prefix + b, dtype=torch.bool).tril(diagonal=prefix).to(device)
+                       for i, (_, _, prefix, _, b) in enumerate(segments) if b}
+    return _MASKS[key]
 
 
 def _install_segment_attention() -> None:

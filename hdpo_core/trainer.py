@@ -1,5 +1,7 @@
 """The H-DPO training loop on accelerate: prepare -> fit -> finish, no LoRA/full mode flags.
 
+Its inputs and result types live in :mod:`hdpo_core.train_types` (re-exported here).
+
 Determinism and resume: the data order is a pure function of ``(seed, step)`` (a seeded permutation per
 epoch, concatenated), so a resumed run sees exactly the batches an uninterrupted one would; weights,
 optimizer, scheduler, RNG and the alpha controller come back from the checkpoint.
@@ -13,7 +15,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,55 +31,10 @@ from .progress import StopFlag, progress_printer
 from .refcache import RefLogps, live_reference
 from .steps import METRIC_SUMS, LossSettings, evaluate_pairs, metric_means, run_micro_batches
 from .tokenize import TokenizedPair
+from .train_types import EvalSet, TrainHooks, TrainOptions, TrainPaths, TrainResult
 
-
-@dataclass(frozen=True)
-class TrainOptions:
-    total_steps: int
-    batch_size: int = 8
-    micro_batch_size: int = 4
-    learning_rate: float = 1e-6
-    scheduler: str = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    seed: int = 0
-    log_every: int = 1
-    save_every: int = 50
-    eval_every: int | None = None
-    keep_checkpoints: int = 2
-    packing: bool = True
-    row_tokens: int = 4096
-    share_prompt: bool = True
-    on_nonfinite: str = "stop"
-    beta: float = 0.1
-    sft_weight: float = 0.0
-    activation_offloading: bool = False
-
-
-@dataclass(frozen=True)
-class TrainPaths:
-    checkpoints: Path | None  # None: no checkpoints at all (benchmarks: nothing written, no resume)
-    final: Path
-
-
-@dataclass
-class TrainHooks:
-    """Callbacks into the service layer (the core never writes the run folder's bookkeeping itself)."""
-
-    on_metrics: Callable[[dict[str, Any]], None] = lambda m: None
-    on_progress: Callable[[int, int], None] = lambda step, total: None
-    on_message: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    resumed_from: int | None
-    final_dir: Path
-    last_metrics: dict[str, Any] = field(default_factory=dict)
+__all__ = ["EvalSet", "TrainHooks", "TrainOptions", "TrainPaths", "TrainResult", "batch_order", "configure_deepspeed",
+           "evaluate", "finish", "fit", "make_batcher", "prepare", "train"]
 
 
 def batch_order(num_pairs: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -118,14 +75,6 @@ def _optimizer_and_scheduler(model: nn.Module, opts: TrainOptions) -> tuple[torc
     scheduler = get_scheduler("constant_with_warmup" if opts.scheduler == "constant" else opts.scheduler,
                               optimizer, num_warmup_steps=opts.warmup_steps, num_training_steps=opts.total_steps)
     return optimizer, scheduler
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """Held-out pairs scored every ``opts.eval_every`` steps (``ref_cache``: their precomputed reference)."""
-
-    pairs: Sequence[TokenizedPair]
-    ref_cache: RefLogps | None = None
 
 
 @dataclass
