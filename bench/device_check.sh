@@ -7,14 +7,14 @@
 #   PARTS="3 5" bash bench/device_check.sh  # only some parts (a second, shorter call)
 #
 # Parts, most important first, each under its own time limit (seconds; CHECK_T<n> overrides):
-#   1  tests/gpu (CUDA paths, host syncs per step, fp16 overflow)             CHECK_T1=75
+#   1  tests/gpu (CUDA paths, host syncs per step, fp16 overflow)             CHECK_T1=50
 #   2  hdpo vs TRL, Qwen2.5-0.5B shape, bf16, 8 pairs, ~1100 tokens per pair, full FT and LoRA,
-#      live reference (2a, with a profile of each first timed step) and precomputed (2b)   CHECK_T2A=120 CHECK_T2B=90
+#      live reference (2a, with a profile of each first timed step) and precomputed (2b)   CHECK_T2A=110 CHECK_T2B=80
 #   3  FSDP2 (+ ZeRO-3 if deepspeed imports) on one process: run, SIGTERM, resume, same losses, merge, export
 #                                                                               CHECK_T3=110
 #   4  memory knobs, hdpo full FT: gradient checkpointing, activation offloading, no output-layer chunking
-#                                                                               CHECK_T4=75
-#   5  largest batch (one step, doubling until out of memory) per engine, full FT   CHECK_T5=100
+#                                                                               CHECK_T4=55
+#   5  largest batch (one step, doubling until out of memory) per engine, full FT   CHECK_T5=40
 # What comes back (the device tool returns at most 8 files): summary.md (each part's verdict and tables, written
 # as it finishes), results.json (every part's numbers), logs.txt (every part's output), profile.txt (the
 # torch.profiler tables). Exit status: the number of failed parts.
@@ -100,7 +100,7 @@ PYEOF
 }
 
 MODEL="${SCRATCH}/qwen-shape"  # the random-weight Qwen2.5-0.5B folder, built once, reused by parts 2, 4, 5
-BENCH=("${PY}" bench/run.py --gpu --batch 8 --reps 1 --warmup 2 --steps 5 --model-dir "${MODEL}")
+BENCH=("${PY}" bench/run.py --gpu --batch 8 --reps 1 --warmup 1 --steps 4 --model-dir "${MODEL}")
 if [ "${DRY}" = 1 ]; then
   part 1 "tests/gpu collect" 400 "${PY}" -m pytest -q -p no:cacheprovider --collect-only -m gpu tests/gpu
   part 2a "bench plan + both children import" 400 bash -c "${PY} bench/run.py --gpu --dry-run && ${PY} bench/child.py --check"
@@ -108,18 +108,18 @@ if [ "${DRY}" = 1 ]; then
   part 4 "memory knobs plan" 200 "${PY}" bench/run.py --gpu --dry-run --engines hdpo --mode full --grad-ckpt --chunk-size 1000000
   part 5 "max batch plan" 200 "${PY}" bench/run.py --gpu --dry-run --max-batch --mode full
 else
-  part 1 "tests/gpu" "${CHECK_T1:-75}" "${PY}" -m pytest -q -p no:cacheprovider -m gpu tests/gpu
-  part 2a "hdpo vs TRL, live reference" "${CHECK_T2A:-120}" \
+  part 1 "tests/gpu" "${CHECK_T1:-50}" "${PY}" -m pytest -q -p no:cacheprovider -m gpu tests/gpu
+  part 2a "hdpo vs TRL, live reference" "${CHECK_T2A:-110}" \
     "${BENCH[@]}" --mode both --out "${SCRATCH}/res2a" --profile "${SCRATCH}/res2a/profile.txt"
-  part 2b "hdpo vs TRL, precomputed reference" "${CHECK_T2B:-90}" \
+  part 2b "hdpo vs TRL, precomputed reference" "${CHECK_T2B:-80}" \
     "${BENCH[@]}" --mode both --precompute --out "${SCRATCH}/res2b"
-  part 3 "FSDP2 / ZeRO-3 on one process" "${CHECK_T3:-110}" "${PY}" bench/dist_check.py --out "${SCRATCH}/res3" --timeout 45
-  part 4 "memory knobs (hdpo full FT)" "${CHECK_T4:-75}" bash -c "
+  part 3 "FSDP2 / ZeRO-3 on one process" "${CHECK_T3:-110}" "${PY}" bench/dist_check.py --out "${SCRATCH}/res3" --timeout 35
+  part 4 "memory knobs (hdpo full FT)" "${CHECK_T4:-55}" bash -c "
     ${BENCH[*]} --engines hdpo --mode full --grad-ckpt --out ${SCRATCH}/res4 &&
     ${BENCH[*]} --engines hdpo --mode full --hdpo-opt activation_offloading=true --out ${SCRATCH}/res4 &&
     ${BENCH[*]} --engines hdpo --mode full --chunk-size 1000000 --out ${SCRATCH}/res4"
-  part 5 "largest batch, full FT" "${CHECK_T5:-100}" \
-    "${BENCH[@]}" --mode full --max-batch --max-batch-cap 256 --max-batch-seconds "$(( ${CHECK_T5:-100} - 15 ))" \
+  part 5 "largest batch, full FT" "${CHECK_T5:-40}" \
+    "${BENCH[@]}" --mode full --max-batch --max-batch-cap 256 --max-batch-seconds "$(( ${CHECK_T5:-40} - 15 ))" \
     --out "${SCRATCH}/res5"
 fi
 echo; echo "failed parts: ${failed}" | tee -a "${SUMMARY}"

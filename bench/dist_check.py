@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"backend": backend, "dry_run": " ".join(launch_cmd(backend, job, cli(work)))})
             continue
         results.append(check(backend, work, model, pairs, a.steps, a.timeout))
+        (a.out / "dist_check.json").write_text(json.dumps(results, indent=1))  # after each backend
+        print(f"{backend}: ok={results[-1]['ok']} max loss diff {results[-1]['max_abs_loss_diff']}", flush=True)
     (a.out / "dist_check.json").write_text(json.dumps(results, indent=1))
     print("| backend | straight | interrupted -> resumed | steps compared | max loss diff | merge | export | ok |")
     print("|---|---|---|---|---|---|---|---|")
