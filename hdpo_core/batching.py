@@ -27,6 +27,15 @@ from .logps import IGNORE_INDEX
 from .tokenize import TokenizedPair
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Host tensor -> ``device`` without a host sync: a plain (pageable) host-to-GPU copy synchronises the
+    stream, so on CUDA the tensor is pinned first and copied asynchronously (the caching host allocator keeps
+    the pinned buffer alive until the copy is done)."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @dataclass(frozen=True)
 class TokenBatch:
     """Model inputs for a micro-batch of pairs.
@@ -62,9 +71,9 @@ class TokenBatch:
 
     def to(self, device: torch.device | str) -> TokenBatch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
+            return None if t is None else to_device(t, device)
 
-        return TokenBatch(*(getattr(self, f).to(device) for f in
+        return TokenBatch(*(to_device(getattr(self, f), device) for f in
                             ("input_ids", "position_ids", "attention_mask", "target_ids", "target_seq")),
                           num_pairs=self.num_pairs, num_tokens=self.num_tokens, segments=self.segments,
                           score_pos=move(self.score_pos), score_tgt=move(self.score_tgt),

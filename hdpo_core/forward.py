@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import TokenBatch
+from .batching import TokenBatch, to_device
 from .logps import chunked_token_logps
 
 
@@ -120,7 +120,7 @@ def _branch_masks(segments: tuple[tuple[int, int, int, int, int], ...], device: 
     key = (segments, str(device))
     if key not in _MASKS:
         _MASKS.clear()  # one batch at a time: the masks of the previous batch are dropped
-        _MASKS[key] = {i: torch.ones(b, prefix + b, dtype=torch.bool).tril(diagonal=prefix).to(device)
+        _MASKS[key] = {i: to_device(torch.ones(b, prefix + b, dtype=torch.bool).tril(diagonal=prefix), device)
                        for i, (_, _, prefix, _, b) in enumerate(segments) if b}
     return _MASKS[key]
 
@@ -165,7 +165,7 @@ def segments_to_mask(segments: tuple[tuple[int, int, int, int, int], ...], rows:
     # padding rows attend to themselves so softmax stays finite (their outputs are never scored)
     idle = ~mask.any(-1)
     mask[idle.nonzero(as_tuple=True) + (idle.nonzero(as_tuple=True)[1],)] = True
-    return mask[:, None].to(device) if device is not None else mask[:, None]
+    return to_device(mask[:, None], device) if device is not None else mask[:, None]
 
 
 def uses_segment_kernel(model: nn.Module) -> bool:

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .batching import TokenBatch
+from .batching import TokenBatch, to_device
 from .forward import SequenceScorer, SequenceScores, score
 from .tokenize import TokenizedPair
 
@@ -44,7 +44,7 @@ class RefLogps:
         return RefLogps(self.logps.to(device), self.entropy_sum.to(device), self.token_counts.to(device))
 
     def take(self, indices: Sequence[int]) -> SequenceScores:
-        idx = torch.as_tensor(list(indices), dtype=torch.long).to(self.logps.device, non_blocking=True)
+        idx = to_device(torch.as_tensor(list(indices), dtype=torch.long), self.logps.device)
         return SequenceScores(self.logps[idx].reshape(-1), self.entropy_sum[idx].reshape(-1),
                               self.token_counts[idx].reshape(-1))
 

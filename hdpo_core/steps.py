@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .batching import TokenBatch
+from .batching import TokenBatch, to_device
 from .forward import SequenceScores, score
 from .loss import hdpo_loss
 from .tokenize import TokenizedPair
@@ -59,7 +59,7 @@ class StepSums:
         """``[len(METRIC_SUMS)]`` float64 on ``device`` (a host->device copy, never a sync)."""
         sums = self.device if self.device is not None else torch.zeros(len(DEVICE_SUMS), dtype=torch.float64)
         counts = torch.tensor([float(self.pairs), float(self.tokens)], dtype=torch.float64)
-        return torch.cat([sums.to(device), counts.to(device, non_blocking=True)])
+        return torch.cat([sums.to(device), to_device(counts, device)])
 
 
 def metric_means(values: dict[str, float]) -> dict[str, float]:

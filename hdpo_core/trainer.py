@@ -24,7 +24,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .alpha import AlphaController
-from .batching import TokenBatch, packed_batch, padded_batch
+from .batching import TokenBatch, packed_batch, padded_batch, to_device
 from .errors import Interrupted, RunError
 from .forward import SequenceScorer, SequenceScores, uses_segment_kernel
 from .progress import StopFlag, progress_printer
@@ -265,7 +265,7 @@ def _train_step(s: _Session, step: int, signalled: bool) -> tuple[dict[str, Any]
                                  offload=opts.activation_offloading)
     grad_norm = _grad_norm(acc, s.scorer, opts.max_grad_norm)
     # one reduce carries the metric sums and "some rank got SIGTERM", so every rank stops at the same step
-    flag = torch.tensor([1.0 if signalled else 0.0], dtype=torch.float64).to(acc.device)
+    flag = to_device(torch.tensor([1.0 if signalled else 0.0], dtype=torch.float64), acc.device)
     reduced = acc.reduce(torch.cat([sums.packed(acc.device), flag]), "sum")
     host = torch.cat([reduced, grad_norm.to(acc.device, torch.float64).reshape(1)]).tolist()  # the one sync
     values = dict(zip(METRIC_SUMS, host[:len(METRIC_SUMS)], strict=True))
