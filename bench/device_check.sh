@@ -89,7 +89,8 @@ path, pid, rc, took, res = sys.argv[1:]
 data = json.loads(Path(path).read_text())
 entry = {"exit": int(rc), "seconds": int(took), "results": []}
 for f in sorted(Path(res).glob("*.json")) if Path(res).exists() else []:
-    entry["results"].append({"file": f.name, **json.loads(f.read_text())})
+    data_f = json.loads(f.read_text())
+    entry["results"].append({"file": f.name, **(data_f if isinstance(data_f, dict) else {"data": data_f})})
 data[f"part{pid}"] = entry
 Path(path).write_text(json.dumps(data, indent=1))
 PYEOF
