@@ -98,7 +98,7 @@ def pair_loss(policy: SequenceScores, ref: SequenceScores, settings: LossSetting
 
 
 def saved_tensors_on_host(device: torch.device | str, weight_shapes: set[tuple[int, ...]],
-                          min_bytes: int = 1 << 20) -> contextlib.AbstractContextManager:
+                          min_bytes: int = 1 << 14) -> contextlib.AbstractContextManager:
     """Keep the activations autograd saves for backward in (pinned) host memory, but NOT weights or small
     tensors. ``save_on_cpu`` alone also moves every weight a Linear saves (under autocast, its bf16 copy): the
     whole model would cross to the host and back each micro-batch. A saved tensor is taken for a weight when it
