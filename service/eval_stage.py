@@ -152,12 +152,12 @@ def _job_eval_section(job: str | None, target: ResolvedTarget) -> tuple[dict[str
     """The job dict (``--job`` file, else the run's job.resolved.yaml) and the folder relative paths start from."""
     if job is None:
         return target.run_config, target.run_dir
-    import yaml
+    from .spec_yaml import load_yaml
 
     p = Path(job)
     if not p.is_file():
         raise InputError(f"{job}: job file not found")
-    return yaml.safe_load(p.read_text(encoding="utf-8")) or {}, p.parent
+    return load_yaml(p) or {}, p.parent
 
 
 def _rel(path: Any, base: Path | None) -> str | None:
