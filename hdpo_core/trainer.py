@@ -186,7 +186,10 @@ def train(
     if accelerator.is_main_process:
         ckpt.clean_partial(paths.checkpoints)
     accelerator.wait_for_everyone()
-    last = ckpt.latest_checkpoint(paths.checkpoints)
+    last, skipped = ckpt.usable_checkpoint(paths.checkpoints)  # newest that verifies; damaged ones named
+    if accelerator.is_main_process:
+        for line in skipped:
+            hooks.on_message(line)
     if last is not None:  # weights before prepare: DDP broadcasts them, FSDP2 shards them, ZeRO-3 masters them
         ckpt.load_weights(last, policy, zero3=kind == "deepspeed")
     if kind == "ddp" and accelerator.device.type == "cuda":
