@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from .errors import InputError
 
+MAX_ROW_BYTES = 64 << 20  # one JSONL row; a preference pair is kilobytes, so this only stops a runaway line
 Format = Literal["standard", "conversational"]
 
 
@@ -116,8 +117,12 @@ def _iter_hub(repo_id: str, split: str) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_jsonl(p: Path) -> Iterator[tuple[str, Any]]:
+    """Rows of a JSONL file; a line is read with a size bound so a file without newlines cannot fill memory."""
     with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_ROW_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_ROW_BYTES:
+                raise InputError(f"{p}:{lineno}: line is longer than {MAX_ROW_BYTES >> 20} MiB; each line must be "
+                                 "one preference row (is this file JSONL?)")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -133,6 +138,9 @@ def _iter_jsonl(p: Path) -> Iterator[tuple[str, Any]]:
             except RecursionError:
                 raise InputError(f"{p}:{lineno}: JSON nested too deeply; each line must be one flat row "
                                  "object") from None
+            except ValueError as exc:  # e.g. an integer of more than 4300 digits
+                raise InputError(f"{p}:{lineno}: invalid JSON value ({str(exc)[:80]}); each line must be one "
+                                 "JSON object") from None
             yield f"{p}:{lineno}", row
 
 
@@ -145,6 +153,9 @@ def _iter_json(p: Path) -> Iterator[tuple[str, Any]]:
         raise InputError(f"{p}: not UTF-8 text (byte offset {exc.start}); save the file as UTF-8") from None
     except RecursionError:
         raise InputError(f"{p}: JSON nested too deeply; the file must hold a list of row objects") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise InputError(f"{p}: invalid JSON value ({str(exc)[:80]}); the file must hold a list of row "
+                         "objects") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):

@@ -154,7 +154,7 @@ def prepare(accelerator: Any, policy: nn.Module, reference: nn.Module | None, pa
     torch.manual_seed(opts.seed)
     policy.train()
     kind = ckpt.backend(accelerator)
-    last = _latest_checkpoint(accelerator, paths)
+    last = _latest_checkpoint(accelerator, paths, hooks)
     if last is not None:  # weights before prepare: DDP broadcasts them, FSDP2 shards them, ZeRO-3 masters them
         ckpt.load_weights(last, policy, zero3=kind == "deepspeed")
     if kind == "ddp" and accelerator.device.type == "cuda":
@@ -187,13 +187,18 @@ def prepare(accelerator: Any, policy: nn.Module, reference: nn.Module | None, pa
     return session
 
 
-def _latest_checkpoint(accelerator: Any, paths: TrainPaths) -> Path | None:
+def _latest_checkpoint(accelerator: Any, paths: TrainPaths, hooks: TrainHooks) -> Path | None:
+    """The newest checkpoint whose checksums verify; each damaged newer one is named in one warning line."""
     if paths.checkpoints is None:
         return None
     if accelerator.is_main_process:
         ckpt.clean_partial(paths.checkpoints)
     accelerator.wait_for_everyone()
-    return ckpt.latest_checkpoint(paths.checkpoints)
+    last, skipped = ckpt.usable_checkpoint(paths.checkpoints)
+    if accelerator.is_main_process:
+        for line in skipped:
+            hooks.on_message(line)
+    return last
 
 
 def _reference_source(cache: RefLogps | None, live: Callable[[TokenBatch], SequenceScores] | None, accelerator: Any

@@ -6,6 +6,7 @@ pipeline after training (:func:`run_eval_stage`).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from hdpo_core.data import load_preference_rows
 from hdpo_core.errors import InputError
 from hdpo_core.eval.evaluate import SamplingSettings, run_evaluation
 from hdpo_core.eval.report import write_report
+from hdpo_core.eval.sandbox import require_sandbox
 from hdpo_core.eval.targets import (
     EvalSide,
     ResolvedTarget,
@@ -39,7 +41,8 @@ def _device() -> tuple[str, torch.dtype | None]:
 def _settings(spec: EvalSpec) -> SamplingSettings:
     return SamplingSettings(n=spec.n_samples, temperatures=tuple(spec.temperatures), top_p=spec.top_p,
                             max_new_tokens=spec.max_new_tokens, seed=spec.seed, max_batch_size=spec.max_batch_size,
-                            timeout_s=spec.timeout_s, memory_mb=spec.memory_mb)
+                            timeout_s=spec.timeout_s, memory_mb=spec.memory_mb,
+                            allow_unsandboxed_code=spec.allow_unsandboxed_code)
 
 
 def _load_sides(target: ResolvedTarget, reference_dir: Path | None, want_reference: bool
@@ -77,6 +80,9 @@ def evaluate(target: ResolvedTarget, spec: EvalSpec, *, out_dir: Path, reference
     """Evaluate one target and write the report into ``out_dir``; returns the results (with ``headline``)."""
     verifier = get_verifier(spec.verifier)
     tasks = load_tasks(spec.tasks, verifier) if spec.tasks else None
+    sandbox = require_sandbox(spec.allow_unsandboxed_code) if tasks and verifier.name == "code" else None
+    if sandbox and sandbox.startswith("UNSANDBOXED"):
+        print(f"warning: eval: model-written code runs {sandbox}", file=sys.stderr)
     pairs_path = spec.eval_pairs or eval_pairs_path
     if tasks is None and not pairs_path:
         raise InputError("eval: nothing to evaluate; give a task file (--tasks / eval.tasks) and/or held-out "
@@ -88,7 +94,7 @@ def evaluate(target: ResolvedTarget, spec: EvalSpec, *, out_dir: Path, reference
                                       sample_reference=spec.compare_reference)
     results = {"target": str(target.model_dir), "kind": target.kind,
                "reference": str(reference_dir) if reference_dir else ("adapter disabled" if reference else None),
-               "tasks": spec.tasks, "eval_pairs": pairs_path, **results}
+               "tasks": spec.tasks, "eval_pairs": pairs_path, **({"sandbox": sandbox} if sandbox else {}), **results}
     results["files"] = [str(p) for p in write_report(results, samples, out_dir)]
     return results
 
@@ -152,12 +158,12 @@ def _job_eval_section(job: str | None, target: ResolvedTarget) -> tuple[dict[str
     """The job dict (``--job`` file, else the run's job.resolved.yaml) and the folder relative paths start from."""
     if job is None:
         return target.run_config, target.run_dir
-    import yaml
+    from .spec_yaml import load_yaml
 
     p = Path(job)
     if not p.is_file():
         raise InputError(f"{job}: job file not found")
-    return yaml.safe_load(p.read_text(encoding="utf-8")) or {}, p.parent
+    return load_yaml(p) or {}, p.parent
 
 
 def _rel(path: Any, base: Path | None) -> str | None:

@@ -267,9 +267,10 @@ def _clear_training_outputs(run_dir: Path) -> None:
 
 
 def _resume_step(root: Path) -> int | None:
-    from hdpo_core.checkpoint import latest_checkpoint
+    """The step training will resume from: the newest checkpoint that verifies (the trainer's own choice)."""
+    from hdpo_core.checkpoint import usable_checkpoint
 
-    last = latest_checkpoint(root)
+    last, _ = usable_checkpoint(root)
     return int(last.name.split("-")[1]) if last else None
 
 

@@ -61,8 +61,21 @@ def check_job(path: str | os.PathLike[str]) -> Report:
     _check_tokenizer(tokenizer, formats, report)
     if spec is not None:
         _check_run_folder(spec, report)
+        _check_sandbox(spec, report)
     report.problems = [redact_secrets(p) for p in report.problems]
     return report
+
+
+def _check_sandbox(spec: JobSpec, report: Report) -> None:
+    """``verifier: code`` needs the bubblewrap sandbox here, or the job's explicit opt-out."""
+    from hdpo_core.eval.sandbox import SandboxUnavailable, require_sandbox
+
+    ev = spec.eval
+    if ev is not None and ev.enabled and ev.tasks and ev.verifier == "code":
+        try:
+            require_sandbox(ev.allow_unsandboxed_code)
+        except SandboxUnavailable as exc:
+            report.problems.append(exc.message)
 
 
 def run_validate(path: str | os.PathLike[str]) -> int:
