@@ -29,9 +29,9 @@ class TrackingSpec(BaseModel):
     run_name: str | None = Field(None, min_length=1, description="Run name in the trackers. Default: the run "
                                  "folder's name (output.dir).")
     mlflow_tracking_uri: str | None = Field(
-        None, min_length=1, description="MLflow tracking URI: a server (http://host:5000), a database "
-        "(sqlite:///path/mlflow.db) or a folder. None: MLFLOW_TRACKING_URI, else MLflow's default "
-        "(sqlite:///mlflow.db in the working directory). A plain relative path resolves from the job file.")
+        None, min_length=1, description="MLflow tracking URI: a server (http://host:5000) or a database "
+        "(sqlite:///mlflow.db, relative to the working directory as in MLflow). None: MLFLOW_TRACKING_URI, else "
+        "MLflow's default sqlite:///mlflow.db. Credentials: MLFLOW_TRACKING_USERNAME/PASSWORD in the environment.")
     wandb_mode: Literal["online", "offline"] | None = Field(
         None, description="W&B mode; offline writes RUN/wandb/ only (upload later with `wandb sync`). None: "
         "WANDB_MODE, else online (needs WANDB_API_KEY or `wandb login`).")

@@ -236,14 +236,23 @@ _FIX = {"mlflow": "check tracking.mlflow_tracking_uri / MLFLOW_TRACKING_URI and 
         "trackio": "check TRACKIO_DIR (or the Space and HF_TOKEN)"}
 
 
+def missing_packages(t: TrackingSpec) -> list[str]:
+    """One problem line per tracker of ``report_to`` that is not installed (for ``hdpo-tune validate``)."""
+    import importlib.util
+
+    return [_MISSING.format(name=name) for name in t.report_to if importlib.util.find_spec(name) is None]
+
+
+_MISSING = "tracking.report_to: {name} is not installed; pip install 'hdpo-tune[tracking]' (or pip install {name})"
+
+
 def _import(name: str) -> Any:
     import importlib
 
     try:
         return importlib.import_module(name)
     except ImportError:
-        raise InputError(f"tracking.report_to: {name} is not installed; pip install 'hdpo-tune[tracking]' "
-                         f"(or pip install {name})") from None
+        raise InputError(_MISSING.format(name=name)) from None
 
 
 def _quiet(fn: Callable[[], Any]) -> Any:

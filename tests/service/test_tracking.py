@@ -21,6 +21,7 @@ import yaml
 
 from hdpo_core.errors import InputError
 from service.spec import load_spec
+from service.validate import validate_job
 from service.tracking import Trackers, flatten_numbers, metric_values, open_trackers, redact, spec_params
 
 HDPO_TUNE = Path(sys.executable).parent / "hdpo-tune"
@@ -195,10 +196,12 @@ def test_params_are_the_resolved_spec_with_secrets_redacted(tmp_path: Path, monk
 def test_a_missing_tracker_package_is_one_line_naming_the_extra(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` sees when it is not installed
-    spec = load_spec(_spec(tmp_path, {"report_to": ["wandb"]}))
-    with pytest.raises(InputError, match=r"tracking.report_to: wandb is not installed; pip install "
-                                         r"'hdpo-tune\[tracking\]'"):
-        open_trackers(spec, tmp_path)
+    job = _spec(tmp_path, {"report_to": ["mlflow", "wandb"]})
+    line = "tracking.report_to: wandb is not installed; pip install 'hdpo-tune[tracking]' (or pip install wandb)"
+    assert line in validate_job(job) and not any("mlflow" in p for p in validate_job(job))
+    with pytest.raises(InputError) as err:
+        open_trackers(load_spec(_spec(tmp_path, {"report_to": ["wandb"]})), tmp_path)
+    assert err.value.message == line
 
 
 def test_a_tracker_failing_mid_run_is_dropped_with_one_warning(capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,3 +228,16 @@ def test_a_tracker_failing_mid_run_is_dropped_with_one_warning(capsys: pytest.Ca
     assert err.count("warning: tracking: broken failed while logging step 1 (ConnectionError: server went "
                      "away)") == 1 and "second line" not in err
     assert Kept.seen == [({"loss": 1.0}, 1), ({"loss": 0.5}, 2)]
+
+
+def test_the_quickstart_opts_in_with_its_one_documented_line(tmp_path: Path) -> None:
+    quickstart = Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml"
+    text = quickstart.read_text()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("# tracking:")]
+    job = tmp_path / "quickstart.yaml"  # the spec only: load_spec does not open the (relative) model and data
+    job.write_text(text + line.removeprefix("# ") + "\n")
+    spec = load_spec(job)
+    assert spec.tracking is not None and spec.tracking.report_to == ["mlflow"]
+    readme = (quickstart.parents[1] / "README.md").read_text()
+    assert f"`{line.removeprefix('# ')}`" in readme
+
