@@ -21,8 +21,8 @@ import yaml
 
 from hdpo_core.errors import InputError
 from service.spec import load_spec
-from service.validate import validate_job
 from service.tracking import Trackers, flatten_numbers, metric_values, open_trackers, redact, spec_params
+from service.validate import validate_job
 
 HDPO_TUNE = Path(sys.executable).parent / "hdpo-tune"
 PROJECT = "hdpo-test"
