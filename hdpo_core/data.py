@@ -178,8 +178,11 @@ def normalise_row(location: str, row: Any) -> PreferenceRow:
                              "(and optionally 'prompt')")
     chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
     implicit = prompt is None
+    whole: tuple[Any, Any] | None = None
     if isinstance(chosen, str) and isinstance(rejected, str):
         if prompt is None:
+            # one text may extend the other ("A: 14" / "A: 146"): the token split decides, not the characters
+            whole = (chosen, rejected)
             prompt, chosen, rejected = _split_common_prefix_str(chosen, rejected)
         elif not isinstance(prompt, str):
             raise InputError(f"{location}: field 'prompt' must be a string like 'chosen'/'rejected', "
@@ -197,18 +200,20 @@ def normalise_row(location: str, row: Any) -> PreferenceRow:
             f"{location}: 'chosen' and 'rejected' must both be strings (standard format) or both lists of "
             f"{{role, content}} messages (conversational); got {_type_name(chosen)} and {_type_name(rejected)}"
         )
-    return _checked(location, prompt, chosen, rejected, fmt, implicit=implicit, tools=None)
+    return _checked(location, prompt, chosen, rejected, fmt, implicit=implicit, tools=None, whole=whole)
 
 
 def _checked(location: str, prompt: Any, chosen: Any, rejected: Any, fmt: Format, *, implicit: bool,
-             tools: list[dict[str, Any]] | None) -> PreferenceRow:
-    """The checks every format shares: no empty completion, no pair without a preference."""
+             tools: list[dict[str, Any]] | None, whole: tuple[Any, Any] | None = None) -> PreferenceRow:
+    """The checks every format shares: no empty completion (``whole``: the texts to check instead, for standard
+    implicit rows), no pair without a preference."""
     def is_empty(v: Any) -> bool:
         if isinstance(v, str):
             return not v.strip()
         return not any(m["content"].strip() or m.get("tool_calls") for m in v)
 
-    empty = [k for k, v in (("chosen", chosen), ("rejected", rejected)) if is_empty(v)]
+    texts = whole if whole is not None else (chosen, rejected)
+    empty = [k for k, v in zip(("chosen", "rejected"), texts, strict=True) if is_empty(v)]
     if empty:
         raise InputError(f"{location}: empty completion in '{empty[0]}'; remove the row or fill it in")
     if chosen == rejected:

@@ -76,6 +76,21 @@ def test_every_implicit_row_reassembles_to_the_full_sequences(bpe):
         assert pair.chosen_ids[0] != pair.rejected_ids[0]
 
 
+def test_implicit_rows_where_one_text_extends_the_other(bpe):
+    """The characters of "A: 14" are a prefix of "A: 146" (and "...green?" of "...green? No."), but the tokens
+    are not, or the shorter one simply stops earlier: both are preference pairs TRL trains on."""
+    row = normalise_row("d.jsonl:1", {"chosen": "Q: what is 7 + 7? A: 14", "rejected": "Q: what is 7 + 7? A: 146"})
+    (pair,), _ = tokenize_rows([row], bpe, max_length=64)
+    assert bpe.decode(list(pair.prompt_ids)) == "Q: what is 7 + 7? A:"
+    assert bpe.convert_ids_to_tokens(list(pair.chosen_ids)) == ["Ġ14", EOS]
+    assert bpe.convert_ids_to_tokens(list(pair.rejected_ids)) == ["Ġ146", EOS]
+    row = normalise_row("d.jsonl:2", {"chosen": "Is the sky green?", "rejected": "Is the sky green? No."})
+    (pair,), _ = tokenize_rows([row], bpe, max_length=64)
+    assert list(pair.chosen_ids) == [bpe.eos_token_id] and bpe.decode(list(pair.rejected_ids)) == " No." + EOS
+    with pytest.raises(InputError, match="d.jsonl:3: empty completion in 'chosen'"):
+        normalise_row("d.jsonl:3", {"chosen": "  ", "rejected": "Yes."})
+
+
 @pytest.mark.parametrize("prompt", [None, "Q: what is 101 + 1? A:"])
 def test_a_completion_ending_with_the_eos_text_gets_no_second_eos(bpe, prompt):
     row = {"chosen": f"Q: what is 101 + 1? A: 102{EOS}", "rejected": "Q: what is 101 + 1? A: 104"}
@@ -169,3 +184,32 @@ def test_openai_file_bad_rows_name_file_and_row(tmp_path):
     for line, (_, expected) in enumerate(bad, start=2):
         message = problems.messages[line - 2]
         assert message.startswith(f"{path}:{line}: ") and expected in message and "\n" not in message
+
+
+TRL_ROWS = {
+    "standard-implicit": [{"chosen": f"Q: what is {a} + 2? A: {a + 2}", "rejected": f"Q: what is {a} + 2? A: {b}"}
+                          for a in range(100, 140, 9) for b in (a, a + 4, 7)]
+    + [{"chosen": "Is the sky green? No, it is blue.", "rejected": "Is the sky green? Yes."}],
+    "standard-explicit": [{"prompt": "Q: what is 120 + 3? A:", "chosen": " 123", "rejected": " 125"},
+                          {"prompt": "Q: what is 120 + 3? A:", "chosen": f" 123{EOS}", "rejected": " 125"}],
+    "conversational-explicit": [{"prompt": [SYSTEM, USER], "chosen": [GOOD], "rejected": [BAD]}],
+    "conversational-implicit": [{"chosen": [SYSTEM, USER, GOOD], "rejected": [SYSTEM, USER, BAD]}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRL_ROWS))
+def test_token_ids_equal_trls_own_dataset_preparation(bpe, name):
+    """TRL's DPOTrainer prepares these rows (extract the prompt, add EOS when missing, tokenise, cut where the
+    prompt's ids and prompt+completion's ids diverge) into exactly our ids, on the same byte-level BPE."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    trl = pytest.importorskip("trl")
+
+    rows = TRL_ROWS[name]
+    args = SimpleNamespace(dataset_num_proc=None, max_length=None, truncation_mode="keep_start")
+    prepared = trl.DPOTrainer._prepare_dataset(SimpleNamespace(_tokenizer=bpe), Dataset.from_list(rows), bpe, args,
+                                               name)
+    theirs = [(tuple(r["prompt_ids"]), tuple(r["chosen_ids"]), tuple(r["rejected_ids"])) for r in prepared]
+    ours, _ = tokenize_rows([normalise_row(f"d.jsonl:{i}", r) for i, r in enumerate(rows, 1)], bpe, max_length=256)
+    assert [(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in ours] == theirs
