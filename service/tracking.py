@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hdpo_core.errors import HdpoError, InputError, RunError
+from hdpo_core.io import atomic_write_text
 from hdpo_core.metrics_log import MetricsLog, read_metrics
 
 from .spec import JobSpec, redact_secrets, spec_to_dict
@@ -91,7 +92,12 @@ class Trackers:
     def __init__(self, live: list[Any]) -> None:
         self._live = live
 
+    def add(self, tracker: Any) -> None:
+        self._live.append(tracker)
+
     def log(self, values: dict[str, float], step: int | None) -> None:
+        if not values:
+            return
         for tracker in list(self._live):
             try:
                 _quiet(lambda t=tracker: t.log(values, step=step))
@@ -115,23 +121,24 @@ def open_trackers(spec: JobSpec, run_dir: Path) -> Trackers:
     path = run_dir / STATE_FILE
     state: dict[str, dict[str, str]] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     name = t.run_name or run_dir.name
-    live = []
+    started = Trackers([])
     for kind in t.report_to:
         known = state.get(kind, {})
         try:
             tracker, ids = _START[kind](t, run_dir, name, known, spec_params(spec))
-        except HdpoError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - each library raises its own types
+        except BaseException as exc:
+            started.close()  # the trackers started so far end their runs
+            if isinstance(exc, HdpoError) or not isinstance(exc, Exception):
+                raise
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise RunError(f"tracking.report_to: cannot start {kind} ({type(exc).__name__}: {redact(first)[:200]}); "
                            f"{_FIX[kind]}, or remove the tracking section") from None
         state[kind] = ids
-        live.append(tracker)
-        path.write_text(json.dumps(state, indent=1), encoding="utf-8")
+        started.add(tracker)
+        atomic_write_text(path, json.dumps(state, indent=1))
     print("tracking: " + ", ".join(f"{k} {json.dumps(v)}" for k, v in state.items() if k in t.report_to),
           file=sys.stderr)
-    return Trackers(live)
+    return started
 
 
 class TrackedMetricsLog:

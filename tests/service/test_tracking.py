@@ -155,6 +155,28 @@ def test_run_logs_to_mlflow_wandb_and_trackio(tmp_path: Path, tiny_model_dir: Pa
     assert leaked == [] and hf_token not in proc.stderr + proc.stdout and wandb_key not in proc.stderr
 
 
+def test_a_tracker_that_cannot_start_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    """W&B online without an API key: the real library refuses and the stage gets one line naming the fix (the
+    CLI prints it as ``error: ...`` with exit code 1, before training). In a fresh interpreter with a clean
+    home, so no login of the machine can leak in."""
+    job = _spec(tmp_path, {"report_to": ["wandb"]})
+    (tmp_path / "run").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "netrc"),
+               **{f"WANDB_{d}_DIR": str(tmp_path / "wandb_home") for d in ("CONFIG", "CACHE", "DATA")})
+    code = ("import sys\nfrom pathlib import Path\nfrom hdpo_core.errors import RunError\n"
+            "from service.spec import load_spec\nfrom service.tracking import open_trackers\n"
+            "try:\n    open_trackers(load_spec(sys.argv[1]), Path(sys.argv[2]))\n"
+            "except RunError as exc:\n    print('RunError:', exc.message)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(job), str(tmp_path / "run")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.stdout.splitlines() == [
+        "RunError: tracking.report_to: cannot start wandb (UsageError: No API key configured. Use `wandb login` to "
+        "log in.); set WANDB_API_KEY (or run `wandb login`), or set tracking.wandb_mode: offline, or remove the "
+        "tracking section"], proc.stdout + proc.stderr[-2000:]
+    assert not (tmp_path / "run" / "tracking.json").exists()
+
+
 # --- the pieces, fast ---------------------------------------------------------------------------------------
 
 def _spec(tmp_path: Path, tracking: dict[str, Any]) -> Path:
