@@ -22,8 +22,8 @@ class TrackingSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    report_to: list[Tracker] = Field(..., min_length=1, description="Trackers to log to: any of mlflow, wandb, "
-                                     "trackio (installed with `pip install 'hdpo-tune[tracking]'`).")
+    report_to: list[Tracker] = Field(..., min_length=1, description="Trackers to log to: mlflow, wandb and/or "
+                                     "trackio (pip install 'hdpo-tune[tracking]').")
     project: str = Field("hdpo-tune", min_length=1, description="MLflow experiment name, W&B project and trackio "
                          "project.")
     run_name: str | None = Field(None, min_length=1, description="Run name in the trackers. Default: the run "
