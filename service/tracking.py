@@ -124,6 +124,8 @@ def open_trackers(spec: JobSpec, run_dir: Path) -> Trackers:
     started = Trackers([])
     for kind in t.report_to:
         known = state.get(kind, {})
+        if known.get("project") != t.project:  # another project (or store, below) is another run
+            known = {}
         try:
             tracker, ids = _START[kind](t, run_dir, name, known, spec_params(spec))
         except BaseException as exc:
@@ -133,7 +135,7 @@ def open_trackers(spec: JobSpec, run_dir: Path) -> Trackers:
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise RunError(f"tracking.report_to: cannot start {kind} ({type(exc).__name__}: {redact(first)[:200]}); "
                            f"{_FIX[kind]}, or remove the tracking section") from None
-        state[kind] = ids
+        state[kind] = {**ids, "project": t.project}
         started.add(tracker)
         atomic_write_text(path, json.dumps(state, indent=1))
     print("tracking: " + ", ".join(f"{k} {json.dumps(v)}" for k, v in state.items() if k in t.report_to),
@@ -190,11 +192,14 @@ def _start_mlflow(t: TrackingSpec, run_dir: Path, name: str, known: dict[str, st
 
     if t.mlflow_tracking_uri is not None:
         mlflow.set_tracking_uri(t.mlflow_tracking_uri)
+    uri = redact(mlflow.get_tracking_uri())
+    if known.get("tracking_uri") != uri:
+        known = {}
     tracker = MLflowTracker(experiment_name=t.project, run_id=known.get("run_id"), run_name=name)
     _quiet(tracker.start)
     if not known:  # MLflow refuses to change a logged parameter: log them when the run is created
         _quiet(lambda: tracker.store_init_configuration(params))
-    return tracker, {"run_id": tracker.active_run.info.run_id, "tracking_uri": redact(mlflow.get_tracking_uri())}
+    return tracker, {"run_id": tracker.active_run.info.run_id, "tracking_uri": uri}
 
 
 def _start_wandb(t: TrackingSpec, run_dir: Path, name: str, known: dict[str, str],
@@ -212,7 +217,8 @@ def _start_wandb(t: TrackingSpec, run_dir: Path, name: str, known: dict[str, str
         kwargs["config"] = params
     tracker = WandBTracker(t.project, **kwargs)
     _quiet(tracker.start)
-    return tracker, {"id": run_id}
+    url = getattr(tracker.run, "url", None)  # None offline; W&B's banner is silenced, so say where it is
+    return tracker, {"id": run_id, **({"url": str(url)} if url else {})}
 
 
 def _start_trackio(t: TrackingSpec, run_dir: Path, name: str, known: dict[str, str],
