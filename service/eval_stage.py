@@ -32,6 +32,7 @@ from hdpo_core.eval.verifiers import get_verifier
 from hdpo_core.tokenize import tokenize_rows
 
 from .spec_eval import EvalSpec
+from .tracking import log_final_eval
 
 
 def _device() -> tuple[str, torch.dtype | None]:
@@ -138,6 +139,7 @@ def run_eval_for_job(spec: Any, run_dir: Path) -> dict[str, Any]:
         reference_dir=None if spec.lora is not None else Path(spec.model.name_or_path),
         alpha=final_alpha(spec.hdpo.alpha, Path(run_dir)), beta=float(spec.hdpo.beta), eval_pairs_path=spec.data.eval,
         max_length=spec.data.max_length)
+    log_final_eval(spec, Path(run_dir), results["headline"])
     return {"headline": headline_lines(results), "numbers": results["headline"],
             "results": str(Path(run_dir) / "eval" / "results.json")}
 

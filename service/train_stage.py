@@ -15,7 +15,6 @@ from hdpo_core import refcache
 from hdpo_core.alpha import EntropyTargetAlpha, ScheduledAlpha
 from hdpo_core.data import file_fingerprint, load_preference_rows
 from hdpo_core.errors import HdpoError, InputError, RunError
-from hdpo_core.metrics_log import MetricsLog
 from hdpo_core.model import (
     LoraOptions,
     ModelOptions,
@@ -28,6 +27,8 @@ from hdpo_core.tokenize import TokenizedPair, tokenize_rows
 from hdpo_core.trainer import EvalSet, TrainHooks, TrainOptions, TrainPaths, make_batcher, train
 
 from .rundir import RunDir
+from .tracking import STATE_FILE as TRACKING_STATE
+from .tracking import open_metrics_log
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def make_accelerator(spec: Any) -> Any:
 
 
 #: What a fresh start (``--force``) removes before training: the previous run's training results.
-TRAINING_OUTPUTS = ("checkpoints", "final", "final.tmp", "metrics.jsonl", "tensorboard")
+TRAINING_OUTPUTS = ("checkpoints", "final", "final.tmp", "metrics.jsonl", "tensorboard", TRACKING_STATE)
 
 
 def run_train_stage(spec: Any, rd: RunDir, *, fresh: bool = False) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def run_train_stage(spec: Any, rd: RunDir, *, fresh: bool = False) -> dict[str, 
     if accelerator.is_main_process:
         (rd.path / "data_info.json").write_text(json.dumps(data.info, indent=1), encoding="utf-8")
     resume = _resume_step(rd.path / "checkpoints")
-    log = MetricsLog(rd.path, resume_step=resume) if accelerator.is_main_process else None
+    log = open_metrics_log(spec, rd.path, resume_step=resume) if accelerator.is_main_process else None
     hooks = TrainHooks(
         on_metrics=(log.write if log else (lambda m: None)),
         on_progress=lambda s, n: rd.write_status("train", "running", step=s, total_steps=n),

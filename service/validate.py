@@ -29,6 +29,7 @@ from hdpo_core.tokenize import tokenize_rows
 
 from .rundir import RunDir
 from .spec import DataSpec, JobSpec, ModelSpec, load_spec, redact_secrets, spec_to_dict, valid_sections
+from .tracking import missing_packages
 
 MAX_ROW_PROBLEMS = 20
 
@@ -62,6 +63,8 @@ def check_job(path: str | os.PathLike[str]) -> Report:
     if spec is not None:
         _check_run_folder(spec, report)
         _check_sandbox(spec, report)
+        if spec.tracking is not None:
+            report.problems.extend(missing_packages(spec.tracking))
     report.problems = [redact_secrets(p) for p in report.problems]
     return report
 
