@@ -1,0 +1,51 @@
+"""What every route needs: the server context (settings, database sessions) and the caller's API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from .config import ServeConfig
+from .db import ApiKey
+from .errors import ApiError
+from .keys import find_key
+
+
+@dataclass
+class ServerContext:
+    config: ServeConfig
+    sessions: sessionmaker
+
+
+def context(request: Request) -> ServerContext:
+    ctx: ServerContext = request.app.state.ctx
+    return ctx
+
+
+def db_session(ctx: Annotated[ServerContext, Depends(context)]) -> Iterator[Session]:
+    with ctx.sessions() as session:
+        yield session
+
+
+def caller(request: Request, session: Annotated[Session, Depends(db_session)]) -> ApiKey:
+    """The key in ``Authorization: Bearer KEY``; 401 (OpenAI's ``invalid_api_key``) when missing or unknown.
+    The key is never echoed back, not even masked."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (create one "
+                       "with `hdpo-tune serve keys create NAME`).", code="invalid_api_key")
+    row = find_key(session, key.strip())
+    if row is None:
+        raise ApiError(401, "Incorrect API key provided. Create a key with `hdpo-tune serve keys create NAME`.",
+                       code="invalid_api_key")
+    return row
+
+
+Ctx = Annotated[ServerContext, Depends(context)]
+Db = Annotated[Session, Depends(db_session)]
+Caller = Annotated[ApiKey, Depends(caller)]
