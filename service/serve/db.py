@@ -94,6 +94,7 @@ class JobRow(Base):
     # progress read from the run folder, so a restarted server neither repeats nor loses events
     last_metrics_step: Mapped[int] = mapped_column(Integer, default=0)
     last_stage: Mapped[str] = mapped_column(String(60), default="")
+    stages_reported: Mapped[list[str]] = mapped_column(JSON, default=list)
 
 
 class EventRow(Base):

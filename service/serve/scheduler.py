@@ -177,8 +177,15 @@ class Scheduler:
         stage_key = f"{status.get('stage')}:{status.get('state')}"
         if status and stage_key != job.last_stage:
             job.last_stage = stage_key
-            add_event(db, job.id, f"Stage {status.get('stage')}: {status.get('state')}", type_="message",
-                      data={"stage": status.get("stage"), "state": status.get("state")})
+            if status.get("stage") != "done":
+                add_event(db, job.id, f"Stage {status.get('stage')}: {status.get('state')}",
+                          data={"stage": status.get("stage"), "state": status.get("state")})
+        # finished stages come from status.json's list, so a stage shorter than one poll is still reported
+        done = [s for s in status.get("stages_done") or [] if s not in (job.stages_reported or [])]
+        for stage in done:
+            add_event(db, job.id, f"Stage {stage}: done", data={"stage": stage, "state": "done"})
+        if done:
+            job.stages_reported = [*(job.stages_reported or []), *done]
         for rec in run.reader.new_records():
             if rec["step"] <= job.last_metrics_step:
                 continue
