@@ -1,0 +1,99 @@
+"""Pieces of the service that need no server: the metrics reader, keys, the CLI wiring, the database URL
+shown at start-up, and the one-server-per-data-folder lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from service.cli import app
+from service.serve.cli import describe_db
+from service.serve.progress import MetricsReader, metric_event
+
+from ._server import HDPO_TUNE, env
+
+
+def test_metrics_reader_reads_appends_waits_for_torn_lines_and_rereads_a_rewrite(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    reader = MetricsReader(tmp_path)
+    assert reader.new_records() == []
+    path.write_text(json.dumps({"step": 1, "loss": 0.7}) + "\n" + '{"step": 2, "lo')
+    assert [r["step"] for r in reader.new_records()] == [1]  # the torn line waits
+    with path.open("a") as fh:
+        fh.write('ss": 0.6}\n')
+    assert [r["step"] for r in reader.new_records()] == [2]
+    assert reader.new_records() == []
+    tmp = tmp_path / "m.tmp"  # a resumed run rewrites the file (os.replace: a new inode)
+    tmp.write_text(json.dumps({"step": 1, "loss": 0.7}) + "\n")
+    os.replace(tmp, path)
+    assert [r["step"] for r in reader.new_records()] == [1]
+
+
+def test_metric_event_has_openai_and_trl_names():
+    message, data = metric_event({"step": 3, "loss": 0.5, "eval/loss": 0.6, "entropy": 0.1, "tokens_per_s": 100.0,
+                                  "rewards/accuracies": 0.75}, 10)
+    assert message.startswith("Step 3/10: training loss=0.5000")
+    assert data["train_loss"] == 0.5 and data["valid_loss"] == 0.6 and data["total_steps"] == 10
+    assert data["entropy"] == 0.1 and data["rewards/accuracies"] == 0.75
+
+
+def test_keys_are_stored_hashed_and_revocable(tmp_path):
+    runner = CliRunner()
+    data = str(tmp_path / "d")
+    made = runner.invoke(app, ["serve", "keys", "create", "ci-bot", "--data", data])
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip().splitlines()[-1]
+    assert key.startswith("hdpo-sk-") and len(key) > 40
+    import hashlib
+    import sqlite3
+
+    stored = [p.read_bytes() for p in (tmp_path / "d").glob("serve.db*")]  # the database and its WAL
+    assert not any(key.encode() in b for b in stored)
+    with sqlite3.connect(tmp_path / "d" / "serve.db") as con:
+        assert con.execute("select key_hash from api_keys").fetchall() == [(hashlib.sha256(key.encode()).hexdigest(),)]
+    listed = runner.invoke(app, ["serve", "keys", "list", "--data", data])
+    key_id, name, _, state = listed.stdout.strip().split("\t")
+    assert name == "ci-bot" and state == "active" and key not in listed.stdout
+    assert runner.invoke(app, ["serve", "keys", "revoke", key_id, "--data", data]).exit_code == 0
+    assert runner.invoke(app, ["serve", "keys", "list", "--data", data]).stdout.strip().endswith("revoked")
+    from service.serve.db import make_engine, session_factory
+    from service.serve.keys import find_key
+
+    with session_factory(make_engine(f"sqlite:///{tmp_path / 'd' / 'serve.db'}"))() as s:
+        assert find_key(s, key) is None
+    bad = runner.invoke(app, ["serve", "keys", "revoke", "key-nope", "--data", data])
+    assert bad.exit_code == 2
+
+
+def test_other_commands_do_not_import_the_server_stack():
+    code = ("import sys; import service.cli; "
+            "print(sorted(m for m in ('fastapi', 'uvicorn', 'sqlalchemy', 'starlette') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], env=env(), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_database_url_is_shown_without_password():
+    shown = describe_db("postgresql+psycopg://hdpo:s3cret-pw@db.internal:5432/jobs")
+    assert "s3cret-pw" not in shown and "db.internal:5432/jobs" in shown
+    assert describe_db("sqlite:////data/serve.db") == "sqlite (/data/serve.db)"
+
+
+def test_second_server_on_one_data_folder_is_refused(tmp_path):
+    import fcntl
+
+    data = tmp_path / "d"
+    data.mkdir()
+    fd = os.open(data / "server.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running server holds it
+    try:
+        out = subprocess.run([HDPO_TUNE, "serve", "--data", str(data), "--port", "1"], env=env(),
+                             capture_output=True, text=True, timeout=120)
+    finally:
+        os.close(fd)
+    assert out.returncode == 2
+    assert f"error: --data: another `hdpo-tune serve` is using {data}" in out.stderr
+    assert "Traceback" not in out.stderr
