@@ -97,3 +97,23 @@ def check_upload(path: Path, name: str) -> DataFileInfo:
         m = re.match(rf"{re.escape(name)}:(\d+):", message)
         raise BadRow(message, int(m.group(1)) if m else None) from None
     return DataFileInfo(rows=len(rows), data_format=fmt or f"trl-{rows[0].format}", train_path=train_path)
+
+
+def check_jsonl(path: Path, name: str) -> DataFileInfo:
+    """A ``user_data`` file (eval tasks): every non-empty line must be a JSON object; the eval stage checks
+    the fields it needs when it runs."""
+    rows = 0
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                raise BadRow(f"{name}:{lineno}: invalid JSON; each line must be one JSON object", lineno) from None
+            if not isinstance(row, dict):
+                raise BadRow(f"{name}:{lineno}: each line must be a JSON object, got {type(row).__name__}", lineno)
+            rows += 1
+    if rows == 0:
+        raise BadRow(f"{name}: file is empty; it needs at least one row", None)
+    return DataFileInfo(rows=rows, data_format="jsonl", train_path=path)

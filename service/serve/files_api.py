@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from .datafile import BadRow, check_upload
+from .datafile import BadRow, check_jsonl, check_upload
 from .db import FileRow, JobRow, new_id, now
 from .deps import Caller, Ctx, Db
 from .errors import ApiError, not_found
@@ -53,9 +53,10 @@ def _safe_name(name: str | None) -> str:
 def upload(ctx: Ctx, db: Db, key: Caller, file: Annotated[UploadFile, File()],
            purpose: Annotated[str, Form()]) -> dict[str, Any]:
     """Store and validate a ``fine-tune`` JSONL file; a bad row is a 400 naming ``filename:line``."""
-    if purpose != "fine-tune":
-        raise ApiError(400, f"purpose '{purpose}' is not supported here; upload training data with "
-                       "purpose='fine-tune'", param="purpose", code="invalid_purpose")
+    if purpose not in ("fine-tune", "user_data"):
+        raise ApiError(400, f"purpose '{purpose}' is not supported here; upload preference pairs with "
+                       "purpose='fine-tune' (or an eval task file with 'user_data')", param="purpose",
+                       code="invalid_purpose")
     name = _safe_name(file.filename)
     if not name.endswith(".jsonl"):
         raise ApiError(400, f"{name}: fine-tuning files must be JSONL (one JSON object per line, name ending in "
@@ -67,7 +68,7 @@ def upload(ctx: Ctx, db: Db, key: Caller, file: Annotated[UploadFile, File()],
     with tmp.open("wb") as out:
         shutil.copyfileobj(file.file, out, 1 << 20)
     try:
-        info = check_upload(tmp, name)
+        info = check_upload(tmp, name) if purpose == "fine-tune" else check_jsonl(tmp, name)
     except BadRow as exc:
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".trl.jsonl").unlink(missing_ok=True)

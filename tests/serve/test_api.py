@@ -67,6 +67,20 @@ def test_openai_dpo_format_is_accepted(live):
     assert json.loads(converted.read_text())["chosen"] == row["preferred_output"]
 
 
+def test_user_data_is_for_eval_tasks_only(live, training_file):
+    server, alice, _ = live
+    c = server.client(alice)
+    tasks = c.files.create(file=("tasks.jsonl", b'{"prompt": "1+1=", "answer": "2"}\n'), purpose="user_data")
+    assert tasks.purpose == "user_data" and tasks.status == "processed"
+    with pytest.raises(openai.BadRequestError) as err:
+        c.fine_tuning.jobs.create(model="demo", training_file=tasks.id)
+    assert err.value.body["code"] == "invalid_file_purpose"
+    with pytest.raises(openai.BadRequestError) as err:  # accepted as eval.tasks: the spec check runs next
+        c.fine_tuning.jobs.create(model="demo", training_file=training_file.id,
+                                  extra_body={"hdpo_tune": {"eval": {"tasks": tasks.id, "n_samples": 0}}})
+    assert err.value.body["code"] == "invalid_spec" and err.value.body["message"].startswith("eval.n_samples")
+
+
 @pytest.mark.parametrize(("content", "name", "line", "says"), [
     (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "x", "chosen": "y"}\n', "bad.jsonl", 2,
      "missing field 'rejected'"),
