@@ -61,7 +61,8 @@ def visible_gpus() -> list[str]:
         out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return []
-    return [str(i) for i, line in enumerate(l for l in out.stdout.splitlines() if l.startswith("GPU "))]
+    count = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    return [str(i) for i in range(count)]
 
 
 def default_workers() -> int:

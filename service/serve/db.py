@@ -14,7 +14,18 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Engine, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Engine,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 # The seq column: BIGINT on PostgreSQL, INTEGER on SQLite (where only INTEGER PRIMARY KEY autoincrements).
@@ -31,8 +42,18 @@ def now() -> int:
     return int(time.time())
 
 
+#: bumped whenever a table changes; a database of another version is refused, never half-read
+SCHEMA_VERSION = "1"
+
+
 class Base(DeclarativeBase):
     pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
 
 
 class ApiKey(Base):
@@ -127,7 +148,22 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     Base.metadata.create_all(engine)
+    _check_schema(engine)
     return engine
+
+
+def _check_schema(engine: Engine) -> None:
+    from hdpo_core.errors import InputError
+
+    with session_factory(engine)() as session:
+        row = session.get(Meta, "schema_version")
+        if row is None:
+            session.add(Meta(key="schema_version", value=SCHEMA_VERSION))
+            session.commit()
+        elif row.value != SCHEMA_VERSION:
+            raise InputError(f"--db: the database has schema version {row.value}, this hdpo-tune serve needs "
+                             f"{SCHEMA_VERSION}; use the hdpo-tune version that created it, or a new data folder "
+                             "/ database")
 
 
 def session_factory(engine: Engine) -> sessionmaker:

@@ -1,8 +1,13 @@
-"""What every route needs: the server context (settings, database sessions) and the caller's API key."""
+"""What every route needs: the server context (settings, database sessions) and the caller's API key.
+
+The dependencies and the read routes are ``async`` although the database calls are not: a status read is a
+sub-millisecond indexed query, and running it on the event loop saves the thread-pool hand-offs that
+dominated a read's latency on a busy CPU (each sync dependency and route is one hop). Uploads and job
+creation, which parse files and specs, stay sync and run in the thread pool."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -21,17 +26,17 @@ class ServerContext:
     sessions: sessionmaker
 
 
-def context(request: Request) -> ServerContext:
+async def context(request: Request) -> ServerContext:
     ctx: ServerContext = request.app.state.ctx
     return ctx
 
 
-def db_session(ctx: Annotated[ServerContext, Depends(context)]) -> Iterator[Session]:
+async def db_session(ctx: Annotated[ServerContext, Depends(context)]) -> AsyncIterator[Session]:
     with ctx.sessions() as session:
         yield session
 
 
-def caller(request: Request, session: Annotated[Session, Depends(db_session)]) -> ApiKey:
+async def caller(request: Request, session: Annotated[Session, Depends(db_session)]) -> ApiKey:
     """The key in ``Authorization: Bearer KEY``; 401 (OpenAI's ``invalid_api_key``) when missing or unknown.
     The key is never echoed back, not even masked."""
     header = request.headers.get("authorization", "")

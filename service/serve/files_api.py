@@ -85,7 +85,7 @@ def upload(ctx: Ctx, db: Db, key: Caller, file: Annotated[UploadFile, File()],
 
 
 @router.get("/files")
-def list_files(db: Db, key: Caller, after: str | None = None, limit: int = 10000, order: str = "desc",
+async def list_files(db: Db, key: Caller, after: str | None = None, limit: int = 10000, order: str = "desc",
                purpose: str | None = None) -> dict[str, Any]:
     query = select(FileRow).where(FileRow.owner == key.id)
     if purpose:
@@ -94,7 +94,7 @@ def list_files(db: Db, key: Caller, after: str | None = None, limit: int = 10000
 
 
 @router.get("/files/{file_id}")
-def retrieve(db: Db, key: Caller, file_id: str) -> dict[str, Any]:
+async def retrieve(db: Db, key: Caller, file_id: str) -> dict[str, Any]:
     return file_object(owned_file(db, key.id, file_id))
 
 
@@ -107,7 +107,7 @@ def content(ctx: Ctx, db: Db, key: Caller, file_id: str) -> FileResponse:
 
 
 @router.delete("/files/{file_id}")
-def delete(ctx: Ctx, db: Db, key: Caller, file_id: str) -> dict[str, Any]:
+async def delete(ctx: Ctx, db: Db, key: Caller, file_id: str) -> dict[str, Any]:
     row = owned_file(db, key.id, file_id)
     busy = db.scalar(select(JobRow.id).where(JobRow.owner == key.id, JobRow.status.in_(ACTIVE),
                                              (JobRow.training_file == file_id) | (JobRow.validation_file == file_id)))

@@ -169,18 +169,18 @@ def create(ctx: Ctx, db: Db, key: Caller, body: CreateJob) -> dict[str, Any]:
 
 
 @router.get("/fine_tuning/jobs")
-def list_jobs(db: Db, key: Caller, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+async def list_jobs(db: Db, key: Caller, after: str | None = None, limit: int = 20) -> dict[str, Any]:
     return page(db, JobRow, select(JobRow).where(JobRow.owner == key.id), after=after, limit=limit, order="desc",
                 render=job_object)
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
-def retrieve(db: Db, key: Caller, job_id: str) -> dict[str, Any]:
+async def retrieve(db: Db, key: Caller, job_id: str) -> dict[str, Any]:
     return job_object(owned_job(db, key.id, job_id))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
-def cancel(db: Db, key: Caller, job_id: str) -> dict[str, Any]:
+async def cancel(db: Db, key: Caller, job_id: str) -> dict[str, Any]:
     """Queued: cancelled at once. Running: SIGTERM from the scheduler, a checkpoint, then ``cancelled``."""
     job = owned_job(db, key.id, job_id)
     if job.status in TERMINAL:
@@ -204,7 +204,7 @@ def event_object(ev: EventRow) -> dict[str, Any]:
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")
-def events(db: Db, key: Caller, job_id: str, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+async def events(db: Db, key: Caller, job_id: str, after: str | None = None, limit: int = 20) -> dict[str, Any]:
     owned_job(db, key.id, job_id)
     return page(db, EventRow, select(EventRow).where(EventRow.job_id == job_id), after=after, limit=limit,
                 order="desc", render=event_object, max_limit=1000)

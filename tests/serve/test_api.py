@@ -194,7 +194,7 @@ def test_jobs_list_pages(live, jobs):
     server, alice, _ = live
     c = server.client(alice)
     ids = [j.id for j in c.fine_tuning.jobs.list()]  # the SDK's auto-pager follows `after`
-    assert set(j.id for j in jobs) <= set(ids)
+    assert {j.id for j in jobs} <= set(ids)
     first = c.fine_tuning.jobs.list(limit=2)
     second = c.fine_tuning.jobs.list(limit=2, after=first.data[-1].id)
     assert [j.id for j in first.data + second.data] == ids[:4]
@@ -222,14 +222,14 @@ def test_bad_requests(live, training_file):
     server, alice, _ = live
     c = server.client(alice)
     cases = [
-        (dict(model="../../etc", training_file=training_file.id), "model_not_found"),
-        (dict(model="demo", training_file=training_file.id, method={"type": "supervised"}), "unsupported_method"),
-        (dict(model="demo", training_file=training_file.id,
-              method={"type": "dpo", "dpo": {"hyperparameters": {"alpha": 0.5}}}), "invalid_hyperparameters"),
-        (dict(model="demo", training_file=training_file.id, extra_body={"hdpo_tune": {"hub": {"repo_id": "a/b"}}}),
+        ({"model": "../../etc", "training_file": training_file.id}, "model_not_found"),
+        ({"model": "demo", "training_file": training_file.id, "method": {"type": "supervised"}}, "unsupported_method"),
+        ({"model": "demo", "training_file": training_file.id,
+              "method": {"type": "dpo", "dpo": {"hyperparameters": {"alpha": 0.5}}}}, "invalid_hyperparameters"),
+        ({"model": "demo", "training_file": training_file.id, "extra_body": {"hdpo_tune": {"hub": {"repo_id": "a/b"}}}},
          "forbidden_field"),
-        (dict(model="demo", training_file=training_file.id,
-              extra_body={"hdpo_tune": {"hdpo": {"alpha": "auto"}}}), "invalid_spec"),  # needs target_entropy
+        ({"model": "demo", "training_file": training_file.id,
+              "extra_body": {"hdpo_tune": {"hdpo": {"alpha": "auto"}}}}, "invalid_spec"),  # needs target_entropy
     ]
     for kwargs, code in cases:
         with pytest.raises(openai.BadRequestError) as err:

@@ -97,3 +97,19 @@ def test_second_server_on_one_data_folder_is_refused(tmp_path):
     assert out.returncode == 2
     assert f"error: --data: another `hdpo-tune serve` is using {data}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_database_of_another_schema_version_is_refused(tmp_path):
+    import sqlite3
+
+    import pytest
+
+    from hdpo_core.errors import InputError
+    from service.serve.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    make_engine(url).dispose()
+    with sqlite3.connect(tmp_path / "serve.db") as con:
+        con.execute("update meta set value = '0' where key = 'schema_version'")
+    with pytest.raises(InputError, match="schema version 0, this hdpo-tune serve needs 1"):
+        make_engine(url)
