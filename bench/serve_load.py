@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -131,6 +132,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "models"
         root.mkdir()
@@ -148,12 +150,16 @@ def main() -> None:
             loaded = train(server, key, f.id, args.steps, (args.clients, args.interval))
         finally:
             server.stop()
-    result = {"capacity_no_job": {"clients": args.burst, **capacity},
-              "training_alone": {"tokens_per_s": alone["tokens_per_s"]},
-              "training_with_load": {"clients": args.clients, "interval_s": args.interval,
-                                     "tokens_per_s": loaded["tokens_per_s"], **loaded["reads"]}}  # type: ignore[dict-item]
     ratio = loaded["tokens_per_s"] / alone["tokens_per_s"]  # type: ignore[operator]
-    result["training_speed_ratio_loaded_vs_alone"] = ratio
+    result = {
+        "machine": {"cpus": os.cpu_count(), "loadavg_1m_before": load_before[0],
+                    "loadavg_1m_after": os.getloadavg()[0]},
+        "capacity_no_job": {"clients": args.burst, **capacity},
+        "training_alone": {"tokens_per_s": alone["tokens_per_s"]},
+        "training_with_load": {"clients": args.clients, "interval_s": args.interval,
+                               "tokens_per_s": loaded["tokens_per_s"], **loaded["reads"]},  # type: ignore[dict-item]
+        "training_speed_ratio_loaded_vs_alone": ratio,
+    }
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -60,9 +60,9 @@ def serve(
     model_root: Annotated[list[Path] | None, typer.Option("--model-root", help="Folder whose sub-folders are "
                           "models jobs may start from, by folder name (repeatable).")] = None,
     no_hub: Annotated[bool, typer.Option("--no-hub", help="Refuse Hub model/dataset ids (local models only).")] = False,
-    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", help="Largest accepted upload.")] = 512,
-    workers: Annotated[int | None, typer.Option("--workers", help="Jobs run at once (default: number of GPUs, "
-                       "or 1 without a GPU).")] = None,
+    max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest accepted upload.")] = 512,
+    workers: Annotated[int | None, typer.Option("--workers", min=0, help="Jobs run at once (default: number of "
+                       "GPUs, or 1 without a GPU; 0 = accept jobs, run none).")] = None,
 ) -> None:
     """Start the server (http://HOST:PORT/v1). Create a key first: `hdpo-tune serve keys create NAME`."""
     if ctx.invoked_subcommand is not None:
