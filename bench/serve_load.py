@@ -33,6 +33,13 @@ JOB = {"lora": {"r": 8, "alpha": 16}, "data": {"max_length": 160}, "hdpo": {"alp
        "train": {"micro_batch_size": 4, "save_every": 1000, "log_every": 1}, "merge": None}
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc): what the server takes from training, whatever
+    else runs on the machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))] if s else float("nan")
@@ -43,7 +50,7 @@ def summary(lat: list[float], seconds: float, errors: int) -> dict[str, float]:
             "p50_ms": 1000 * pct(lat, 0.5), "p99_ms": 1000 * pct(lat, 0.99), "max_ms": 1000 * max(lat, default=0)}
 
 
-async def burst(url: str, key: str, job_id: str, clients: int, seconds: float) -> dict[str, float]:
+async def burst(url: str, key: str, job_id: str, clients: int, seconds: float, server_pid: int) -> dict[str, float]:
     c = openai.AsyncOpenAI(api_key=key, base_url=url, max_retries=0, timeout=30)
     lat: list[float] = []
     errors = 0
@@ -59,14 +66,16 @@ async def burst(url: str, key: str, job_id: str, clients: int, seconds: float) -
             except openai.APIError:
                 errors += 1
 
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), cpu_s(server_pid)
     await asyncio.gather(*(one() for _ in range(clients)))
     await c.close()
-    return summary(lat, time.monotonic() - t0, errors)
+    out = summary(lat, time.monotonic() - t0, errors)
+    out["server_cpu_ms_per_request"] = 1000 * (cpu_s(server_pid) - cpu0) / max(1, len(lat) + errors)
+    return out
 
 
-async def dashboard(url: str, key: str, job_id: str, clients: int, interval: float, done: asyncio.Event
-                    ) -> dict[str, float]:
+async def dashboard(url: str, key: str, job_id: str, clients: int, interval: float, done: asyncio.Event,
+                    server_pid: int) -> dict[str, float]:
     c = openai.AsyncOpenAI(api_key=key, base_url=url, max_retries=0, timeout=30)
     lat: list[float] = []
     errors = 0
@@ -87,12 +96,16 @@ async def dashboard(url: str, key: str, job_id: str, clients: int, interval: flo
             n += 1
             await asyncio.sleep(max(0.0, interval - (time.perf_counter() - t)))
 
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), cpu_s(server_pid)
     tasks = [asyncio.create_task(one(i)) for i in range(clients)]
     await done.wait()
     await asyncio.gather(*tasks)
     await c.close()
-    return summary(lat, time.monotonic() - t0, errors)
+    wall, cpu = time.monotonic() - t0, cpu_s(server_pid) - cpu0
+    out = summary(lat, wall, errors)
+    out["server_cpu_ms_per_request"] = 1000 * cpu / max(1, len(lat) + errors)
+    out["server_cpu_share_of_one_core"] = cpu / wall  # the most the API can have taken from training
+    return out
 
 
 def tokens_per_s(run_dir: Path) -> float:
@@ -111,7 +124,7 @@ def train(server: Server, key: str, file_id: str, steps: int, load: tuple[int, f
     if load is not None:
         async def with_load() -> dict[str, float]:
             done = asyncio.Event()
-            poll = asyncio.create_task(dashboard(server.url, key, job.id, load[0], load[1], done))
+            poll = asyncio.create_task(dashboard(server.url, key, job.id, load[0], load[1], done, server.proc.pid))
             while (await asyncio.to_thread(c.fine_tuning.jobs.retrieve, job.id)).status not in (
                     "succeeded", "failed", "cancelled"):
                 await asyncio.sleep(1)
@@ -145,7 +158,7 @@ def main() -> None:
             f = c.files.create(file=("prefs.jsonl", demo_rows(256)), purpose="fine-tune")
             probe = c.fine_tuning.jobs.create(model="demo", training_file=f.id, extra_body={"hdpo_tune": JOB})
             c.fine_tuning.jobs.cancel(probe.id)  # cancelled while queued: a job row to read, nothing running
-            capacity = asyncio.run(burst(server.url, key, probe.id, args.burst, args.seconds))
+            capacity = asyncio.run(burst(server.url, key, probe.id, args.burst, args.seconds, server.proc.pid))
             alone = train(server, key, f.id, args.steps, None)
             loaded = train(server, key, f.id, args.steps, (args.clients, args.interval))
         finally:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.pool import NullPool
 
 # The seq column: BIGINT on PostgreSQL, INTEGER on SQLite (where only INTEGER PRIMARY KEY autoincrements).
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
@@ -136,7 +137,8 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url``. SQLite gets WAL (readers never wait for the scheduler's writes) and a busy
     timeout, and may be used from the API's thread pool and the scheduler thread."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # a new connection per session (opening an SQLite file is ~0.1 ms): no pool to run dry
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, poolclass=NullPool)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -146,7 +148,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
     else:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=40)
     Base.metadata.create_all(engine)
     _check_schema(engine)
     return engine

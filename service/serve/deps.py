@@ -36,7 +36,7 @@ async def db_session(ctx: Annotated[ServerContext, Depends(context)]) -> AsyncIt
         yield session
 
 
-async def caller(request: Request, session: Annotated[Session, Depends(db_session)]) -> ApiKey:
+async def caller(request: Request, session: Annotated[Session, Depends(db_session, scope="function")]) -> ApiKey:
     """The key in ``Authorization: Bearer KEY``; 401 (OpenAI's ``invalid_api_key``) when missing or unknown.
     The key is never echoed back, not even masked."""
     header = request.headers.get("authorization", "")
@@ -52,5 +52,8 @@ async def caller(request: Request, session: Annotated[Session, Depends(db_sessio
 
 
 Ctx = Annotated[ServerContext, Depends(context)]
-Db = Annotated[Session, Depends(db_session)]
-Caller = Annotated[ApiKey, Depends(caller)]
+# scope="function": the session is closed as soon as the route returns, not after the response is sent; with
+# the default the connections of every response still being sent stay checked out, and a burst of reads can
+# exhaust the pool while the event loop waits for it
+Db = Annotated[Session, Depends(db_session, scope="function")]
+Caller = Annotated[ApiKey, Depends(caller, scope="function")]

@@ -33,8 +33,11 @@ def jobs(live, training_file):
     """(to succeed, to cancel while running, to cancel while queued), created back to back."""
     server, alice, _ = live
     c = server.client(alice)
+    # the job to cancel while it trains has many steps, so the cancel always lands mid-training
+    long = {**TINY, "train": {**TINY["train"], "max_steps": 50}}
     made = [c.fine_tuning.jobs.create(model="demo", training_file=training_file.id, method=DPO, seed=7,
-                                      suffix=f"t{i}", metadata={"case": str(i)}, extra_body={"hdpo_tune": TINY})
+                                      suffix=f"t{i}", metadata={"case": str(i)},
+                                      extra_body={"hdpo_tune": long if i == 1 else TINY})
             for i in range(3)]
     return made
 

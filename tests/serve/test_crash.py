@@ -48,7 +48,7 @@ def test_sigkill_mid_job_resumes_from_checkpoint_and_finishes_once(server):
     f = c.files.create(file=("prefs.jsonl", demo_rows(16)), purpose="fine-tune")
     spec = {"model": {"name_or_path": "demo"}, "data": {"train": f.id, **TINY["data"]}, "lora": TINY["lora"],
             "hdpo": {"alpha": 0.8, "beta": 1.0},
-            "train": {**TINY["train"], "max_steps": 5, "batch_size": 2, "learning_rate": 3e-5}}
+            "train": {**TINY["train"], "max_steps": 6, "batch_size": 2, "learning_rate": 3e-5}}
     job = c.post("/hdpo/jobs", body={"spec": spec, "suffix": "crash"}, cast_to=dict)
     behind = c.fine_tuning.jobs.create(model="demo", training_file=f.id, extra_body={"hdpo_tune": TINY})
     run_dir = srv.data / "runs" / job["id"]
@@ -76,10 +76,10 @@ def test_sigkill_mid_job_resumes_from_checkpoint_and_finishes_once(server):
     resumed = re.search(r"resuming from step-\d+ \(step (\d+)\)", log.split("attempt 2", 1)[1])
     assert resumed is not None and int(resumed.group(1)) >= 2  # from the last checkpoint, not from scratch
     steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5]
+    assert steps == [1, 2, 3, 4, 5, 6]
     events = list(c.fine_tuning.jobs.list_events(job["id"], limit=200))
     metric_steps = sorted(e.data["step"] for e in events if e.type == "metrics")
-    assert metric_steps == sorted(set(metric_steps)) and metric_steps[-1] == 5
+    assert metric_steps == sorted(set(metric_steps)) and metric_steps[-1] == 6
     assert sum(e.message == "The job has successfully completed" for e in events) == 1
     assert any(e.message.startswith("Resuming after a server restart") for e in events)
     c.fine_tuning.jobs.cancel(behind.id)
