@@ -99,10 +99,13 @@ class Scheduler:
         with self.sessions() as db:
             for job_id in list(self.running):
                 self._watch(db, self.running[job_id])
-            self._resume_orphans(db)
-            self._start_queued(db)
+            waiting = self._resume_orphans(db)
+            self._start_queued(db, reserved=waiting)
 
-    def _free_slot(self) -> int | None:
+    def _free_slot(self, reserved: int = 0) -> int | None:
+        """A free worker slot, keeping ``reserved`` slots for interrupted jobs waiting to resume."""
+        if len(self.running) + reserved >= self.workers:
+            return None
         used = {r.slot for r in self.running.values()}
         return next((s for s in range(self.workers) if s not in used), None)
 
@@ -117,8 +120,8 @@ class Scheduler:
         db.commit()
         self.running[job.id] = Running(job.id, process, slot, MetricsReader(run_dir))
 
-    def _start_queued(self, db: Session) -> None:
-        while (slot := self._free_slot()) is not None and not self._stop.is_set():
+    def _start_queued(self, db: Session, reserved: int) -> None:
+        while (slot := self._free_slot(reserved)) is not None and not self._stop.is_set():
             job = db.scalar(select(JobRow).where(JobRow.status == "queued").order_by(JobRow.seq).limit(1))
             if job is None:
                 return
@@ -138,22 +141,26 @@ class Scheduler:
                 db.rollback()
                 self._fail(db, job_by_id(db, job.id), f"could not start the job process: {exc.strerror or exc}")
 
-    def _resume_orphans(self, db: Session) -> None:
-        """Jobs marked running that no process of this server runs: the server was killed or stopped."""
+    def _resume_orphans(self, db: Session) -> int:
+        """Jobs marked running that no process of this server runs: the server was killed or stopped.
+        Returns how many still wait (their folder is held by the old process, or no slot is free): their slots
+        are kept from queued jobs, so a resumed job never loses its place to a job queued after it."""
         t = now()
         orphans = db.scalars(select(JobRow).where(
             JobRow.status == "running", JobRow.id.not_in(list(self.running) or [""]),
             or_(JobRow.host == self.config.host_id, JobRow.host.is_(None), JobRow.lease_until < t))
             .order_by(JobRow.seq)).all()
+        waiting = 0
         for job in orphans:
             run_dir = self.config.runs_dir / job.id
             if job.cancel_requested:
                 if not self.executor.busy(run_dir):
                     self._finish(db, job, "cancelled", "The job was cancelled")
                 continue
-            slot = self._free_slot()
+            slot = self._free_slot(waiting)
             if slot is None or self._stop.is_set():
-                return
+                waiting += 1
+                continue
             step = (read_status(run_dir) or {}).get("step")
             try:
                 self._launch(db, job, slot, f"Resuming after a server restart: `hdpo-tune run` attempt "
@@ -161,9 +168,11 @@ class Scheduler:
                              f"{job.last_metrics_step or step or 0})")
             except Busy:
                 db.rollback()  # the previous process is still writing its checkpoint; next tick
+                waiting += 1
             except OSError as exc:
                 db.rollback()
                 self._fail(db, job, f"could not start the job process: {exc.strerror or exc}")
+        return waiting
 
     # --- watching ----------------------------------------------------------------------------------------
 

@@ -113,3 +113,66 @@ def test_a_database_of_another_schema_version_is_refused(tmp_path):
         con.execute("update meta set value = '0' where key = 'schema_version'")
     with pytest.raises(InputError, match="schema version 0, this hdpo-tune serve needs 1"):
         make_engine(url)
+
+
+class _FakeProcess:
+    def __init__(self) -> None:
+        self.pid = 4242
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        return self.code
+
+    def terminate(self) -> None:
+        self.code = 130
+
+
+class _FakeExecutor:
+    """Holds run folders as a dead server's job processes would (``held``); records what it starts."""
+
+    def __init__(self) -> None:
+        self.held: set[str] = set()
+        self.started: list[str] = []
+
+    def busy(self, run_dir) -> bool:  # type: ignore[no-untyped-def]
+        return run_dir.name in self.held
+
+    def start(self, job_id, run_dir, *, attempt, slot):  # type: ignore[no-untyped-def]
+        from service.serve.executor import Busy
+
+        if run_dir.name in self.held:
+            raise Busy(str(run_dir))
+        self.started.append(job_id)
+        return _FakeProcess()
+
+
+def test_an_interrupted_job_keeps_its_slot_until_its_folder_is_free(tmp_path):
+    """After a crash the old job process may still be writing its checkpoint: the queued job must not take
+    the slot meanwhile, and the job resumes (attempt 2) as soon as the folder is free."""
+    from service.serve.config import ServeConfig
+    from service.serve.db import ApiKey, JobRow, job_by_id, make_engine, session_factory
+    from service.serve.scheduler import Scheduler
+
+    config = ServeConfig(data_dir=tmp_path, workers=1, host_id="here")
+    sessions = session_factory(make_engine(config.database_url))
+    common = {"owner": "k", "model": "demo", "training_file": "file-x", "seed": 0, "method": {}, "request": {},
+              "created_at": 1, "result_files": [], "last_metrics_step": 0, "last_stage": "", "stages_reported": [],
+              "cancel_requested": False}
+    with sessions() as db:
+        db.add(ApiKey(id="k", name="k", key_hash="h", created_at=1, revoked=False))
+        db.add(JobRow(id="ftjob-crashed", status="running", host="here", attempts=1, **common))
+        db.add(JobRow(id="ftjob-queued", status="queued", attempts=0, **common))
+        db.commit()
+    for job_id in ("ftjob-crashed", "ftjob-queued"):
+        (config.runs_dir / job_id).mkdir(parents=True)
+    executor = _FakeExecutor()
+    executor.held.add("ftjob-crashed")
+    scheduler = Scheduler(config, sessions, executor)
+    scheduler.tick()
+    assert executor.started == []  # the slot waits for the crashed job
+    executor.held.clear()
+    scheduler.tick()
+    assert executor.started == ["ftjob-crashed"]
+    with sessions() as db:
+        assert job_by_id(db, "ftjob-crashed").attempts == 2
+        assert job_by_id(db, "ftjob-queued").status == "queued"
