@@ -124,6 +124,17 @@ def test_cancel_queued(live, jobs):
         c.fine_tuning.jobs.cancel(queued.id)
 
 
+def test_alpha_auto_through_extra_body(live, jobs, training_file):
+    server, alice, _ = live
+    c = server.client(alice)
+    job = c.fine_tuning.jobs.create(model="demo", training_file=training_file.id, extra_body={
+        "hdpo_tune": {"hdpo": {"alpha": "auto", "target_entropy": "0.8x"}, "lora": None}})
+    spec = yaml.safe_load((server.data / "runs" / job.id / "job.yaml").read_text())
+    assert spec["hdpo"] == {"alpha": "auto", "target_entropy": "0.8x"} and spec["lora"] is None
+    assert job.method.hdpo_tune["alpha"] == "auto" and job.method.hdpo_tune["lora"] is False
+    assert c.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # still queued behind jobs[0]
+
+
 def test_job_succeeds(live, jobs):
     server, alice, _ = live
     c = server.client(alice)
