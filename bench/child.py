@@ -30,20 +30,48 @@ def _peak_mb(gpu: bool) -> float:
 
 
 class _Clock:
-    """Per-step wall times and token counts from end-of-step callbacks."""
+    """Per-step wall times and token counts from end-of-step callbacks. On a GPU each end time is taken after
+    ``torch.cuda.synchronize()``: the step's kernels have finished, not merely been queued. ``profile``: a
+    ``torch.profiler`` table of one step (the first timed one) is written there."""
 
-    def __init__(self) -> None:
+    def __init__(self, gpu: bool = False, profile: str | None = None, warmup: int = 0) -> None:
         self.last = time.perf_counter()
         self.step_s: list[float] = []
         self.tokens: list[int] = []
         self.pending = 0
+        self.gpu, self.profile_path, self.warmup = gpu, profile, warmup
+        self.profiler = None
 
     def step_end(self) -> None:
+        if self.gpu:
+            import torch
+
+            torch.cuda.synchronize()
+        self._profile_hook(len(self.step_s) + 1)
         now = time.perf_counter()
         self.step_s.append(now - self.last)
         self.tokens.append(self.pending)
         self.pending = 0
         self.last = now
+
+    def _profile_hook(self, done: int) -> None:
+        """Start the profiler when the warm-up steps are done; stop and write the table one step later."""
+        if not self.profile_path:
+            return
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        if done == self.warmup and self.profiler is None:
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.gpu else [])
+            self.profiler = profile(activities=acts)
+            self.profiler.start()
+        elif done == self.warmup + 1 and self.profiler is not None:
+            self.profiler.stop()
+            key = "self_cuda_time_total" if self.gpu else "self_cpu_time_total"
+            table = self.profiler.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70)
+            Path(self.profile_path).write_text(f"one timed step ({'CUDA' if self.gpu else 'CPU'} kernels by self "
+                                               f"time; torch {torch.__version__})\n{table}\n")
+            self.profiler = None
 
 
 def run_hdpo(cfg: dict, rows: list[dict]) -> _Clock:
@@ -61,7 +89,7 @@ def run_hdpo(cfg: dict, rows: list[dict]) -> _Clock:
     pairs = [TokenizedPair(tuple(r["prompt_ids"]), tuple(r["chosen_ids"]), tuple(r["rejected_ids"]), f"bench:{i}")
              for i, r in enumerate(rows)]
     accelerator = Accelerator(cpu=not cfg["gpu"], mixed_precision="bf16" if cfg["gpu"] else "no")
-    clock = _Clock()
+    clock = _Clock(cfg["gpu"], cfg.get("profile"), cfg["warmup"])
 
     def on_metrics(m: dict) -> None:
         clock.pending = int(m["tokens"])
@@ -73,29 +101,21 @@ def run_hdpo(cfg: dict, rows: list[dict]) -> _Clock:
                         beta=cfg["beta"], save_every=10**9, seed=0, **options)
     ref_cache = None
     if cfg.get("precompute"):  # like TRL's precompute_ref_log_probs: scored once before training, not timed
-        import contextlib
-
-        from hdpo_core.forward import SequenceScorer, score
-        from hdpo_core.refcache import compute_ref_logps
+        from hdpo_core.refcache import precompute_reference
         from hdpo_core.trainer import make_batcher
 
-        device = accelerator.device
-        scorer = SequenceScorer((reference if reference is not None else policy).to(device)).eval()
-        ctx = scorer.reference_mode() if reference is None else contextlib.nullcontext()
-        batcher = make_batcher(opts, 0, scorer.model)
-        with ctx, accelerator.autocast():
-            ref_cache = compute_ref_logps(pairs, lambda ps: batcher(ps).to(device), lambda b: score(scorer, b),
-                                          cfg["micro"])
-        reference = None
-        del scorer
+        [(ref_cache, _)] = precompute_reference(accelerator, reference, policy, [(pairs, None)],
+                                                make_batcher(opts, 0, policy), batch_pairs=cfg["micro"])
+        reference = None  # the frozen copy is back on the host and never used again
     from hdpo_core.trainer import train as trainer_train
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # no checkpoints (paths.checkpoints None), final not written
         clock.last = time.perf_counter()
         trainer_train(accelerator, policy, reference, pairs, pad_token_id=0, alpha=ScheduledAlpha(1.0), opts=opts,
-              paths=TrainPaths(Path(tmp) / "ck", Path(tmp) / "final"), ref_cache=ref_cache,
-              save_final=lambda m: None, hooks=TrainHooks(on_metrics=on_metrics, on_message=lambda s: None),
-              **cfg.get("train_kwargs", {}))
+                      paths=TrainPaths(None, Path(tmp) / "final"), ref_cache=ref_cache,
+                      save_final=lambda m, state_dict=None: None,
+                      hooks=TrainHooks(on_metrics=on_metrics, on_message=lambda s: None),
+                      **cfg.get("train_kwargs", {}))
     return clock
 
 
@@ -105,7 +125,7 @@ def run_trl(cfg: dict, rows: list[dict]) -> _Clock:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    clock = _Clock()
+    clock = _Clock(cfg["gpu"], cfg.get("profile"), cfg["warmup"])
 
     class Timed(DPOTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -160,7 +180,22 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
+def check() -> None:
+    """``child.py --check``: both engines' imports work here (the device check's dry run)."""
+    import importlib.metadata as md
+
+    from datasets import Dataset  # noqa: F401
+    from trl import DPOConfig, DPOTrainer  # noqa: F401
+
+    import hdpo_core.trainer  # noqa: F401
+
+    print("child imports ok: trl " + md.version("trl") + ", datasets " + md.version("datasets"))
+
+
 def main() -> None:
+    if sys.argv[1] == "--check":
+        check()
+        return
     cfg = json.loads(Path(sys.argv[1]).read_text())
     if cfg.get("host_mem_cap_mb"):  # --max-batch on a CPU: a host-memory budget (heap and anonymous mappings)
         cap = int(cfg["host_mem_cap_mb"]) * 2**20

@@ -44,19 +44,32 @@ QWEN_SLICE_SHAPE = ModelShape(family="qwen2", vocab_size=151936 // 6, hidden_siz
 SHAPES = {"tiny": CPU_SHAPE, "qwen-slice": QWEN_SLICE_SHAPE, "qwen-0.5b": GPU_SHAPE}
 
 
-def forward_macs(row: dict, shape: ModelShape) -> tuple[float, float]:
-    """(attention, total) multiply-adds of one forward pass over a pair as hdpo-tune computes it: one packed
-    segment ``prompt | chosen | rejected`` (the rejected part sees the prompt, not the chosen part), the output
-    layer only on completion positions. Attention counts the score and value products (2 * d per attended
-    key); the rest is the projections and the MLP. Used to show how much of the cost growth with length is
-    the model's own attention work rather than the engine."""
+def forward_macs(row: dict, shape: ModelShape, shared_prompt: bool = True) -> tuple[float, float]:
+    """(attention, total) multiply-adds of one forward pass over a pair, the output layer only on completion
+    positions. ``shared_prompt`` (hdpo-tune): one packed segment ``prompt | chosen | rejected`` (the rejected
+    part sees the prompt, not the chosen part); otherwise (TRL) two sequences, the prompt computed twice.
+    Attention counts the score and value products (2 * d per attended key); the rest is the projections and
+    the MLP. Padding is never counted: these are the FLOPs the algorithm needs, not the ones a layout wastes."""
     p, c, r = len(row["prompt_ids"]), len(row["chosen_ids"]), len(row["rejected_ids"])
     d, d_ff, layers = shape.hidden_size, shape.intermediate_size, shape.num_hidden_layers
     kv = d * shape.num_key_value_heads // shape.num_attention_heads
-    keys = (p + c) * (p + c + 1) / 2 + r * p + r * (r + 1) / 2
+    if shared_prompt:
+        keys, tokens = (p + c) * (p + c + 1) / 2 + r * p + r * (r + 1) / 2, p + c + r
+    else:
+        keys, tokens = (p + c) * (p + c + 1) / 2 + (p + r) * (p + r + 1) / 2, 2 * p + c + r
     attention = layers * 2 * d * keys
-    linear = layers * (p + c + r) * (2 * d * d + 2 * d * kv + 3 * d * d_ff) + (c + r) * shape.vocab_size * d
+    linear = layers * tokens * (2 * d * d + 2 * d * kv + 3 * d * d_ff) + (c + r) * shape.vocab_size * d
     return attention, attention + linear
+
+
+def pair_train_flops(row: dict, shape: ModelShape, *, shared_prompt: bool, lora: bool, live_reference: bool
+                     ) -> float:
+    """FLOPs (2 per multiply-add) one training step spends on a pair, counted honestly: the policy forward,
+    its backward (2x the forward for full fine-tuning; about 1x under LoRA, which computes activation gradients
+    but no weight gradients of the frozen base), and the reference forward when it is not precomputed.
+    Gradient-checkpointing recomputation is not counted (as in MFU's usual definition)."""
+    fwd = 2 * forward_macs(row, shape, shared_prompt)[1]
+    return fwd * (2 if lora else 3) + (fwd if live_reference else 0.0)
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,10 @@ from bench.fixtures import (  # noqa: E402
     counted_tokens,
     forward_macs,
     make_pairs,
+    pair_train_flops,
 )
 
-H100_BF16_PEAK = 989e12
+SPEC_BF16_PEAK = 989e12  # H100/H200 SXM dense bf16, vendor spec sheet
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Plan:
     lengths: LengthSpec = field(default_factory=LengthSpec)
     engines: tuple[str, ...] = ("hdpo", "trl")
     hdpo_options: dict = field(default_factory=dict)
+    chunk_size: int | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,12 +85,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--engines", default="hdpo,trl", help="comma list (e.g. hdpo for ablations)")
     ap.add_argument("--hdpo-opt", action="append", default=[], metavar="KEY=VALUE",
                     help="TrainOptions override for the hdpo side (ablations), e.g. packing=false")
+    ap.add_argument("--chunk-size", type=int, default=None,
+                    help="hdpo output-layer chunk (tokens); a huge value = one [tokens, vocab] block (no chunking)")
     ap.add_argument("--sweep-lengths", action="store_true",
                     help="hdpo cost per token as mean pair length goes 256 -> 2048 at a fixed token budget")
     ap.add_argument("--max-batch", action="store_true",
                     help="largest batch (pairs, one micro-batch, one step) each engine fits: doubles from --batch "
                     "until out of memory or --max-batch-cap")
     ap.add_argument("--max-batch-cap", type=int, default=1024, help="largest batch --max-batch tries")
+    ap.add_argument("--max-batch-seconds", type=float, default=None,
+                    help="--max-batch: time budget over all engines (no new try starts after it)")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="write a torch.profiler table of the first timed step of rep 0 (one file per engine/mode)")
+    ap.add_argument("--model-dir", type=Path, default=None,
+                    help="reuse (or create) the random-weight model folder here instead of a temporary one")
     ap.add_argument("--host-mem-mb", type=int, default=None,
                     help="--max-batch on a CPU: memory budget per process (RLIMIT_DATA), the CPU's 'GPU memory'")
     ap.add_argument("--budget", type=int, default=None, help="counted tokens per step for --sweep-lengths")
@@ -118,22 +128,47 @@ def make_plan(a: argparse.Namespace) -> Plan:
                 grad_ckpt=a.grad_ckpt, precompute=a.precompute,
                 shape=SHAPES[a.shape] if a.shape else (GPU_SHAPE if a.gpu else CPU_SHAPE),
                 lengths=GPU_LENGTHS if a.gpu else CPU_LENGTHS, engines=tuple(a.engines.split(",")),
-                hdpo_options={k: _value(v) for k, v in (o.split("=", 1) for o in a.hdpo_opt)})
+                hdpo_options={k: _value(v) for k, v in (o.split("=", 1) for o in a.hdpo_opt)},
+                chunk_size=a.chunk_size)
 
 
 def versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import torch
-    import transformers
-    import trl
+    """Package versions from their metadata: nothing is imported (trl is needed only by its own child)."""
+    import importlib.metadata as md
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "trl": trl.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
-            "machine": platform.machine(), "cpu": _cpu_name(), "cpus": str(os.cpu_count())}
+    import torch
+
+    info = {"python": platform.python_version(), "machine": platform.machine(), "cpu": _cpu_name(),
+            "cpus": str(os.cpu_count())}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed"):
+        try:
+            info[name] = md.version(name)
+        except md.PackageNotFoundError:
+            info[name] = "absent"
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def matmul_peak(n: int = 8192, iters: int = 30) -> float:
+    """bf16 dense matmul FLOP/s measured on this GPU now (the MFU ceiling this card really reaches)."""
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(iters):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n**3 * iters / seconds
 
 
 def _cpu_name() -> str:
@@ -163,12 +198,23 @@ def run_child(cfg: dict, work: Path) -> dict:
     return res
 
 
-def summarize(res: dict, params: int, gpu: bool) -> dict:
+def flops_per_token(rows: list[dict], plan: Plan, engine: str, mode: str) -> float:
+    """The engine's own training FLOPs per counted token (see :func:`bench.fixtures.pair_train_flops`)."""
+    flops = sum(pair_train_flops(r, plan.shape, shared_prompt=engine == "hdpo", lora=mode == "lora",
+                                 live_reference=not plan.precompute) for r in rows)
+    return flops / sum(map(counted_tokens, rows))
+
+
+def summarize(res: dict, params: int, gpu: bool, flops_token: float | None = None,
+              measured_peak: float | None = None) -> dict:
     secs, toks = sum(res["step_s"]), sum(res["tokens"])
     out = {"tokens_per_s": toks / secs, "step_ms": 1000 * secs / len(res["step_s"]), "peak_mb": res["peak_mb"],
            "tokens_per_step": toks / len(res["tokens"])}
-    if gpu:
-        out["mfu"] = 6 * params * out["tokens_per_s"] / H100_BF16_PEAK
+    if gpu and flops_token:
+        out["tflops"] = flops_token * out["tokens_per_s"] / 1e12
+        out["mfu"] = flops_token * out["tokens_per_s"] / SPEC_BF16_PEAK
+        if measured_peak:
+            out["mfu_measured"] = flops_token * out["tokens_per_s"] / measured_peak
     return out
 
 
@@ -178,8 +224,8 @@ def _median(rows: list[dict], key: str) -> float:
 
 def table(summary: dict[str, dict[str, list[dict]]], gpu: bool) -> str:
     mem = "peak GPU MiB" if gpu else "peak RSS MiB"
-    head = f"| mode | engine | tokens/s | step ms | {mem} |" + (" MFU (6N) |" if gpu else "") + \
-        " tokens/s vs TRL | memory vs TRL |"
+    head = f"| mode | engine | tokens/s | step ms | {mem} |" + \
+        (" TFLOP/s | MFU (spec 989) | MFU (measured matmul) |" if gpu else "") + " tokens/s vs TRL | memory vs TRL |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode, by_engine in summary.items():
         trl = by_engine.get("trl")
@@ -187,7 +233,8 @@ def table(summary: dict[str, dict[str, list[dict]]], gpu: bool) -> str:
             tps, ms, mb = _median(rows, "tokens_per_s"), _median(rows, "step_ms"), _median(rows, "peak_mb")
             ratio = f"{tps / _median(trl, 'tokens_per_s'):.2f}x" if trl else "-"
             mratio = f"{mb / _median(trl, 'peak_mb'):.2f}x" if trl else "-"
-            mfu = f" {100 * _median(rows, 'mfu'):.1f}% |" if gpu else ""
+            mfu = (f" {_median(rows, 'tflops'):.0f} | {100 * _median(rows, 'mfu'):.1f}% | "
+                   f"{100 * _median(rows, 'mfu_measured'):.1f}% |") if gpu and "mfu_measured" in rows[0] else ""
             lines.append(f"| {mode} | {engine} | {tps:,.0f} | {ms:,.0f} | {mb:,.0f} |{mfu} {ratio} | {mratio} |")
     return "\n".join(lines)
 
@@ -196,14 +243,16 @@ def base_cfg(plan: Plan, model_dir: Path, data: Path) -> dict:
     return {"model_dir": str(model_dir), "data": str(data), "dtype": plan.shape.dtype, "gpu": plan.gpu,
             "warmup": plan.warmup, "steps": plan.steps, "batch": plan.batch, "micro": plan.micro, "lr": plan.lr,
             "beta": plan.beta, "grad_ckpt": plan.grad_ckpt, "threads": plan.threads, "precompute": plan.precompute,
-            "hdpo_options": plan.hdpo_options}
+            "hdpo_options": plan.hdpo_options, "profile": None,
+            "train_kwargs": {"chunk_size": plan.chunk_size} if plan.chunk_size else {}}
 
 
 def write_data(path: Path, rows: list[dict]) -> None:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
-def compare(plan: Plan, work: Path, params: int, model_dir: Path) -> dict:
+def compare(plan: Plan, work: Path, params: int, model_dir: Path, measured_peak: float | None = None,
+            profile: Path | None = None) -> dict:
     n = (plan.warmup + plan.steps) * plan.batch
     rows = make_pairs(n, plan.lengths, plan.shape.vocab_size, seed=1)
     data = work / "pairs.jsonl"
@@ -215,25 +264,35 @@ def compare(plan: Plan, work: Path, params: int, model_dir: Path) -> dict:
         for rep in range(plan.reps):
             for engine in plan.engines:  # alternating: hdpo, trl, hdpo, trl, ...
                 cfg = {**base_cfg(plan, model_dir, data), "engine": engine, "mode": mode, "rep": rep}
+                if profile is not None and rep == 0:
+                    cfg["profile"] = str(profile.with_name(f"{profile.stem}-{engine}-{mode}{profile.suffix}"))
                 res = run_child(cfg, work)
-                s = summarize(res, params, plan.gpu)
+                s = summarize(res, params, plan.gpu, flops_token=flops_token(rows, plan, engine, mode),
+                              measured_peak=measured_peak)
                 summary[mode][engine].append(s)
                 raw.append({"mode": mode, "engine": engine, "rep": rep, **s, "step_s": res["step_s"],
                             "tokens": res["tokens"]})
                 print(f"  {mode:4s} {engine:4s} rep {rep}: {s['tokens_per_s']:,.0f} tok/s, {s['step_ms']:,.0f} ms/step,"
                       f" peak {s['peak_mb']:,.0f} MiB", file=sys.stderr, flush=True)
     return {"summary": summary, "runs": raw, "data": {"pairs": n, "mean_counted_tokens_per_pair":
-                                                      sum(map(counted_tokens, rows)) / n}}
+                                                      sum(map(counted_tokens, rows)) / n},
+            "flops_per_token": {f"{e}/{m}": flops_per_token(rows, plan, e, m) for m in plan.modes
+                                for e in plan.engines}}
 
 
-def max_batch(plan: Plan, work: Path, params: int, model_dir: Path, cap: int, host_mem_mb: int | None = None
-              ) -> dict:
+def flops_token(rows: list[dict], plan: Plan, engine: str, mode: str) -> float | None:
+    return flops_per_token(rows, plan, engine, mode) if plan.gpu else None
+
+
+def max_batch(plan: Plan, work: Path, params: int, model_dir: Path, cap: int, host_mem_mb: int | None = None,
+              seconds: float | None = None) -> dict:
     """Per engine, the largest batch (pairs in one micro-batch, one optimizer step) that runs without running
     out of memory, doubling from ``plan.batch``; each try is its own process, so a failed try leaves nothing."""
     out: dict[str, dict] = {}
+    budget = seconds / len(plan.engines) if seconds else None
     for engine in plan.engines:
-        batch, best, tried = plan.batch, None, []
-        while batch <= cap:
+        batch, best, tried, t0 = plan.batch, None, [], time.perf_counter()
+        while batch <= cap and (budget is None or time.perf_counter() - t0 < budget):
             rows = make_pairs(batch, plan.lengths, plan.shape.vocab_size, seed=5)
             data = work / f"pairs-max-{batch}.jsonl"
             write_data(data, rows)
@@ -248,7 +307,8 @@ def max_batch(plan: Plan, work: Path, params: int, model_dir: Path, cap: int, ho
             if oom:
                 break
             best, batch = batch, batch * 2
-        out[engine] = {"largest_batch": best, "tried": tried, "reached_cap": batch > cap}
+        out[engine] = {"largest_batch": best, "tried": tried, "reached_cap": batch > cap,
+                       "out_of_time": not tried or not tried[-1]["oom"] and batch <= cap}
     return out
 
 
@@ -320,6 +380,17 @@ def sweep_table(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _model_folder(plan: Plan, folder: Path) -> int:
+    """Build the random-weight model folder, or reuse one of the same shape (several benchmark calls in one
+    GPU session build the ~1 GB folder once); returns the parameter count."""
+    marker = folder / "bench_shape.json"
+    if marker.exists() and json.loads(marker.read_text()) == asdict(plan.shape) and (folder / "params").exists():
+        return int((folder / "params").read_text())
+    params = build_model_folder(plan.shape, folder)
+    (folder / "params").write_text(str(params))
+    return params
+
+
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     plan = make_plan(a)
@@ -338,12 +409,18 @@ def main(argv: list[str] | None = None) -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="hdpo-bench-") as tmp:
         work = Path(tmp)
-        model_dir = work / "model"
-        params = build_model_folder(plan.shape, model_dir)
+        model_dir = a.model_dir or work / "model"
+        params = _model_folder(plan, model_dir)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         result = {"plan": asdict(plan), "params": params, "versions": versions(), "command": sys.argv}
+        peak = None
+        if plan.gpu and not a.max_batch:
+            peak = result["measured_bf16_matmul_flops"] = matmul_peak()
+            print(f"measured bf16 matmul peak: {peak / 1e12:.0f} TFLOP/s (spec sheet {SPEC_BF16_PEAK / 1e12:.0f})",
+                  file=sys.stderr, flush=True)
         if a.max_batch:
-            result["max_batch"] = max_batch(plan, work, params, model_dir, a.max_batch_cap, a.host_mem_mb)
+            result["max_batch"] = max_batch(plan, work, params, model_dir, a.max_batch_cap, a.host_mem_mb,
+                                            a.max_batch_seconds)
             text = max_batch_table(result["max_batch"], plan.gpu)
             name = "maxbatch"
         elif a.sweep_lengths:
@@ -352,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"\n\nmax/min cost per token: {result['sweep']['max_over_min']:.2f}"
             name = "sweep"
         else:
-            result.update(compare(plan, work, params, model_dir))
+            result.update(compare(plan, work, params, model_dir, peak, a.profile))
             text = table(result["summary"], plan.gpu)
             name = "compare"
     dev = "gpu" if plan.gpu else "cpu"

@@ -10,8 +10,10 @@ Packing (:func:`packed_batch`, the fast path) places each pair side by side in a
 the prompt but not the chosen one, and positions restart per pair (rejected continues from the prompt). The
 layout is described by ``segments``; :mod:`hdpo_core.forward` runs attention per segment (no ``[T, T]`` mask,
 no attention across segments, no work on padding). Position ids alone would NOT isolate sequences with
-sdpa/eager attention (pitfalls.md #1). :func:`block_mask_batch` is the earlier packed layout (one sequence per
-segment and an explicit block-causal 4D boolean mask), kept as a second reference for the tests.
+sdpa/eager attention.
+
+Both layouts also list the scored positions (``score_pos``/``score_tgt``/``score_seq``), computed here on the host,
+so the forward selects them with one gather instead of boolean indexing (a host sync on a GPU).
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ import torch
 
 from .logps import IGNORE_INDEX
 from .tokenize import TokenizedPair
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Host tensor -> ``device`` without a host sync: a plain (pageable) host-to-GPU copy synchronises the
+    stream, so on CUDA the tensor is pinned first and copied asynchronously (the caching host allocator keeps
+    the pinned buffer alive until the copy is done)."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,7 @@ class TokenBatch:
         segments: packed layout only, ``(row, start, prefix, branch_a, branch_b)`` per segment: tokens
             ``[start, start+prefix+branch_a)`` are causal; the ``branch_b`` tokens after them see the prefix and
             themselves but not ``branch_a``. A plain sequence is ``(row, start, length, 0, 0)``.
-        score_pos: with ``segments``, ``[M]`` flat indices into ``[rows*T]`` of the positions that predict a
+        score_pos: ``[M]`` flat indices into ``[rows*T]`` of the positions that predict a
             scored token (a position may predict two: the last prompt token predicts both completions' first).
         score_tgt: ``[M]`` the predicted token ids.
         score_seq: ``[M]`` their sequence index.
@@ -60,9 +71,9 @@ class TokenBatch:
 
     def to(self, device: torch.device | str) -> TokenBatch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=True)
+            return None if t is None else to_device(t, device)
 
-        return TokenBatch(*(getattr(self, f).to(device) for f in
+        return TokenBatch(*(to_device(getattr(self, f), device) for f in
                             ("input_ids", "position_ids", "attention_mask", "target_ids", "target_seq")),
                           num_pairs=self.num_pairs, num_tokens=self.num_tokens, segments=self.segments,
                           score_pos=move(self.score_pos), score_tgt=move(self.score_tgt),
@@ -105,7 +116,9 @@ def padded_batch(pairs: Sequence[TokenizedPair], pad_token_id: int) -> TokenBatc
     for r, (tokens, plen) in enumerate(seqs):
         _place(ids[r], pos[r], tgt[r], seq[r], 0, tokens, plen, r)
         mask[r, :len(tokens)] = 1
-    return TokenBatch(ids, pos, mask, tgt, seq, num_pairs=len(pairs), num_tokens=sum(len(t) for t, _ in seqs))
+    flat = tgt.reshape(-1).ne(IGNORE_INDEX).nonzero().squeeze(1)  # host tensors: row-major, as hidden[valid]
+    return TokenBatch(ids, pos, mask, tgt, seq, num_pairs=len(pairs), num_tokens=sum(len(t) for t, _ in seqs),
+                      score_pos=flat, score_tgt=tgt.reshape(-1)[flat], score_seq=seq.reshape(-1)[flat])
 
 
 def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -124,29 +137,6 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
             rows.append([i])
             fill.append(lengths[i])
     return rows
-
-
-def block_mask_batch(pairs: Sequence[TokenizedPair], pad_token_id: int, *, row_tokens: int) -> TokenBatch:
-    """Pack the pairs' sequences into rows of about ``row_tokens`` tokens with a block-causal 4D mask
-    (``[rows, 1, T, T]``; T² memory per row: a reference layout, not the fast path)."""
-    seqs = _sequences(pairs)
-    lengths = [len(t) for t, _ in seqs]
-    layout = pack_rows(lengths, max(row_tokens, max(lengths)))
-    width = max(sum(lengths[i] for i in row) for row in layout)
-    rows = len(layout)
-    ids, pos, tgt, seq = _blank_rows(rows, width, pad_token_id)
-    segment = torch.full((rows, width), -1, dtype=torch.long)
-    for r, row in enumerate(layout):
-        offset = 0
-        for i in sorted(row):
-            tokens, plen = seqs[i]
-            _place(ids[r], pos[r], tgt[r], seq[r], offset, tokens, plen, i)
-            segment[r, offset:offset + len(tokens)] = i
-            offset += len(tokens)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same = segment[:, :, None] == segment[:, None, :]
-    mask = (same & causal)[:, None, :, :]
-    return TokenBatch(ids, pos, mask, tgt, seq, num_pairs=len(pairs), num_tokens=sum(lengths))
 
 
 def packed_batch(pairs: Sequence[TokenizedPair], pad_token_id: int, *, row_tokens: int,

@@ -6,6 +6,12 @@ temporary sibling folder, fsynced, and renamed into place, and ``state.json`` is
 kill at any moment leaves either the previous complete checkpoint or the new complete one, never a torn one.
 Older checkpoints beyond ``keep`` are removed only after the new one is in place.
 
+Integrity: the last file written into a checkpoint is ``checksums.json`` (size and SHA-256 of every other file,
+``state.json`` included). A resume takes the newest checkpoint that verifies (:func:`usable_checkpoint`): a
+truncated weights file, a broken ``state.json`` or a flipped byte in the optimizer state is named in one
+warning line and the previous checkpoint is used instead; none usable is one error. Checkpoints written before
+checksums existed are verified by loading every file (catches truncation, not silent corruption).
+
 Distributed runs: only the main process writes. Under DDP every rank holds the same weights and optimizer
 state, so rank 0's copy is the checkpoint. Under FSDP2 and DeepSpeed ZeRO-3 the trainable weights (and, under
 FSDP2, the optimizer state) are gathered into full tensors first (collectives: every rank calls
@@ -17,6 +23,7 @@ builds its fp32 master copy from them); the optimizer and scheduler after it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +35,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 PREFIX = "step-"
+MANIFEST = "checksums.json"
+_REQUIRED = ("trainable.safetensors", "scheduler.pt", "rng.pt", "state.json")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -132,6 +141,7 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, op
         json.dump({"step": step, **state}, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
+    _write_manifest(tmp, [*names, "state.json"])
     _fsync_dir(tmp)
     replaced = _move_aside(final) if final.exists() else None  # the same step again (a rerun of the last)
     os.replace(tmp, final)
@@ -141,6 +151,113 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, op
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(_move_aside(old), ignore_errors=True)
     return final
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _write_manifest(folder: Path, names: list[str]) -> None:
+    files = {n: {"size": (folder / n).stat().st_size, "sha256": _sha256(folder / n)} for n in names}
+    with open(folder / MANIFEST, "w", encoding="utf-8") as fh:
+        json.dump({"algorithm": "sha256", "files": files}, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+_verified: dict[tuple[str, tuple[tuple[str, int, int, int], ...]], str | None] = {}
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """``None`` when the checkpoint at ``path`` is intact, else what is wrong (for a one-line message).
+
+    Memoised on the files' identity (inode, size, mtime), so the service and the trainer checking the same
+    checkpoint in one process hash it once.
+    """
+    try:
+        key = (str(path), tuple(sorted((f.name, f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns)
+                                       for f in path.iterdir())))
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if key not in _verified:
+        _verified[key] = _check_manifest(path) if (path / MANIFEST).exists() else _check_by_loading(path)
+    return _verified[key]
+
+
+def _check_manifest(path: Path) -> str | None:
+    try:
+        files = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
+        entries = [(str(n), int(m["size"]), str(m["sha256"])) for n, m in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{MANIFEST} is unreadable"
+    missing = [n for n in _REQUIRED if n not in files]
+    if missing:
+        return f"{MANIFEST} does not list {missing[0]}"
+    for name, size, digest in entries:
+        f = path / name
+        if os.sep in name or not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} is {f.stat().st_size} bytes, {size} were written (truncated?)"
+        if _sha256(f) != digest:
+            return f"{name} does not match its checksum"
+    return _check_state(path)
+
+
+def _check_state(path: Path) -> str | None:
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "state.json is unreadable"
+    return None
+
+
+def _check_by_loading(path: Path) -> str | None:
+    """A checkpoint from before checksums: every file must load."""
+    from safetensors import safe_open
+
+    bad = _check_state(path)
+    if bad:
+        return bad
+    try:
+        with safe_open(str(path / "trainable.safetensors"), framework="pt") as fh:
+            for name in fh.keys():
+                fh.get_tensor(name)
+    except Exception:  # safetensors raises its own error types for a torn file
+        return "trainable.safetensors does not load"
+    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+        f = path / name
+        if name == "optimizer.pt" and not f.exists():
+            continue
+        try:
+            torch.load(f, weights_only=True)
+        except Exception:  # torch raises RuntimeError, EOFError, UnpicklingError... for a torn file
+            return f"{name} does not load"
+    return None
+
+
+def usable_checkpoint(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint under ``root`` that verifies, and one line per newer damaged one skipped.
+
+    Raises :class:`RunError` when checkpoints exist but none verifies (resuming from nothing would silently
+    restart a run that the user thinks is resumable).
+    """
+    from .errors import RunError
+
+    skipped: list[str] = []
+    found = list_checkpoints(root)
+    for path in reversed(found):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path, skipped
+        skipped.append(f"warning: checkpoint {path} is damaged ({problem}); skipping it")
+    if found:
+        names = "; ".join(f"{p.name}: {verify_checkpoint(p)}" for p in reversed(found))
+        raise RunError(f"no usable checkpoint under {root} ({names}); restore it from a backup, or move the "
+                       "folder away (or use --force) to train from scratch")
+    return None, skipped
 
 
 def _move_aside(path: Path) -> Path:

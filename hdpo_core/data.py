@@ -4,10 +4,13 @@ Formats (TRL's names):
 
 * standard, explicit prompt: ``{"prompt": str, "chosen": str, "rejected": str}``
 * standard, implicit prompt: ``{"chosen": str, "rejected": str}``; the prompt is the longest common
-  character prefix of the two.
+  character prefix of the two here, and the tokenizer moves the boundary back to the longest common *token*
+  prefix of the two full sequences (:mod:`hdpo_core.tokenize`), so it never ends inside a token.
 * conversational, explicit prompt: ``prompt``/``chosen``/``rejected`` are lists of ``{role, content}``.
 * conversational, implicit prompt: ``chosen``/``rejected`` are full conversations; the shared message
   prefix is the prompt.
+* OpenAI's preference fine-tuning rows (``input.messages``, ``preferred_output``, ``non_preferred_output``),
+  mapped to the conversational format by :mod:`hdpo_core.openai_format`.
 
 Every problem names ``file:row`` (1-based row; JSONL rows are line numbers) so users can fix their data.
 """
@@ -23,7 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InputError
+from .openai_format import is_openai_row, openai_to_conversational
 
+MAX_ROW_BYTES = 64 << 20  # one JSONL row; a preference pair is kilobytes, so this only stops a runaway line
 Format = Literal["standard", "conversational"]
 
 
@@ -37,6 +42,8 @@ class PreferenceRow:
     rejected: Any
     format: Format
     source: str  # "file:row", for messages
+    implicit_prompt: bool = False  # the prompt was the shared prefix of chosen and rejected
+    tools: list[dict[str, Any]] | None = None  # tool schemas handed to the chat template (OpenAI rows)
 
 
 @dataclass
@@ -121,8 +128,12 @@ def _iter_hub(repo_id: str, split: str) -> Iterator[tuple[str, Any]]:
 
 
 def _iter_jsonl(p: Path) -> Iterator[tuple[str, Any]]:
+    """Rows of a JSONL file; a line is read with a size bound so a file without newlines cannot fill memory."""
     with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
+        for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_ROW_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_ROW_BYTES:
+                raise InputError(f"{p}:{lineno}: line is longer than {MAX_ROW_BYTES >> 20} MiB; each line must be "
+                                 "one preference row (is this file JSONL?)")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -138,6 +149,9 @@ def _iter_jsonl(p: Path) -> Iterator[tuple[str, Any]]:
             except RecursionError:
                 raise InputError(f"{p}:{lineno}: JSON nested too deeply; each line must be one flat row "
                                  "object") from None
+            except ValueError as exc:  # e.g. an integer of more than 4300 digits
+                raise InputError(f"{p}:{lineno}: invalid JSON value ({str(exc)[:80]}); each line must be one "
+                                 "JSON object") from None
             yield f"{p}:{lineno}", row
 
 
@@ -150,6 +164,9 @@ def _iter_json(p: Path) -> Iterator[tuple[str, Any]]:
         raise InputError(f"{p}: not UTF-8 text (byte offset {exc.start}); save the file as UTF-8") from None
     except RecursionError:
         raise InputError(f"{p}: JSON nested too deeply; the file must hold a list of row objects") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise InputError(f"{p}: invalid JSON value ({str(exc)[:80]}); the file must hold a list of row "
+                         "objects") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -168,19 +185,25 @@ def normalise_row(location: str, row: Any) -> PreferenceRow:
     """Check one raw row and return it normalised; raises :class:`InputError` naming ``location``."""
     if not isinstance(row, dict):
         raise InputError(f"{location}: row must be a JSON object with 'chosen' and 'rejected', got {type(row).__name__}")
+    if is_openai_row(row):
+        prompt, chosen, rejected, tools = openai_to_conversational(location, row)
+        return _checked(location, prompt, chosen, rejected, "conversational", implicit=False, tools=tools)
     for key in ("chosen", "rejected"):
         if key not in row or row[key] is None:
             raise InputError(f"{location}: missing field '{key}'; every row needs 'chosen' and 'rejected' "
                              "(and optionally 'prompt')")
     chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
+    implicit = prompt is None
+    whole: tuple[Any, Any] | None = None
     if isinstance(chosen, str) and isinstance(rejected, str):
         if prompt is None:
+            # one text may extend the other ("A: 14" / "A: 146"): the token split decides, not the characters
+            whole = (chosen, rejected)
             prompt, chosen, rejected = _split_common_prefix_str(chosen, rejected)
         elif not isinstance(prompt, str):
             raise InputError(f"{location}: field 'prompt' must be a string like 'chosen'/'rejected', "
                              f"got {type(prompt).__name__}")
         fmt: Format = "standard"
-        empty = [k for k, v in (("chosen", chosen), ("rejected", rejected)) if not v.strip()]
     elif _is_messages(chosen) and _is_messages(rejected):
         if prompt is None:
             prompt, chosen, rejected = _split_common_prefix_messages(chosen, rejected)
@@ -188,19 +211,32 @@ def normalise_row(location: str, row: Any) -> PreferenceRow:
             raise InputError(f"{location}: field 'prompt' must be a list of {{role, content}} messages "
                              "like 'chosen'/'rejected'")
         fmt = "conversational"
-        empty = [k for k, v in (("chosen", chosen), ("rejected", rejected))
-                 if not v or not any(m["content"].strip() for m in v)]
     else:
         raise InputError(
             f"{location}: 'chosen' and 'rejected' must both be strings (standard format) or both lists of "
             f"{{role, content}} messages (conversational); got {_type_name(chosen)} and {_type_name(rejected)}"
         )
+    return _checked(location, prompt, chosen, rejected, fmt, implicit=implicit, tools=None, whole=whole)
+
+
+def _checked(location: str, prompt: Any, chosen: Any, rejected: Any, fmt: Format, *, implicit: bool,
+             tools: list[dict[str, Any]] | None, whole: tuple[Any, Any] | None = None) -> PreferenceRow:
+    """The checks every format shares: no empty completion (``whole``: the texts to check instead, for standard
+    implicit rows), no pair without a preference."""
+    def is_empty(v: Any) -> bool:
+        if isinstance(v, str):
+            return not v.strip()
+        return not any(m["content"].strip() or m.get("tool_calls") for m in v)
+
+    texts = whole if whole is not None else (chosen, rejected)
+    empty = [k for k, v in zip(("chosen", "rejected"), texts, strict=True) if is_empty(v)]
     if empty:
         raise InputError(f"{location}: empty completion in '{empty[0]}'; remove the row or fill it in")
     if chosen == rejected:
         raise InputError(f"{location}: 'chosen' is identical to 'rejected', so the pair carries no preference; "
                          "remove the row")
-    return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected, format=fmt, source=location)
+    return PreferenceRow(prompt=prompt, chosen=chosen, rejected=rejected, format=fmt, source=location,
+                         implicit_prompt=implicit, tools=tools)
 
 
 def _type_name(value: Any) -> str:

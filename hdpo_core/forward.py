@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .batching import TokenBatch
+from .batching import TokenBatch, to_device
 from .logps import chunked_token_logps
 
 
@@ -77,36 +77,52 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     rows, heads, width, dim = query.shape
+    masks = _branch_masks(segments, query.device)
     out_rows = []
     # 4D [1, H, L, D] inputs keep sdpa on its fused CPU/GPU kernels (3D falls back to the math path), and
-    # unbind/split (not slicing) keep the backward to one concatenation instead of a full-size copy per slice
+    # unbind/split (not slicing) keep the backward to one concatenation instead of a full-size copy per slice;
+    # prefix and branch a are adjacent, so their causal block is one split piece (no concatenation)
     for row, (q_r, k_r, v_r) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0), strict=True)):
-        segs = [s for s in segments if s[0] == row]
+        segs = [(i, s) for i, s in enumerate(segments) if s[0] == row]
         sizes: list[int] = []
         cursor = 0
-        for _, start, prefix, a, b in segs:
-            sizes += [start - cursor, prefix, a, b]
+        for _, (_, start, prefix, a, b) in segs:
+            sizes += [start - cursor, prefix + a, b]
             cursor = start + prefix + a + b
         sizes.append(width - cursor)
         qs, ks, vs = (t.unsqueeze(0).split(sizes, dim=2) for t in (q_r, k_r, v_r))
         pieces = []
-        for i, (_, _, prefix, a, b) in enumerate(segs):
-            gap, p_, a_, b_ = 4 * i, 4 * i + 1, 4 * i + 2, 4 * i + 3
+        for n, (i, (_, _, prefix, _, b)) in enumerate(segs):
+            gap, pa, b_ = 3 * n, 3 * n + 1, 3 * n + 2
             if sizes[gap]:
                 pieces.append(qs[gap].new_zeros(1, heads, sizes[gap], dim))
-            q_pa, k_pa, v_pa = ((torch.cat([t[p_], t[a_]], dim=2) if a else t[p_]) for t in (qs, ks, vs))
-            pieces.append(F.scaled_dot_product_attention(q_pa, k_pa, v_pa, is_causal=True,
-                                                         dropout_p=dropout, scale=scaling))
+            pieces.append(F.scaled_dot_product_attention(qs[pa], ks[pa], vs[pa], is_causal=True, dropout_p=dropout,
+                                                         scale=scaling))
             if b:
                 # query i of the branch sees the prefix and branch tokens 0..i: bottom-right aligned causal
-                mask = torch.ones(b, prefix + b, dtype=torch.bool, device=query.device).tril(diagonal=prefix)
                 pieces.append(F.scaled_dot_product_attention(
-                    qs[b_], torch.cat([ks[p_], ks[b_]], dim=2), torch.cat([vs[p_], vs[b_]], dim=2),
-                    attn_mask=mask, dropout_p=dropout, scale=scaling))
+                    qs[b_], torch.cat([ks[pa][:, :, :prefix], ks[b_]], dim=2),
+                    torch.cat([vs[pa][:, :, :prefix], vs[b_]], dim=2), attn_mask=masks[i], dropout_p=dropout,
+                    scale=scaling))
         if sizes[-1]:
             pieces.append(query.new_zeros(1, heads, sizes[-1], dim))
         out_rows.append(torch.cat(pieces, dim=2))
     return torch.cat(out_rows).transpose(1, 2).contiguous()  # [rows, T, H, D]
+
+
+_MASKS: dict[tuple[object, ...], dict[int, torch.Tensor]] = {}
+
+
+def _branch_masks(segments: tuple[tuple[int, int, int, int, int], ...], device: torch.device
+                  ) -> dict[int, torch.Tensor]:
+    """Segment index -> the ``[b, prefix + b]`` boolean mask of its second branch, built once per batch (every
+    layer, and a checkpointed layer's recomputation, reuses them instead of launching two kernels per pair)."""
+    key = (segments, str(device))
+    if key not in _MASKS:
+        _MASKS.clear()  # one batch at a time: the masks of the previous batch are dropped
+        _MASKS[key] = {i: to_device(torch.ones(b, prefix + b, dtype=torch.bool).tril(diagonal=prefix), device)
+                       for i, (_, _, prefix, _, b) in enumerate(segments) if b}
+    return _MASKS[key]
 
 
 def _install_segment_attention() -> None:
@@ -139,7 +155,7 @@ def supports_segment_attention(lm: nn.Module) -> bool:
 def segments_to_mask(segments: tuple[tuple[int, int, int, int, int], ...], rows: int, width: int,
                      device: torch.device | None = None) -> torch.Tensor:
     """The ``[rows, 1, T, T]`` boolean mask equivalent to ``segments`` (fallback and tests)."""
-    mask = torch.zeros(rows, width, width, dtype=torch.bool, device=device)
+    mask = torch.zeros(rows, width, width, dtype=torch.bool)  # built on the host: no per-segment device work
     for row, start, prefix, a, b in segments:
         end = start + prefix + a
         mask[row, start:end, start:end] = torch.ones(end - start, end - start, dtype=torch.bool).tril()
@@ -149,7 +165,7 @@ def segments_to_mask(segments: tuple[tuple[int, int, int, int, int], ...], rows:
     # padding rows attend to themselves so softmax stays finite (their outputs are never scored)
     idle = ~mask.any(-1)
     mask[idle.nonzero(as_tuple=True) + (idle.nonzero(as_tuple=True)[1],)] = True
-    return mask[:, None]
+    return to_device(mask[:, None], device) if device is not None else mask[:, None]
 
 
 def uses_segment_kernel(model: nn.Module) -> bool:
@@ -181,6 +197,13 @@ class SequenceScorer(nn.Module):
     @property
     def causal_lm(self) -> nn.Module:
         return unwrap_causal_lm(self.model)
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The decoder-layer classes, so accelerate's FSDP2 auto-wrap shards per layer (without it the whole model
+        is one unit: memory like DDP). No ``get_output_embeddings`` here on purpose: the output layer stays in
+        the root unit, unsharded during the forward where the chunked log-probs read its weight."""
+        return list(getattr(self.causal_lm, "_no_split_modules", None) or [])
 
     @contextlib.contextmanager
     def reference_mode(self) -> Iterator[None]:
@@ -221,23 +244,10 @@ class SequenceScorer(nn.Module):
         if score_pos is not None:
             h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, score_pos)  # [N, H]
             targets, seq = score_tgt, score_seq
-        else:
+        else:  # boolean indexing: a host sync on a GPU (batches from hdpo_core.batching carry score_pos)
             valid = target_ids.ne(-100)
-            h = hidden[valid]  # [N, H]
-            targets = target_ids[valid]  # [N]
-            seq = target_seq[valid]  # [N]
-        head = lm.get_output_embeddings()
-        softcap = getattr(lm.config, "final_logit_softcapping", None)
-        if isinstance(head, nn.Linear) and not softcap and type(head).forward is nn.Linear.forward:
-            token_logps, token_entropy = chunked_token_logps(h, head.weight, targets, bias=head.bias,
-                                                             chunk_size=self.chunk_size)
-        else:  # exotic heads (soft-capping, LoRA on lm_head): plain path on the selected positions only
-            logits = head(h).float()
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            logp = torch.log_softmax(logits, dim=-1)
-            token_logps = logp.gather(1, targets[:, None]).squeeze(1)
-            token_entropy = -(logp.exp() * logp).sum(-1).detach()
+            h, targets, seq = hidden[valid], target_ids[valid], target_seq[valid]  # [N, H], [N], [N]
+        token_logps, token_entropy = output_logps(lm, h, targets, self.chunk_size)
         zeros = torch.zeros(num_seqs, dtype=torch.float32, device=h.device)
         logps = zeros.index_add(0, seq, token_logps)
         entropy = zeros.index_add(0, seq, token_entropy.detach())
@@ -245,12 +255,50 @@ class SequenceScorer(nn.Module):
         return logps, entropy, counts
 
 
+def output_logps(lm: nn.Module, h: torch.Tensor, targets: torch.Tensor, chunk_size: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token ``(logps, entropy)`` of ``targets`` from final hidden states ``h`` ``[N, H]``.
+
+    A plain ``nn.Linear`` head goes through :func:`chunked_token_logps` (reads ``head.weight`` directly). Other
+    heads (soft-capping, LoRA on lm_head) and a head whose weight is partitioned by DeepSpeed ZeRO-3 (an empty
+    placeholder outside the head's own forward) call the head MODULE, chunk by chunk under activation
+    checkpointing: memory stays one ``[chunk, vocab]`` block, and ZeRO-3 gathers the weight in each call.
+    """
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    partitioned = getattr(getattr(head, "weight", None), "ds_id", None) is not None
+    if isinstance(head, nn.Linear) and not softcap and not partitioned and type(head).forward is nn.Linear.forward:
+        return chunked_token_logps(h, head.weight, targets, bias=head.bias, chunk_size=chunk_size)
+    from torch.utils.checkpoint import checkpoint
+
+    logps, entropy = [], []
+    for start in range(0, h.shape[0], chunk_size):
+        lp, ent = checkpoint(_head_chunk, head, h[start:start + chunk_size], targets[start:start + chunk_size],
+                             softcap, use_reentrant=False)
+        logps.append(lp)
+        entropy.append(ent.detach())
+    if not logps:
+        empty = h.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    return torch.cat(logps), torch.cat(entropy)
+
+
+def _head_chunk(head: nn.Module, h: torch.Tensor, targets: torch.Tensor, softcap: float | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = head(h).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp.gather(1, targets[:, None]).squeeze(1), -(logp.exp() * logp).sum(-1)
+
+
 def score(scorer: nn.Module, batch: TokenBatch) -> SequenceScores:
     """Run a (possibly accelerate-wrapped) :class:`SequenceScorer` on a batch."""
-    extra = {}
+    extra: dict[str, object] = {}
+    if batch.score_pos is not None:
+        extra = {"score_pos": batch.score_pos, "score_tgt": batch.score_tgt, "score_seq": batch.score_seq}
     if batch.segments is not None:
-        extra = {"segments": batch.segments, "score_pos": batch.score_pos, "score_tgt": batch.score_tgt,
-                 "score_seq": batch.score_seq}
+        extra["segments"] = batch.segments
     logps, entropy, counts = scorer(batch.input_ids, batch.position_ids, batch.attention_mask,
                                     batch.target_ids, batch.target_seq, 2 * batch.num_pairs, **extra)
     return SequenceScores(logps=logps, entropy_sum=entropy, token_counts=counts)

@@ -1,10 +1,10 @@
-"""Reference log-probs computed once and cached on disk.
+"""The reference's log-probs: scored live (:func:`live_reference`), or computed once and cached on disk.
 
 The reference never changes during training, so its log-probs can be computed in one no-grad pass and
 reused by every step, by a resumed run, and by later runs on the same model and data (a sweep over alpha).
 The cache key covers what the numbers depend on: the model's weights fingerprint and dtype, and the exact
 token ids of every pair (hence the data, the tokenizer, the chat template, max_length and truncation).
-TRL's precompute has been its most-patched area (anchors.md §3.2); here the cache is a plain safetensors
+Here the cache is a plain safetensors
 file keyed by content, written atomically, and verified against the pair count when loaded.
 
 Distributed: :func:`compute_ref_logps_sharded` gives rank ``r`` the micro-batches ``r, r + world, ...`` of the
@@ -14,17 +14,20 @@ the results; only the main process writes the cache file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from .batching import TokenBatch
-from .forward import SequenceScores
+from .batching import TokenBatch, to_device
+from .forward import SequenceScorer, SequenceScores, score
 from .tokenize import TokenizedPair
 
 
@@ -37,10 +40,38 @@ class RefLogps:
     entropy_sum: torch.Tensor
     token_counts: torch.Tensor
 
+    def to(self, device: torch.device | str) -> RefLogps:
+        return RefLogps(self.logps.to(device), self.entropy_sum.to(device), self.token_counts.to(device))
+
     def take(self, indices: Sequence[int]) -> SequenceScores:
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        idx = to_device(torch.as_tensor(list(indices), dtype=torch.long), self.logps.device)
         return SequenceScores(self.logps[idx].reshape(-1), self.entropy_sum[idx].reshape(-1),
                               self.token_counts[idx].reshape(-1))
+
+
+def live_reference(frozen: nn.Module | None, policy: nn.Module, *, device: torch.device | str,
+                   chunk_size: int = 1024,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   ) -> Callable[[TokenBatch], SequenceScores]:
+    """The reference's scores of a batch, live: THE place that says what "the reference" is.
+
+    Full fine-tuning: the frozen copy ``frozen`` (moved to ``device``). LoRA (``frozen is None``): the policy
+    itself with its adapter switched off, so there is no second copy of the weights. ``policy`` may be the
+    trainer's (unwrapped, possibly FSDP-sharded) :class:`SequenceScorer` or a bare model. No grad, under
+    ``autocast`` (the accelerator's mixed precision), so it equals the numbers the loss compares against.
+    """
+    if frozen is not None:
+        scorer = SequenceScorer(frozen.to(device), chunk_size=chunk_size).eval()
+        mode: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    else:
+        scorer = policy if isinstance(policy, SequenceScorer) else SequenceScorer(policy, chunk_size=chunk_size)
+        mode = scorer.reference_mode
+
+    def scores(batch: TokenBatch) -> SequenceScores:
+        with torch.no_grad(), autocast(), mode():
+            return score(scorer, batch)
+
+    return scores
 
 
 def cache_key(model_fingerprint: str, dtype: str, pairs: Sequence[TokenizedPair]) -> str:
@@ -127,14 +158,46 @@ def save_cached(path: Path, ref: RefLogps) -> None:
     os.replace(tmp, path)
 
 
-def load_or_compute(cache_dir: Path | None, key: str, num_pairs: int, compute: Callable[[], RefLogps]) -> tuple[RefLogps, bool]:
-    """Return ``(ref, hit)``: the cached tensors for ``key`` if present and complete, else computed and saved
-    (single process; the distributed path is in the service's train stage)."""
-    path = cache_path(cache_dir, key) if cache_dir is not None else None
-    cached = load_cached(path, num_pairs) if path is not None else None
+def precompute_reference(accelerator: Any, frozen: nn.Module | None, policy: nn.Module,
+                         sets: Sequence[tuple[Sequence[TokenizedPair], Path | None]],
+                         make_batch: Callable[[Sequence[TokenizedPair]], TokenBatch], *, batch_pairs: int,
+                         chunk_size: int = 1024) -> list[tuple[RefLogps, bool]]:
+    """Reference log-probs of each ``(pairs, cache_file)`` set, loaded from ``cache_file`` or computed (over
+    all ranks) and written there; returns ``(ref, cache_hit)`` per set. Afterwards the frozen full-FT copy
+    goes back to the host: training and evaluation then read these tensors, never the model.
+
+    The main process decides hit or miss (its disk is the one that counts) and tells the others. A hit is
+    broadcast from the main process; a miss is scored in shards over all ranks (:func:`compute_ref_logps_sharded`)
+    and gathered, and only the main process writes the file, so the cache may live on a node-local disk.
+    Call before ``accelerator.prepare`` (not under DeepSpeed ZeRO-3, which partitions weights at load).
+    """
+    device = accelerator.device
+    if frozen is None:
+        policy.to(device)  # LoRA: the policy with its adapter off is the reference (prepare() leaves it placed)
+    score_ref = live_reference(frozen, policy, device=device, chunk_size=chunk_size, autocast=accelerator.autocast)
+    out = [_load_or_compute(accelerator, path, pairs, lambda ps: make_batch(ps).to(device), score_ref, batch_pairs)
+           for pairs, path in sets]
+    if frozen is not None:
+        frozen.to("cpu")
+    return out
+
+
+def _load_or_compute(accelerator: Any, path: Path | None, pairs: Sequence[TokenizedPair],
+                     make_batch: Callable[[Sequence[TokenizedPair]], TokenBatch],
+                     score_ref: Callable[[TokenBatch], SequenceScores], batch_pairs: int) -> tuple[RefLogps, bool]:
+    world = accelerator.num_processes
+    cached = load_cached(path, len(pairs)) if path is not None and accelerator.is_main_process else None
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = [cached]
+        broadcast_object_list(box, from_process=0)
+        cached = box[0]
     if cached is not None:
         return cached, True
-    ref = compute()
-    if path is not None:
+    ref = compute_ref_logps_sharded(pairs, make_batch, score_ref, batch_pairs, rank=accelerator.process_index,
+                                    world=world, gather=lambda t: accelerator.gather(t.to(accelerator.device)))
+    if path is not None and accelerator.is_main_process:
         save_cached(path, ref)
+    accelerator.wait_for_everyone()
     return ref, False

@@ -1,8 +1,14 @@
 """Tokenise preference rows at the prompt/completion boundary, TRL's way, but never silently misaligned.
 
-* standard: ``completion = ids(prompt + chosen)[len(ids(prompt)):] + [eos]``.
+* standard: ``completion = ids(prompt + chosen)[len(ids(prompt)):] + [eos]``; EOS is added only when the
+  completion does not already end with it (TRL appends the EOS text only when it is missing).
+* standard with an implicit prompt: the two full sequences are tokenised and the prompt is their longest
+  common *token* prefix. The shared *character* prefix usually ends inside a token with byte-level BPE
+  (``" 146"`` vs ``" 148"`` share ``" 14"``, which is no token of either) or on a space that belongs to the
+  next word, so it is never tokenised on its own.
 * conversational: the prompt is rendered with the chat template and ``add_generation_prompt=True``; the
-  completion is the rest of ``render(prompt + chosen)``; no extra EOS (the template closes the turn).
+  completion is the rest of ``render(prompt + chosen)``; no extra EOS (the template closes the turn). Tool
+  schemas of the row (OpenAI's ``input.tools``) are passed to the template, as TRL passes a ``tools`` column.
 
 TRL only *warns* when ``ids(prompt)`` is not a prefix of ``ids(prompt + chosen)`` (its issues #5213,
 #6105, #4481) and trains on misaligned labels. Here it is a row error naming ``file:row``.
@@ -51,19 +57,49 @@ def _ids(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
-def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> str:
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt))
+def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool,
+            tools: list[dict[str, Any]] | None) -> str:
+    return str(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=generation_prompt))
+
+
+def _common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _with_eos(completion: list[int], eos_id: int | None) -> list[int]:
+    """Append EOS unless there is none to add (chat template) or the completion already ends with it."""
+    return completion if eos_id is None or completion[-1:] == [eos_id] else completion + [eos_id]
+
+
+def _check_template_renders(tokenizer: Any, row: PreferenceRow) -> None:
+    """Tools or tool calls that the chat template never mentions would be dropped from the text silently."""
+    template = str(getattr(tokenizer, "chat_template", "") or "")
+    calls = any(m.get("tool_calls") for part in (row.prompt, row.chosen, row.rejected) for m in part)
+    for used, name in ((bool(row.tools), "tools"), (calls, "tool_calls")):
+        if used and name not in template:
+            raise InputError(f"{row.source}: the row has {name} but the model's chat template does not render "
+                             f"'{name}', so they would be left out of the training text; use a model whose chat "
+                             "template supports tools, or remove them from the row")
 
 
 def _encode_row(tokenizer: Any, row: PreferenceRow) -> tuple[list[int], list[int], list[int]]:
+    eos_id = tokenizer.eos_token_id
     if row.format == "standard":
-        prompt_ids = _ids(tokenizer, row.prompt, True)
         full = [_ids(tokenizer, row.prompt + c, True) for c in (row.chosen, row.rejected)]
-        eos = [tokenizer.eos_token_id]
+        if row.implicit_prompt:
+            prompt_ids = full[0][:_common_prefix_len(full[0], full[1])]
+        else:
+            prompt_ids = _ids(tokenizer, row.prompt, True)
     else:
-        prompt_ids = _ids(tokenizer, _render(tokenizer, row.prompt, True), False)
-        full = [_ids(tokenizer, _render(tokenizer, row.prompt + c, False), False) for c in (row.chosen, row.rejected)]
-        eos = []
+        _check_template_renders(tokenizer, row)
+        prompt_ids = _ids(tokenizer, _render(tokenizer, row.prompt, True, row.tools), False)
+        full = [_ids(tokenizer, _render(tokenizer, row.prompt + c, False, row.tools), False)
+                for c in (row.chosen, row.rejected)]
+        eos_id = None  # the template closes the turn
     n = len(prompt_ids)
     for name, ids in zip(("chosen", "rejected"), full, strict=True):
         if ids[:n] != prompt_ids:
@@ -74,7 +110,7 @@ def _encode_row(tokenizer: Any, row: PreferenceRow) -> tuple[list[int], list[int
                 "space that belongs to the completion: end the prompt on a token boundary (e.g. move a trailing "
                 "space to the start of the completion)"
             )
-    chosen, rejected = full[0][n:] + eos, full[1][n:] + eos
+    chosen, rejected = (_with_eos(ids[n:], eos_id) for ids in full)
     if not chosen or not rejected:
         raise InputError(f"{row.source}: a completion has no tokens after the prompt; fill it in or remove the row")
     if chosen == rejected:

@@ -1,4 +1,6 @@
-"""The H-DPO training loop on accelerate: one readable function, no LoRA/full mode flags.
+"""The H-DPO training loop on accelerate: prepare -> fit -> finish, no LoRA/full mode flags.
+
+Its inputs and result types live in :mod:`hdpo_core.train_types` (re-exported here).
 
 Determinism and resume: the data order is a pure function of ``(seed, step)`` (a seeded permutation per
 epoch, concatenated), so a resumed run sees exactly the batches an uninterrupted one would; weights,
@@ -7,13 +9,13 @@ optimizer, scheduler, RNG and the alpha controller come back from the checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import math
 import resource
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,61 +24,17 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from .alpha import AlphaController
-from .batching import TokenBatch, packed_batch, padded_batch
+from .batching import TokenBatch, packed_batch, padded_batch, to_device
 from .errors import Interrupted, RunError
-from .forward import SequenceScorer, SequenceScores, score, uses_segment_kernel
-from .refcache import RefLogps
-from .steps import LossSettings, StepSums, run_micro_batches
+from .forward import SequenceScorer, SequenceScores, uses_segment_kernel
+from .progress import StopFlag, progress_printer
+from .refcache import RefLogps, live_reference
+from .steps import METRIC_SUMS, LossSettings, evaluate_pairs, metric_means, run_micro_batches
 from .tokenize import TokenizedPair
+from .train_types import EvalSet, TrainHooks, TrainOptions, TrainPaths, TrainResult
 
-
-@dataclass(frozen=True)
-class TrainOptions:
-    total_steps: int
-    batch_size: int = 8
-    micro_batch_size: int = 4
-    learning_rate: float = 1e-6
-    scheduler: str = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    seed: int = 0
-    log_every: int = 1
-    save_every: int = 50
-    eval_every: int | None = None
-    keep_checkpoints: int = 2
-    packing: bool = True
-    row_tokens: int = 4096
-    share_prompt: bool = True
-    on_nonfinite: str = "stop"
-    beta: float = 0.1
-    sft_weight: float = 0.0
-    activation_offloading: bool = False
-
-
-@dataclass(frozen=True)
-class TrainPaths:
-    checkpoints: Path
-    final: Path
-
-
-@dataclass
-class TrainHooks:
-    """Callbacks into the service layer (the core never writes the run folder's bookkeeping itself)."""
-
-    on_metrics: Callable[[dict[str, Any]], None] = lambda m: None
-    on_progress: Callable[[int, int], None] = lambda step, total: None
-    on_message: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    resumed_from: int | None
-    final_dir: Path
-    last_metrics: dict[str, Any] = field(default_factory=dict)
+__all__ = ["EvalSet", "TrainHooks", "TrainOptions", "TrainPaths", "TrainResult", "batch_order", "configure_deepspeed",
+           "evaluate", "finish", "fit", "make_batcher", "prepare", "train"]
 
 
 def batch_order(num_pairs: int, batch_size: int, step: int, seed: int) -> list[int]:
@@ -94,29 +52,6 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 def make_batcher(opts: TrainOptions, pad_token_id: int, model: nn.Module | None = None
@@ -142,6 +77,29 @@ def _optimizer_and_scheduler(model: nn.Module, opts: TrainOptions) -> tuple[torc
     return optimizer, scheduler
 
 
+@dataclass
+class _Session:
+    """What :func:`prepare` builds and :func:`fit` runs: the prepared modules, the reference, the start step."""
+
+    accelerator: Any
+    opts: TrainOptions
+    paths: TrainPaths
+    hooks: TrainHooks
+    alpha: AlphaController
+    pairs: Sequence[TokenizedPair]
+    scorer: nn.Module  # prepared: DDP/FSDP2/DeepSpeed-wrapped SequenceScorer
+    raw_scorer: SequenceScorer
+    optimizer: Any
+    scheduler: Any
+    make_batch: Callable[[Sequence[TokenizedPair]], TokenBatch]
+    ref_scores: Callable[[Sequence[int], TokenBatch], SequenceScores]
+    evaluation: EvalSet | None
+    eval_ref_scores: Callable[[Sequence[int], TokenBatch], SequenceScores] | None
+    kind: str
+    start_step: int = 0
+    resumed: int | None = None
+
+
 def train(
     accelerator: Any,
     policy: nn.Module,
@@ -152,9 +110,9 @@ def train(
     alpha: AlphaController,
     opts: TrainOptions,
     paths: TrainPaths,
+    save_final: Callable[..., None],
     ref_cache: RefLogps | None = None,
-    eval_fn: Callable[[int], dict[str, float]] | None = None,
-    save_final: Callable[[nn.Module], None],
+    evaluation: EvalSet | None = None,
     hooks: TrainHooks | None = None,
     chunk_size: int = 1024,
 ) -> TrainResult:
@@ -166,218 +124,272 @@ def train(
         reference: frozen reference model for full fine-tuning; ``None`` under LoRA (adapter switched off).
         pairs: tokenised training pairs.
         alpha: gives alpha per step (constant, schedule or controller).
-        ref_cache: precomputed reference log-probs per pair (skips the reference forward).
-        eval_fn: called every ``opts.eval_every`` steps with the step; returns ``eval/*`` metrics.
         save_final: writes the final adapter/model folder from the unwrapped policy (main process only);
             under FSDP/DeepSpeed it is also given ``state_dict=`` (the gathered full weights).
+        ref_cache: precomputed reference log-probs per pair (skips the reference forward).
+        evaluation: held-out pairs scored every ``opts.eval_every`` steps through the prepared scorer.
 
     Distributed: every rank calls this with the same arguments; rank ``r`` trains on its contiguous slice of
     each global batch, and only the main process writes (checkpoints, final, metrics via ``hooks``).
+    The work is litgpt's shape: :func:`prepare` (placement, resume) -> :func:`fit` (the loop) -> :func:`finish`.
     """
-    hooks = hooks or TrainHooks()
+    session = prepare(accelerator, policy, reference, pairs, pad_token_id=pad_token_id, alpha=alpha, opts=opts,
+                      paths=paths, ref_cache=ref_cache, evaluation=evaluation, hooks=hooks or TrainHooks(),
+                      chunk_size=chunk_size)
+    metrics = fit(session)
+    finish(session, save_final)
+    return TrainResult(steps=opts.total_steps, resumed_from=session.resumed, final_dir=paths.final,
+                       last_metrics=metrics)
+
+
+def prepare(accelerator: Any, policy: nn.Module, reference: nn.Module | None, pairs: Sequence[TokenizedPair], *,
+            pad_token_id: int, alpha: AlphaController, opts: TrainOptions, paths: TrainPaths,
+            ref_cache: RefLogps | None, evaluation: EvalSet | None, hooks: TrainHooks,
+            chunk_size: int) -> _Session:
+    """Place (or shard) the policy, build optimizer, scheduler and the reference, and restore a checkpoint."""
     world = accelerator.num_processes
-    per_rank = opts.batch_size // world
     if opts.batch_size % (opts.micro_batch_size * world):
         raise RunError(f"train.batch_size ({opts.batch_size}) must be divisible by train.micro_batch_size "
                        f"({opts.micro_batch_size}) x processes ({world})")
     torch.manual_seed(opts.seed)
     policy.train()
     kind = ckpt.backend(accelerator)
-    if accelerator.is_main_process:
-        ckpt.clean_partial(paths.checkpoints)
-    accelerator.wait_for_everyone()
-    last = ckpt.latest_checkpoint(paths.checkpoints)
+    last = _latest_checkpoint(accelerator, paths, hooks)
     if last is not None:  # weights before prepare: DDP broadcasts them, FSDP2 shards them, ZeRO-3 masters them
         ckpt.load_weights(last, policy, zero3=kind == "deepspeed")
     if kind == "ddp" and accelerator.device.type == "cuda":
         # on the GPU before the optimizer exists, so AdamW takes its fused kernel (fused=True needs CUDA params
         # at construction); FSDP2/ZeRO-3 place (and shard) the weights themselves in prepare()
         policy.to(accelerator.device)
-    scorer = SequenceScorer(policy, chunk_size=chunk_size)
+    if kind == "deepspeed":
+        configure_deepspeed(accelerator.state.deepspeed_plugin.deepspeed_config, opts, world)
     optimizer, scheduler = _optimizer_and_scheduler(policy, opts)
-    scorer, optimizer = accelerator.prepare(scorer, optimizer)
-    ref_scorer = None
-    if reference is not None and ref_cache is None:
-        ref_scorer = SequenceScorer(reference.to(accelerator.device), chunk_size=chunk_size).eval()
-    make_batch = make_batcher(opts, pad_token_id, policy)
+    scorer, optimizer = accelerator.prepare(SequenceScorer(policy, chunk_size=chunk_size), optimizer)
     raw_scorer = accelerator.unwrap_model(scorer)
-
-    def ref_scores(idx: Sequence[int], batch: TokenBatch) -> SequenceScores:
-        if ref_cache is not None:
-            return ref_cache.take(idx)
-        with torch.no_grad(), accelerator.autocast():
-            if ref_scorer is not None:
-                return score(ref_scorer, batch)
-            with raw_scorer.reference_mode():
-                return score(raw_scorer, batch)
-
-    start_step, resumed = 0, None
+    live = None
+    if ref_cache is None or (evaluation is not None and evaluation.ref_cache is None):
+        live = live_reference(reference, raw_scorer, device=accelerator.device, chunk_size=chunk_size,
+                              autocast=accelerator.autocast)
+    session = _Session(accelerator, opts, paths, hooks, alpha, pairs, scorer, raw_scorer, optimizer, scheduler,
+                       make_batcher(opts, pad_token_id, policy), _reference_source(ref_cache, live, accelerator),
+                       evaluation, None, kind)
+    if evaluation is not None:
+        session.eval_ref_scores = _reference_source(evaluation.ref_cache, live, accelerator)
     if last is not None:
         state = ckpt.load_training_state(last, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator,
                                          prepared=scorer, rank=accelerator.process_index)
-        start_step = resumed = int(state["step"])
+        session.start_step = session.resumed = int(state["step"])
         alpha.load_state(state.get("alpha_state", {}))
-        hooks.on_message(f"resuming from {last.name} (step {start_step})")
+        hooks.on_message(f"resuming from {last.name} (step {session.start_step})")
         if kind == "deepspeed":
             hooks.on_message("warning: DeepSpeed resume restores weights, scheduler and alpha; the Adam moments "
                              "restart (they are not gathered into checkpoints)")
+    return session
 
-    def backward(loss: torch.Tensor, is_last: bool) -> None:
-        ctx = accelerator.no_sync(scorer) if not is_last and world > 1 else _nullcontext()
-        with ctx:
-            accelerator.backward(loss)
 
-    def save(step: int) -> None:
-        # gathering is collective (FSDP/DeepSpeed, per-rank RNG): every rank calls; only the main one writes
-        from accelerate.utils import gather_object
-
-        weights = ckpt.gather_trainable_state(accelerator, scorer, raw_scorer.model)
-        opt_state = ckpt.gather_optimizer_state(accelerator, scorer, optimizer)
-        rngs = gather_object([ckpt.rng_state()]) if world > 1 else [ckpt.rng_state()]
-        if accelerator.is_main_process:
-            try:
-                ckpt.save_checkpoint(paths.checkpoints, step, weights=weights, optimizer_state=opt_state,
-                                     scheduler=scheduler, state={"alpha_state": alpha.state()},
-                                     keep=opts.keep_checkpoints, rng_states=rngs)
-            except OSError as exc:
-                ckpt.clean_partial(paths.checkpoints)
-                last = ckpt.latest_checkpoint(paths.checkpoints)
-                raise RunError(f"step {step}: cannot write the checkpoint under {paths.checkpoints} "
-                               f"({exc.strerror or exc}); earlier checkpoint kept: {last.name if last else 'none'}. "
-                               "Free disk space and rerun the job to resume") from None
-        accelerator.wait_for_everyone()
-
-    metrics: dict[str, Any] = {}
-    progress = _progress(accelerator, start_step, opts.total_steps)
-    with _StopFlag() as stop:
-        for step in range(start_step, opts.total_steps):
-            t0 = time.perf_counter()
-            order = batch_order(len(pairs), opts.batch_size, step, opts.seed)
-            mine = order[accelerator.process_index * per_rank:(accelerator.process_index + 1) * per_rank]
-            micro = [mine[i:i + opts.micro_batch_size] for i in range(0, per_rank, opts.micro_batch_size)]
-            a = alpha.value(step)
-            with accelerator.autocast():
-                sums = run_micro_batches(micro, pairs, make_batch, scorer, ref_scores,
-                                         LossSettings(a, opts.beta, opts.sft_weight),
-                                         loss_scale=world / opts.batch_size, backward=backward,
-                                         device=accelerator.device, offload=opts.activation_offloading)
-            grad_norm = _grad_norm(accelerator, scorer, opts.max_grad_norm)
-            # one reduce carries the metric sums and "some rank got SIGTERM", so every rank stops at the same step
-            flag = torch.tensor([1.0 if stop.signal is not None else 0.0], dtype=torch.float64)
-            reduced = accelerator.reduce(torch.cat([sums.as_tensor(), flag]).to(accelerator.device), "sum").cpu()
-            total, stop_now = StepSums.from_tensor(reduced[:-1]), bool(reduced[-1] > 0)
-            means = total.means()
-            finite = math.isfinite(means["loss"]) and math.isfinite(grad_norm)
-            if finite:
-                optimizer.step()
-            else:
-                _handle_nonfinite(step + 1, means["loss"], grad_norm, opts, hooks, paths)
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            alpha.update(step, means["entropy"])
-            elapsed = time.perf_counter() - t0
-            target = alpha.state().get("entropy_target")
-            metrics = {"step": step + 1, **means, "alpha": a, "learning_rate": scheduler.get_last_lr()[0],
-                       **({"entropy_target": target} if target is not None else {}),
-                       "grad_norm": grad_norm, "tokens": int(total.values["tokens"]),
-                       "tokens_per_s": total.values["tokens"] / max(elapsed, 1e-9), "step_time_s": elapsed,
-                       "peak_memory_mb": peak_memory_mb(), "epoch": (step + 1) * opts.batch_size / len(pairs),
-                       "skipped": not finite}
-            if eval_fn is not None and opts.eval_every and (step + 1) % opts.eval_every == 0:
-                metrics.update(eval_fn(step + 1))
-            if accelerator.is_main_process and ((step + 1) % opts.log_every == 0 or step + 1 == opts.total_steps):
-                hooks.on_metrics(metrics)
-            progress(metrics)
-            if accelerator.is_main_process:
-                hooks.on_progress(step + 1, opts.total_steps)
-            if (step + 1) % opts.save_every == 0 and step + 1 < opts.total_steps:
-                save(step + 1)
-            if stop_now:
-                save(step + 1)
-                raise Interrupted(f"stopped by signal {stop.signal or 'on another rank'} after step {step + 1}; "
-                                  "checkpoint written, "
-                                  "rerun the same job to resume")
-    full_state = ckpt.gather_full_state(accelerator, scorer)  # collective under FSDP/DeepSpeed
+def _latest_checkpoint(accelerator: Any, paths: TrainPaths, hooks: TrainHooks) -> Path | None:
+    """The newest checkpoint whose checksums verify; each damaged newer one is named in one warning line."""
+    if paths.checkpoints is None:
+        return None
     if accelerator.is_main_process:
+        ckpt.clean_partial(paths.checkpoints)
+    accelerator.wait_for_everyone()
+    last, skipped = ckpt.usable_checkpoint(paths.checkpoints)
+    if accelerator.is_main_process:
+        for line in skipped:
+            hooks.on_message(line)
+    return last
+
+
+def _reference_source(cache: RefLogps | None, live: Callable[[TokenBatch], SequenceScores] | None, accelerator: Any
+                      ) -> Callable[[Sequence[int], TokenBatch], SequenceScores]:
+    """``(pair indices, batch) -> reference scores``: the precomputed rows when there is a cache, else live."""
+    if cache is not None:
+        on_device = cache.to(accelerator.device)  # a few floats per pair: read without host round trips
+        return lambda idx, batch: on_device.take(idx)
+    if live is None:
+        raise RuntimeError("no reference: neither precomputed log-probs nor a live reference")
+    return lambda idx, batch: live(batch)
+
+
+def configure_deepspeed(config: dict[str, Any], opts: TrainOptions, world: int) -> None:
+    """Fill the DeepSpeed config so the ENGINE does what this trainer says (in place).
+
+    ``accelerator.prepare(scorer, optimizer)`` has no dataloader, so accelerate cannot resolve
+    ``train_micro_batch_size_per_gpu: auto`` and raises. Gradient accumulation is this trainer's: the loss is
+    already divided by the global batch and :func:`fit` marks the last micro-batch as the boundary, so DeepSpeed
+    must neither divide by its own accumulation count (``gradient_accumulation_steps: 1``) nor step earlier.
+    Clipping is the engine's (``gradient_clipping`` = ``train.max_grad_norm``; 0 = off).
+    """
+    config["train_micro_batch_size_per_gpu"] = opts.micro_batch_size
+    config["gradient_accumulation_steps"] = 1
+    config["train_batch_size"] = opts.micro_batch_size * world
+    config["gradient_clipping"] = float(opts.max_grad_norm or 0.0)
+
+
+def fit(s: _Session) -> dict[str, Any]:
+    """The loop: one optimizer step per iteration, a checkpoint every ``save_every`` steps, clean stop on
+    SIGTERM/SIGINT (checkpoint, then :class:`Interrupted`). Returns the last step's metrics."""
+    metrics: dict[str, Any] = {}
+    progress = progress_printer(s.accelerator, s.start_step, s.opts.total_steps)
+    with StopFlag() as stop:
+        for step in range(s.start_step, s.opts.total_steps):
+            metrics, stop_now = _train_step(s, step, stop.signal is not None)
+            if s.evaluation is not None and s.opts.eval_every and (step + 1) % s.opts.eval_every == 0:
+                metrics.update(evaluate(s, step + 1))
+            if s.accelerator.is_main_process and ((step + 1) % s.opts.log_every == 0
+                                                  or step + 1 == s.opts.total_steps):
+                s.hooks.on_metrics(metrics)
+            progress(metrics)
+            if s.accelerator.is_main_process:
+                s.hooks.on_progress(step + 1, s.opts.total_steps)
+            if (step + 1) % s.opts.save_every == 0 and step + 1 < s.opts.total_steps:
+                _save(s, step + 1)
+            if stop_now:
+                _save(s, step + 1)
+                raise Interrupted(f"stopped by signal {stop.signal or 'on another rank'} after step {step + 1}; "
+                                  "checkpoint written, rerun the same job to resume")
+    return metrics
+
+
+def _train_step(s: _Session, step: int, signalled: bool) -> tuple[dict[str, Any], bool]:
+    """Forward/backward over this rank's micro-batches, then ONE host read of every number the step needs
+    (metric sums, grad norm, "some rank got a signal"), then the optimizer. That read is the step's only host
+    sync: the non-finite guard and an entropy-targeting alpha need this step's values before the next step."""
+    acc, opts = s.accelerator, s.opts
+    world, t0 = acc.num_processes, time.perf_counter()
+    per_rank = opts.batch_size // world
+    order = batch_order(len(s.pairs), opts.batch_size, step, opts.seed)
+    mine = order[acc.process_index * per_rank:(acc.process_index + 1) * per_rank]
+    micro = [mine[i:i + opts.micro_batch_size] for i in range(0, per_rank, opts.micro_batch_size)]
+    a = s.alpha.value(step)
+    with acc.autocast():
+        sums = run_micro_batches(micro, s.pairs, s.make_batch, s.scorer, s.ref_scores,
+                                 LossSettings(a, opts.beta, opts.sft_weight), loss_scale=world / opts.batch_size,
+                                 backward=lambda loss, last: _backward(s, loss, last), device=acc.device,
+                                 offload=opts.activation_offloading)
+    grad_norm = _grad_norm(acc, s.scorer, opts.max_grad_norm)
+    # one reduce carries the metric sums and "some rank got SIGTERM", so every rank stops at the same step
+    flag = to_device(torch.tensor([1.0 if signalled else 0.0], dtype=torch.float64), acc.device)
+    reduced = acc.reduce(torch.cat([sums.packed(acc.device), flag]), "sum")
+    host = torch.cat([reduced, grad_norm.to(acc.device, torch.float64).reshape(1)]).tolist()  # the one sync
+    values = dict(zip(METRIC_SUMS, host[:len(METRIC_SUMS)], strict=True))
+    stop_now, norm = host[-2] > 0, host[-1]
+    means = metric_means(values)
+    skipped = _optimizer_step(s, step, means["loss"], norm)
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.alpha.update(step, means["entropy"])
+    elapsed = time.perf_counter() - t0
+    target = s.alpha.state().get("entropy_target")
+    metrics = {"step": step + 1, **means, "alpha": a, "learning_rate": s.scheduler.get_last_lr()[0],
+               **({"entropy_target": target} if target is not None else {}),
+               "grad_norm": norm, "tokens": int(values["tokens"]),
+               "tokens_per_s": values["tokens"] / max(elapsed, 1e-9), "step_time_s": elapsed,
+               "peak_memory_mb": peak_memory_mb(), "epoch": (step + 1) * opts.batch_size / len(s.pairs),
+               "skipped": skipped}
+    return metrics, stop_now
+
+
+def _backward(s: _Session, loss: torch.Tensor, is_last: bool) -> None:
+    """Gradient sync only on the step's last micro-batch: ``no_sync`` under DDP; under DeepSpeed the engine
+    takes ``sync_gradients`` as its accumulation boundary (and would otherwise step after every micro-batch)."""
+    acc = s.accelerator
+    if s.kind == "deepspeed":
+        acc.gradient_state._set_sync_gradients(is_last)
+        acc.backward(loss)
+        return
+    with acc.no_sync(s.scorer) if not is_last and acc.num_processes > 1 else contextlib.nullcontext():
+        acc.backward(loss)
+
+
+def _optimizer_step(s: _Session, step: int, loss: float, grad_norm: float) -> bool:
+    """Step unless the loss or gradient is not finite; returns whether the update was skipped.
+
+    fp16 (a GradScaler): an inf gradient is the scaler's overflow signal, not a failure: the accelerated
+    optimizer's ``step`` skips the update AND lowers the scale (skipping ``step`` here would keep the scale
+    and hit the same overflow forever). DeepSpeed: the engine already stepped inside ``backward``.
+    """
+    finite_loss, finite_grad = math.isfinite(loss), math.isfinite(grad_norm)
+    if finite_loss and finite_grad:
+        s.optimizer.step()
+        return False
+    if finite_loss and getattr(s.accelerator, "scaler", None) is not None:
+        s.optimizer.step()
+        s.hooks.on_message(f"warning: step {step + 1}: fp16 gradient overflow; update skipped, loss scale lowered")
+        return True
+    _handle_nonfinite(step + 1, loss, grad_norm, s.opts, s.hooks, s.paths)
+    return True
+
+
+def evaluate(s: _Session, step: int) -> dict[str, float]:
+    """``eval/*`` means over the held-out pairs, through the prepared scorer and the session's reference."""
+    assert s.evaluation is not None and s.eval_ref_scores is not None
+    means = evaluate_pairs(s.scorer, s.eval_ref_scores, s.evaluation.pairs, s.make_batch,
+                           LossSettings(s.alpha.value(step - 1), s.opts.beta, s.opts.sft_weight),
+                           micro_batch_size=s.opts.micro_batch_size, device=s.accelerator.device,
+                           autocast=s.accelerator.autocast)
+    return {f"eval/{k}": v for k, v in means.items()}
+
+
+def _save(s: _Session, step: int) -> None:
+    """Checkpoint ``step``. Gathering is collective (FSDP/DeepSpeed, per-rank RNG): every rank calls; only the
+    main one writes."""
+    from accelerate.utils import gather_object
+
+    if s.paths.checkpoints is None:
+        return
+    acc = s.accelerator
+    weights = ckpt.gather_trainable_state(acc, s.scorer, s.raw_scorer.model)
+    opt_state = ckpt.gather_optimizer_state(acc, s.scorer, s.optimizer)
+    rngs = gather_object([ckpt.rng_state()]) if acc.num_processes > 1 else [ckpt.rng_state()]
+    if acc.is_main_process:
+        try:
+            ckpt.save_checkpoint(s.paths.checkpoints, step, weights=weights, optimizer_state=opt_state,
+                                 scheduler=s.scheduler, state={"alpha_state": s.alpha.state()},
+                                 keep=s.opts.keep_checkpoints, rng_states=rngs)
+        except OSError as exc:
+            ckpt.clean_partial(s.paths.checkpoints)
+            last = ckpt.latest_checkpoint(s.paths.checkpoints)
+            raise RunError(f"step {step}: cannot write the checkpoint under {s.paths.checkpoints} "
+                           f"({exc.strerror or exc}); earlier checkpoint kept: {last.name if last else 'none'}. "
+                           "Free disk space and rerun the job to resume") from None
+    acc.wait_for_everyone()
+
+
+def finish(s: _Session, save_final: Callable[..., None]) -> None:
+    """Write the final model (gathered under FSDP/DeepSpeed: a collective) and the last checkpoint."""
+    full_state = ckpt.gather_full_state(s.accelerator, s.scorer)
+    if s.accelerator.is_main_process:
         if full_state is None:
-            save_final(raw_scorer.model)
+            save_final(s.raw_scorer.model)
         else:
-            save_final(raw_scorer.model, state_dict=full_state)
-    save(opts.total_steps)
-    return TrainResult(steps=opts.total_steps, resumed_from=resumed, final_dir=paths.final, last_metrics=metrics)
+            save_final(s.raw_scorer.model, state_dict=full_state)
+    _save(s, s.opts.total_steps)
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
-def _grad_norm(accelerator: Any, scorer: nn.Module, max_norm: float | None) -> float:
+def _grad_norm(accelerator: Any, scorer: nn.Module, max_norm: float | None) -> torch.Tensor:
+    """The total gradient norm before clipping, as a device tensor (read with the step's other numbers).
+    Clips to ``max_norm`` when set; under DeepSpeed the engine clipped and reports the norm itself."""
     params = [p for p in scorer.parameters() if p.requires_grad]
+    if ckpt.backend(accelerator) == "deepspeed":
+        norm = accelerator.clip_grad_norm_(params, max_norm or 0.0)
+        return torch.tensor(float("nan") if norm is None else float(norm), dtype=torch.float64)
     if max_norm:
-        return float(accelerator.clip_grad_norm_(params, max_norm))
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
+        norm = accelerator.clip_grad_norm_(params, max_norm)
+    else:
+        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+        norm = torch.stack(grads).norm() if grads else torch.zeros((), device=accelerator.device)
+    full = getattr(norm, "full_tensor", None)  # FSDP2 may hand back a DTensor
+    return (full() if callable(full) else norm).detach()
 
 
 def _handle_nonfinite(step: int, loss: float, grad_norm: float, opts: TrainOptions, hooks: TrainHooks,
                       paths: TrainPaths) -> None:
     what = f"loss={loss}" if not math.isfinite(loss) else f"grad_norm={grad_norm}"
-    last = ckpt.latest_checkpoint(paths.checkpoints)
+    last = ckpt.latest_checkpoint(paths.checkpoints) if paths.checkpoints is not None else None
     kept = f"; last good checkpoint: {last}" if last else ""
     if opts.on_nonfinite == "stop":
         raise RunError(f"step {step}: non-finite {what}{kept}. Lower train.learning_rate, check the data, or set "
                        "train.on_nonfinite: skip")
     hooks.on_message(f"warning: step {step}: non-finite {what}; update skipped (train.on_nonfinite: skip)")
-
-
-def _progress(accelerator: Any, start: int, total: int) -> Callable[[dict[str, Any]], None]:
-    """A tqdm bar (loss, accuracy, tokens/s, ETA) on a terminal; in a log (stderr not a TTY: CI, Kubernetes,
-    ``docker logs``) one plain line every 30 s and at the end instead of carriage-return redraws."""
-    if not accelerator.is_main_process:
-        return lambda m: None
-    if not sys.stderr.isatty():
-        return _LogLines(start, total)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, leave=True)
-
-    def update(m: dict[str, Any]) -> None:
-        bar.update(1)
-        bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['rewards/accuracies']:.2f}",
-                        tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
-        if m["step"] >= total:
-            bar.close()
-
-    return update
-
-
-class _LogLines:
-    """Progress for logs: ``train step 40/120 (33%) loss 0.6512 acc 0.62 tok/s 4,410 elapsed 1m20s eta 2m40s``."""
-
-    def __init__(self, start: int, total: int, every_s: float = 30.0) -> None:
-        self.start, self.total, self.every_s = start, total, every_s
-        self.t0 = self.last = time.monotonic()
-
-    def __call__(self, m: dict[str, Any]) -> None:
-        now = time.monotonic()
-        step = int(m["step"])
-        if now - self.last < self.every_s and step < self.total and step != self.start + 1:
-            return
-        self.last = now
-        elapsed = now - self.t0
-        done = step - self.start
-        eta = elapsed / done * (self.total - step) if done else float("nan")
-        print(f"train step {step}/{self.total} ({100 * step / self.total:.0f}%) loss {m['loss']:.4f} "
-              f"acc {m['rewards/accuracies']:.2f} tok/s {m['tokens_per_s']:,.0f} elapsed {_hms(elapsed)} "
-              f"eta {_hms(eta)}", file=sys.stderr, flush=True)
-
-
-def _hms(seconds: float) -> str:
-    if seconds != seconds:  # NaN
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -222,6 +222,11 @@ def sweep(
     guarded(lambda: run_sweep(job, alphas=parse_alphas(alpha), select=select, force=force))
 
 
+from service.serve.cli import serve_app  # noqa: E402  (typer only; FastAPI loads when `serve` runs)
+
+app.add_typer(serve_app, name="serve")
+
+
 def _with_default_command(argv: list[str]) -> list[str]:
     """`hdpo-tune job.yaml` (the container's entrypoint form) means `hdpo-tune run job.yaml`."""
     args = list(argv)

@@ -7,6 +7,7 @@ pipeline after training (:func:`run_eval_stage`).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from hdpo_core.data import load_preference_rows
 from hdpo_core.errors import InputError
 from hdpo_core.eval.evaluate import SamplingSettings, run_evaluation
 from hdpo_core.eval.report import write_report
+from hdpo_core.eval.sandbox import require_sandbox
 from hdpo_core.eval.targets import (
     EvalSide,
     ResolvedTarget,
@@ -34,6 +36,7 @@ from .run import Run
 from .spec import DataSpec, ModelSpec, load_sections, sections_of
 from .spec_eval import EvalSpec
 from .spec_hdpo import HdpoSpec
+from .tracking import log_final_eval
 
 #: alpha used to score a model trained outside any job (no job file, no run folder): plain DPO.
 UNKNOWN_ALPHA = 1.0
@@ -46,7 +49,8 @@ def _device() -> tuple[str, torch.dtype | None]:
 def _settings(spec: EvalSpec) -> SamplingSettings:
     return SamplingSettings(n=spec.n_samples, temperatures=tuple(spec.temperatures), top_p=spec.top_p,
                             max_new_tokens=spec.max_new_tokens, seed=spec.seed, max_batch_size=spec.max_batch_size,
-                            timeout_s=spec.timeout_s, memory_mb=spec.memory_mb)
+                            timeout_s=spec.timeout_s, memory_mb=spec.memory_mb,
+                            allow_unsandboxed_code=spec.allow_unsandboxed_code)
 
 
 def _load_sides(target: ResolvedTarget, reference_dir: Path | None, want_reference: bool
@@ -84,6 +88,9 @@ def evaluate(target: ResolvedTarget, spec: EvalSpec, *, out_dir: Path, reference
     """Evaluate one target and write the report into ``out_dir``; returns the results (with ``headline``)."""
     verifier = get_verifier(spec.verifier)
     tasks = load_tasks(spec.tasks, verifier) if spec.tasks else None
+    sandbox = require_sandbox(spec.allow_unsandboxed_code) if tasks and verifier.name == "code" else None
+    if sandbox and sandbox.startswith("UNSANDBOXED"):
+        print(f"warning: eval: model-written code runs {sandbox}", file=sys.stderr)
     pairs_path = spec.eval_pairs or eval_pairs_path
     if tasks is None and not pairs_path:
         raise InputError("eval: nothing to evaluate; give a task file (--tasks / eval.tasks) and/or held-out "
@@ -95,7 +102,7 @@ def evaluate(target: ResolvedTarget, spec: EvalSpec, *, out_dir: Path, reference
                                       sample_reference=spec.compare_reference)
     results = {"target": str(target.model_dir), "kind": target.kind,
                "reference": str(reference_dir) if reference_dir else ("adapter disabled" if reference else None),
-               "tasks": spec.tasks, "eval_pairs": pairs_path, **results}
+               "tasks": spec.tasks, "eval_pairs": pairs_path, **({"sandbox": sandbox} if sandbox else {}), **results}
     results["files"] = [str(p) for p in write_report(results, samples, out_dir)]
     return results
 
@@ -150,6 +157,7 @@ def run_eval_for_job(run: Run) -> dict[str, Any]:
         reference_dir=None if spec.lora is not None else Path(spec.model.name_or_path),
         alpha=final_alpha(spec.hdpo.alpha, run.path), beta=spec.hdpo.beta, eval_pairs_path=spec.data.eval,
         max_length=spec.data.max_length)
+    log_final_eval(spec, run.path, results["headline"])
     return {"headline": headline_lines(results), "numbers": results["headline"],
             "results": str(run.path / "eval" / "results.json")}
 

@@ -28,6 +28,7 @@ EXAMPLE_VALUES: dict[tuple[str, ...], Any] = {
     ("train", "max_steps"): 100,
     ("train", "epochs"): None,
     ("output", "dir"): "./runs/exp1",
+    ("tracking", "report_to"): ["mlflow"],
 }
 #: Optional sections written out (uncommented) in the example; the others are shown commented out.
 ENABLED_SECTIONS = ("model", "lora", "data", "hdpo", "train", "output")

@@ -36,6 +36,7 @@ from .spec_hdpo import HdpoSpec  # noqa: E402
 from .spec_ship import ExportSpec as ExportSection  # noqa: E402
 from .spec_ship import HubSpec as HubSection  # noqa: E402
 from .spec_ship import MergeSpec as MergeSection  # noqa: E402
+from .spec_tracking import TrackingSpec  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------
 
@@ -200,6 +201,8 @@ class JobSpec(StrictModel):
     hub: HubSection | None = Field(None, description="Push to the Hugging Face Hub (token from HF_TOKEN only).")
     distributed: DistributedSpec = Field(default_factory=DistributedSpec,
                                          description="Processes and backend for `hdpo-tune launch`.")
+    tracking: TrackingSpec | None = Field(None, description="Experiment tracking: MLflow, Weights & Biases, "
+                                          "trackio (absent = metrics.jsonl and TensorBoard only).")
 
     @model_validator(mode="after")
     def _cross_section(self) -> JobSpec:

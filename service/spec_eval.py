@@ -32,6 +32,10 @@ class EvalSpec(StrictModel):
     max_eval_pairs: int | None = Field(512, ge=1, description="Use at most this many held-out pairs; None = all.")
     timeout_s: float = Field(5.0, gt=0, le=600, description="Code verifier: wall-clock limit per sample, seconds.")
     memory_mb: int = Field(512, ge=64, description="Code verifier: address-space limit per sample, MiB.")
+    allow_unsandboxed_code: bool = Field(
+        False, description="Code verifier: run model-written programs even where the bubblewrap sandbox cannot "
+        "start (then only an audit hook and resource limits stand between them and this machine). Off: eval "
+        "refuses in one line instead. Only for code you trust (docs/eval.md).")
 
     @field_validator("temperatures")
     @classmethod

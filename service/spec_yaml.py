@@ -8,6 +8,12 @@ PyYAML implements YAML 1.1, which bites configuration files twice:
 * ``learning_rate: 5e-7`` becomes the *string* ``'5e-7'`` (1.1 floats need a dot). Here it is a float.
 
 Duplicate keys, which PyYAML silently resolves to the last value, are an error naming the line.
+
+Parsing is bounded: the file is at most :data:`MAX_JOB_BYTES`, and before anything is built from the parsed
+node graph its size *with every alias expanded* is counted (shared subtrees counted once per use, memoised, so
+the count itself is linear in the file). An alias bomb ("billion laughs": nine anchors of nine aliases each
+expand to 9^9 values) or a recursive alias is refused with one line in well under a second, before pydantic,
+the secret scan or any other walk over the data could spend exponential time and memory on it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import yaml
 from hdpo_core.errors import InputError
 
 MAX_JOB_BYTES = 1 << 20
+MAX_EXPANDED_NODES = 100_000  # a real job spec has a few hundred values; aliases may not blow it up past this
 _BOOL = "tag:yaml.org,2002:bool"
 _FLOAT = "tag:yaml.org,2002:float"
 
@@ -41,6 +48,53 @@ class _JobLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (each key may appear once per section)", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        expanded = _expanded_size(node)
+        if expanded > MAX_EXPANDED_NODES:
+            raise _AliasBomb(f"aliases expand the document to more than {MAX_EXPANDED_NODES} values (an alias "
+                             "bomb?); write the values out or use fewer nested aliases", node.start_mark)
+        return super().construct_document(node)
+
+
+class _AliasBomb(yaml.constructor.ConstructorError):
+    def __init__(self, problem: str, mark: yaml.Mark) -> None:
+        super().__init__(None, None, problem, mark)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Number of nodes in the document with every alias expanded (stops counting past the limit).
+
+    Iterative (no recursion limit), memoised per node, so a DAG of shared anchors costs one visit per node;
+    a node reached again while its own children are being counted is a recursive alias, refused.
+    """
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if key in size:
+            continue
+        kids: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            kids = [part for pair in node.value for part in pair]
+        if children_done:
+            open_.discard(key)
+            size[key] = min(1 + sum(size[id(k)] for k in kids), MAX_EXPANDED_NODES + 1)
+            continue
+        if key in open_:
+            raise _AliasBomb("a recursive alias (an anchor used inside itself); remove it", node.start_mark)
+        open_.add(key)
+        stack.append((node, True))
+        for kid in kids:
+            if id(kid) in open_:
+                raise _AliasBomb("a recursive alias (an anchor used inside itself); remove it", kid.start_mark)
+            if id(kid) not in size:
+                stack.append((kid, False))
+    return size[id(root)]
 
 
 _JobLoader.yaml_implicit_resolvers = {
@@ -78,6 +132,10 @@ def load_yaml(path: Path) -> Any:
         raise InputError(f"{path}: job file is not UTF-8 text (byte offset {exc.start}); save it as UTF-8") from None
     try:
         return loads(text)
+    except _AliasBomb as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise InputError(f"{where}: refused: {exc.problem}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

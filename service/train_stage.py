@@ -17,7 +17,6 @@ from hdpo_core import refcache
 from hdpo_core.alpha import AlphaController, EntropyTargetAlpha, ScheduledAlpha
 from hdpo_core.data import file_fingerprint, load_preference_rows
 from hdpo_core.errors import HdpoError, InputError, RunError
-from hdpo_core.metrics_log import MetricsLog
 from hdpo_core.model import (
     LoraOptions,
     ModelOptions,
@@ -26,15 +25,16 @@ from hdpo_core.model import (
     load_tokenizer,
     model_fingerprint,
 )
-from hdpo_core.steps import LossSettings, run_micro_batches
 from hdpo_core.tokenize import TokenizedPair, tokenize_rows
-from hdpo_core.trainer import TrainHooks, TrainOptions, TrainPaths, make_batcher, train
+from hdpo_core.trainer import EvalSet, TrainHooks, TrainOptions, TrainPaths, make_batcher, train
 
 from . import ownership
 from .faults import fault_error
 from .run import Run
 from .rundir import RunDir
 from .spec import JobSpec, batch_split_problem
+from .tracking import STATE_FILE as TRACKING_STATE
+from .tracking import open_metrics_log
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -186,7 +186,7 @@ def make_accelerator(spec: JobSpec) -> Accelerator:
 
 
 #: What a fresh start (``--force``) removes before training: the previous run's training results.
-TRAINING_OUTPUTS = ("checkpoints", "final", "final.tmp", "metrics.jsonl", "tensorboard")
+TRAINING_OUTPUTS = ("checkpoints", "final", "final.tmp", "metrics.jsonl", "tensorboard", TRACKING_STATE)
 
 
 def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
@@ -220,17 +220,15 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     _check_token_ids(policy, tokenizer, data)
     make_batch = make_batcher(opts, tokenizer.pad_token_id, policy)
     chunk = spec.train.logps_chunk_size
-    ref_cache = None
+    ref_cache = eval_cache = None
     if spec.train.precompute_ref_logps:
-        ref_cache, data.info["ref_cache"] = _precompute(spec, accelerator, policy, reference, data.train, make_batch,
-                                                        chunk, mopts)
+        ref_cache, eval_cache, data.info["ref_cache"] = _precompute(spec, accelerator, policy, reference, data,
+                                                                    make_batch, chunk, mopts)
     alpha = alpha_controller(spec, steps)
-    eval_fn = _make_eval_fn(accelerator, policy, reference, data.eval, make_batch, opts, alpha, chunk) \
-        if data.eval else None
     if accelerator.is_main_process:
         (rd.path / "data_info.json").write_text(json.dumps(data.info, indent=1), encoding="utf-8")
     resume = _resume_step(rd.path / "checkpoints")
-    log = MetricsLog(rd.path, resume_step=resume) if accelerator.is_main_process else None
+    log = open_metrics_log(spec, rd.path, resume_step=resume) if accelerator.is_main_process else None
     hooks = TrainHooks(
         on_metrics=(log.write if log else (lambda m: None)),
         on_progress=lambda s, n: rd.write_status("train", "running", step=s, total_steps=n),
@@ -238,7 +236,7 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     try:
         result = train(accelerator, policy, reference, data.train, pad_token_id=tokenizer.pad_token_id, alpha=alpha,
                        opts=opts, paths=TrainPaths(rd.path / "checkpoints", rd.path / "final"), ref_cache=ref_cache,
-                       eval_fn=eval_fn,
+                       evaluation=EvalSet(data.eval, eval_cache) if data.eval else None,
                        save_final=lambda m, state_dict=None: _save_final(m, tokenizer, rd.path / "final", state_dict),
                        hooks=hooks, chunk_size=chunk)
     finally:
@@ -295,63 +293,29 @@ def start_model(spec: JobSpec, rd: RunDir, accelerator: Accelerator) -> ModelOpt
 
 
 def _resume_step(root: Path) -> int | None:
-    from hdpo_core.checkpoint import latest_checkpoint
+    """The step training will resume from: the newest checkpoint that verifies (the trainer's own choice)."""
+    from hdpo_core.checkpoint import usable_checkpoint
 
-    last = latest_checkpoint(root)
+    last, _ = usable_checkpoint(root)
     return int(last.name.split("-")[1]) if last else None
 
 
-def _precompute(spec: JobSpec, accelerator: Any, policy: Any, reference: Any, pairs: list[TokenizedPair],
-                make_batch: Any, chunk: int, mopts: ModelOptions) -> tuple[refcache.RefLogps, dict[str, Any]]:
-    import torch
-
-    from hdpo_core.forward import SequenceScorer, score
-
+def _precompute(spec: JobSpec, accelerator: Any, policy: Any, reference: Any, data: PreparedData, make_batch: Any,
+                chunk: int, mopts: ModelOptions) -> tuple[refcache.RefLogps, refcache.RefLogps | None, dict[str, Any]]:
+    """Reference log-probs of the train (and eval) pairs, from the cache folder or computed by the core."""
     cache_dir = Path(spec.train.ref_cache_dir) if spec.train.ref_cache_dir else Path(
         os.environ.get("HDPO_CACHE", Path.home() / ".cache" / "hdpo-tune"))
-    key = refcache.cache_key(model_fingerprint(mopts), mopts.dtype, pairs)
-    model = reference if reference is not None else policy
-    scorer = SequenceScorer(model.to(accelerator.device), chunk_size=chunk).eval()
-
-    def score_ref(batch: Any) -> Any:
-        with torch.no_grad(), accelerator.autocast():
-            if reference is not None:
-                return score(scorer, batch.to(accelerator.device))
-            with scorer.reference_mode():
-                return score(scorer, batch.to(accelerator.device))
-
-    ref, hit = _load_or_compute_distributed(accelerator, refcache.cache_path(cache_dir, key), pairs, make_batch,
-                                            score_ref, spec.train.micro_batch_size)
+    fingerprint = model_fingerprint(mopts)
+    groups = [pairs for pairs in (data.train, data.eval) if pairs]
+    keys = [refcache.cache_key(fingerprint, mopts.dtype, pairs) for pairs in groups]
+    sets = [(pairs, refcache.cache_path(cache_dir, key)) for pairs, key in zip(groups, keys, strict=True)]
+    done = refcache.precompute_reference(accelerator, reference, policy, sets, make_batch,
+                                         batch_pairs=spec.train.micro_batch_size, chunk_size=chunk)
+    (ref, hit), eval_ref = done[0], (done[1][0] if len(done) > 1 else None)
     if accelerator.is_main_process:
-        print(f"reference log-probs: {'reused cache' if hit else 'computed and cached'} ({cache_dir}, key {key})",
+        print(f"reference log-probs: {'reused cache' if hit else 'computed and cached'} ({cache_dir}, key {keys[0]})",
               file=sys.stderr)
-    if reference is not None:
-        reference.to("cpu")
-    return ref, {"dir": str(cache_dir), "key": key, "hit": bool(hit)}
-
-
-def _load_or_compute_distributed(accelerator: Any, path: Path, pairs: list[TokenizedPair], make_batch: Any,
-                                 score_ref: Any, batch_pairs: int) -> tuple[refcache.RefLogps, bool]:
-    """The main process decides hit or miss (its disk is the one that counts) and tells the others. A hit is
-    broadcast from the main process; a miss is scored in shards over all ranks and gathered, and only the main
-    process writes the file. Other ranks never read the cache file, so it may live on a node-local disk."""
-    world = accelerator.num_processes
-    cached = refcache.load_cached(path, len(pairs)) if accelerator.is_main_process else None
-    if world > 1:
-        from accelerate.utils import broadcast_object_list
-
-        box = [cached]
-        broadcast_object_list(box, from_process=0)
-        cached = box[0]
-    if cached is not None:
-        return cached, True
-    ref = refcache.compute_ref_logps_sharded(pairs, make_batch, score_ref, batch_pairs,
-                                             rank=accelerator.process_index, world=world,
-                                             gather=lambda t: accelerator.gather(t.to(accelerator.device)))
-    if accelerator.is_main_process:
-        refcache.save_cached(path, ref)
-    accelerator.wait_for_everyone()
-    return ref, False
+    return ref, eval_ref, {"dir": str(cache_dir), "key": keys[0], "hit": bool(hit)}
 
 
 def _check_backend(spec: JobSpec, accelerator: Accelerator) -> None:
@@ -367,33 +331,3 @@ def _check_backend(spec: JobSpec, accelerator: Accelerator) -> None:
     if spec.train.precompute_ref_logps:
         raise InputError("train.precompute_ref_logps is not supported under DeepSpeed ZeRO-3 (it scores before "
                          "the engine exists); set it to false, or use distributed.backend: fsdp")
-
-
-def _make_eval_fn(accelerator: Any, policy: Any, reference: Any, pairs: list[TokenizedPair], make_batch: Any,
-                  opts: TrainOptions, alpha: Any, chunk: int) -> Any:
-    import torch
-
-    from hdpo_core.forward import SequenceScorer, score
-
-    def eval_fn(step: int) -> dict[str, float]:
-        scorer = SequenceScorer(policy, chunk_size=chunk)
-        ref_scorer = SequenceScorer(reference, chunk_size=chunk) if reference is not None else None
-        was_training = policy.training
-        policy.eval()
-
-        def ref_scores(idx: Any, batch: Any) -> Any:
-            if ref_scorer is not None:
-                return score(ref_scorer, batch)
-            with scorer.reference_mode():
-                return score(scorer, batch)
-
-        with torch.no_grad(), accelerator.autocast():
-            micro = [list(range(i, min(i + opts.micro_batch_size, len(pairs))))
-                     for i in range(0, len(pairs), opts.micro_batch_size)]
-            sums = run_micro_batches(micro, pairs, make_batch, scorer, ref_scores,
-                                     LossSettings(alpha.value(step - 1), opts.beta, opts.sft_weight),
-                                     loss_scale=1.0, backward=None, device=accelerator.device)
-        policy.train(was_training)
-        return {f"eval/{k}": v for k, v in sums.means().items()}
-
-    return eval_fn

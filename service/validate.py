@@ -29,6 +29,7 @@ from hdpo_core.tokenize import tokenize_rows
 
 from .rundir import RunDir
 from .spec import DataSpec, JobSpec, ModelSpec, load_spec, redact_secrets, spec_to_dict, valid_sections
+from .tracking import missing_packages
 
 MAX_ROW_PROBLEMS = 20
 
@@ -64,8 +65,23 @@ def check_job(path: str | os.PathLike[str]) -> Report:
     _check_token_ids(tokenizer, report)
     if spec is not None:
         _check_run_folder(spec, report)
+        _check_sandbox(spec, report)
+        if spec.tracking is not None:
+            report.problems.extend(missing_packages(spec.tracking))
     report.problems = [redact_secrets(p) for p in report.problems]
     return report
+
+
+def _check_sandbox(spec: JobSpec, report: Report) -> None:
+    """``verifier: code`` needs the bubblewrap sandbox here, or the job's explicit opt-out."""
+    from hdpo_core.eval.sandbox import SandboxUnavailable, require_sandbox
+
+    ev = spec.eval
+    if ev is not None and ev.enabled and ev.tasks and ev.verifier == "code":
+        try:
+            require_sandbox(ev.allow_unsandboxed_code)
+        except SandboxUnavailable as exc:
+            report.problems.append(exc.message)
 
 
 def run_validate(path: str | os.PathLike[str]) -> int:

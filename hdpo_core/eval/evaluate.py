@@ -34,6 +34,7 @@ class SamplingSettings:
     timeout_s: float = 5.0
     memory_mb: int = 512
     workers: int = 2
+    allow_unsandboxed_code: bool = False
 
 
 def _draw(side: EvalSide, prompts: list[list[int]], tokenizer: Any, s: SamplingSettings, t: float) -> Samples:
@@ -64,7 +65,8 @@ def sample_and_score(side: EvalSide, tokenizer: Any, tasks: Sequence[dict[str, A
         seconds = time.perf_counter() - start
         texts = [tokenizer.decode(t, skip_special_tokens=True) for t in samples.tokens]
         items = [(tasks[r // s.n], texts[r]) for r in range(len(texts))]
-        ok = verify_many(verifier, items, workers=s.workers, timeout_s=s.timeout_s, memory_mb=s.memory_mb)
+        ok = verify_many(verifier, items, workers=s.workers, timeout_s=s.timeout_s, memory_mb=s.memory_mb,
+                         allow_unsandboxed=s.allow_unsandboxed_code)
         counts, div = [], []
         for i in range(len(tasks)):
             rows = range(i * s.n, (i + 1) * s.n)

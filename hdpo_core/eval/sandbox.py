@@ -1,30 +1,28 @@
-"""Run untrusted model-written Python (HumanEval-style checks) in a limited subprocess.
+"""Run untrusted model-written Python (HumanEval-style checks) for the ``code`` verifier.
 
-A hang, crash, memory blow-up or escape attempt must score as a failure and never stop the evaluation.
-Layers, outermost first (none of them alone is a security boundary; together they stop the usual accidents
-and the cheap attacks of a language model, which is what HumanEval's own harness aims for):
+A hang, crash, memory blow-up or escape attempt must score as a failure and never stop the evaluation, and the
+program must not reach anything of the evaluator's. The boundary is the operating system's: every program runs
+under bubblewrap (:mod:`hdpo_core.eval.bwrap`: unprivileged uid, new pid/mount/net/ipc/uts namespaces, read-only
+system, private size-capped ``/tmp``, empty environment, the whole pid namespace killed at the timeout).
+Inside it, before the program, a prelude sets resource limits that hold because the sandbox is not root:
+``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (16 MiB files), ``RLIMIT_NPROC`` (16 tasks: a fork
+bomb stops there), ``RLIMIT_NOFILE`` and ``RLIMIT_CORE``; output is read with a cap (1 MiB, then the run is
+killed and fails; the last 4000 characters are kept).
 
-* **no network**: the child runs under ``unshare --user --map-root-user --net`` (a fresh network namespace
-  with only a downed loopback) when that works on this host (checked once); in every case an audit hook in
-  the child also refuses socket creation (``socket.__new__``), so the block holds where ``unshare`` is not
-  allowed (e.g. containers without user namespaces).
-* **resource limits** set in the child before the program runs: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``,
-  ``RLIMIT_FSIZE`` (16 MiB files), ``RLIMIT_CORE`` 0, and ``RLIMIT_NPROC`` 0 (no new process for a
-  non-root user; the kernel ignores it for root, which is why the audit hook is the fork guard that counts):
-  the audit hook refuses ``os.fork``/``subprocess``/``os.system``/``os.exec*``/``os.posix_spawn`` and the
-  import of ``ctypes``/``_posixsubprocess`` (the ways around those events). A fork bomb that got through
-  anyway dies with the process group at the timeout.
-* **filesystem**: a fresh temporary working directory (also ``HOME``/``TMPDIR``), deleted afterwards; the
-  audit hook refuses ``open`` for writing and ``os.remove``/``rename``/``mkdir``/``rmdir``/``chmod``/
-  ``symlink``/``link``/``truncate`` outside that directory. Reading is allowed (stdlib imports need it).
-* **wall-clock timeout**: the child is its own session; on timeout the whole process group is killed.
-* stdin is ``/dev/null``; output is captured and truncated; the interpreter runs isolated (``-I``).
+The prelude also installs an audit hook refusing fork/exec/sockets/kill and writes outside the working folder.
+It is a second layer only: its settings are ordinary objects the program can change, and Python's own
+documentation says audit hooks are no sandbox. Where bubblewrap cannot run, :func:`run_python` refuses
+(:class:`SandboxUnavailable`) unless the caller opts in to unsandboxed execution (the job field
+``eval.allow_unsandboxed_code: true``), the way HumanEval's harness keeps ``exec`` commented out until a user
+enables it. Unsandboxed runs keep only the hook, the rlimits (``RLIMIT_NPROC`` does not bind root), a network
+namespace when ``unshare`` works, a fresh temp folder and a process-group kill at the timeout.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -33,14 +31,21 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-_OUTPUT_LIMIT = 4000
+from hdpo_core.errors import InputError
+
+from . import bwrap
+
+_OUTPUT_LIMIT = 4000  # characters of output kept (the tail: where a traceback ends)
+_OUTPUT_CAP = 1 << 20  # bytes of output read before the program is killed
+_NPROC = 16
 
 _PRELUDE = r'''
 import os, resource, sys
 _root = os.path.realpath(os.getcwd())
 _mem = {mem}
 for _lim, _val in ((resource.RLIMIT_AS, _mem), (resource.RLIMIT_CPU, {cpu}),
-                   (resource.RLIMIT_FSIZE, 16 << 20), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, 0)):
+                   (resource.RLIMIT_FSIZE, 16 << 20), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, {nproc}),
+                   (resource.RLIMIT_NOFILE, 256)):
     try:
         resource.setrlimit(_lim, (_val, _val))
     except (ValueError, OSError):
@@ -75,6 +80,11 @@ del _hook
 '''
 
 
+
+class SandboxUnavailable(InputError):
+    """No OS isolation on this host and no opt-in to unsandboxed execution."""
+
+
 @dataclass(frozen=True)
 class SandboxResult:
     """Outcome of one sandboxed run. ``passed`` only when the program exited 0 within the time limit."""
@@ -84,6 +94,20 @@ class SandboxResult:
     returncode: int | None
     output: str
     seconds: float
+
+
+def require_sandbox(allow_unsandboxed: bool) -> str:
+    """How code will run here ("bubblewrap", ...); raises :class:`SandboxUnavailable` when it would run
+    unisolated without ``allow_unsandboxed``. Call it before an evaluation starts, so it fails in one line."""
+    iso, why = bwrap.isolation()
+    if iso is not None:
+        return iso.describe()
+    if allow_unsandboxed:
+        return f"UNSANDBOXED ({why}; eval.allow_unsandboxed_code: true)"
+    raise SandboxUnavailable(
+        f"eval.verifier: code: refusing to run model-written code without a sandbox: {why}. Install bubblewrap "
+        "(apt-get install -y bubblewrap; in a container see docs/eval.md), or, only for code you trust, set "
+        "eval.allow_unsandboxed_code: true")
 
 
 @functools.cache
@@ -100,46 +124,112 @@ def network_namespace_available() -> bool:
     return proc.returncode == 0
 
 
-def run_python(program: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> SandboxResult:
+def run_python(program: str, *, timeout_s: float = 5.0, memory_mb: int = 512,
+               allow_unsandboxed: bool = False) -> SandboxResult:
     """Run ``program`` (Python source) in the sandbox; never raises for anything the program does.
 
     Args:
         program: the full program (e.g. prompt + completion + test + ``check(entry_point)``).
-        timeout_s: wall-clock limit; CPU time is limited to ``ceil(timeout_s) + 1`` seconds.
-        memory_mb: address-space limit of the child (``RLIMIT_AS``).
+        timeout_s: wall-clock limit; CPU time is limited to ``int(timeout_s) + 1`` seconds.
+        memory_mb: address-space limit of each process (``RLIMIT_AS``).
+        allow_unsandboxed: run without OS isolation when bubblewrap is unavailable (else
+            :class:`SandboxUnavailable` is raised).
     """
-    prelude = _PRELUDE.format(mem=int(memory_mb) << 20, cpu=int(timeout_s) + 1)
+    iso, _ = bwrap.isolation()
+    # unsandboxed, RLIMIT_NPROC counts every process of the evaluator's user: 0 (no new process) is the only
+    # safe value there; in the sandbox it counts the sandbox's own tasks
+    prelude = _PRELUDE.format(mem=int(memory_mb) << 20, cpu=int(timeout_s) + 1, nproc=_NPROC if iso else 0)
+    source = prelude + "\n" + program + "\n"
+    if iso is None:
+        require_sandbox(allow_unsandboxed)
+        return _run_unsandboxed(source, timeout_s)
+    with tempfile.TemporaryFile() as fh:
+        fh.write(source.encode("utf-8"))
+        fh.flush()
+        fh.seek(0)
+        return _run(bwrap.command(iso, fh.fileno()), timeout_s, cwd="/", env={}, pass_fds=(fh.fileno(),),
+                    **bwrap.popen_user(iso))
+
+
+def _run_unsandboxed(source: str, timeout_s: float) -> SandboxResult:
     workdir = tempfile.mkdtemp(prefix="hdpo-sandbox-")
     try:
         script = os.path.join(workdir, "program.py")
         with open(script, "w", encoding="utf-8") as fh:
-            fh.write(prelude + "\n" + program + "\n")
+            fh.write(source)
         cmd = [sys.executable, "-I", "-B", script]
         if network_namespace_available():
             cmd = [shutil.which("unshare") or "unshare", "--user", "--map-root-user", "--net", *cmd]
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
                "PYTHONHASHSEED": "0"}
-        start = time.monotonic()
-        try:
-            proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        except OSError as exc:
-            return SandboxResult(False, "error", None, f"cannot start sandbox: {exc}", 0.0)
-        try:
-            out, _ = proc.communicate(timeout=timeout_s)
-            status = "passed" if proc.returncode == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            out, _ = proc.communicate()
-            status = "timeout"
-        seconds = time.monotonic() - start
-        text = out.decode("utf-8", errors="replace")[-_OUTPUT_LIMIT:]
-        return SandboxResult(status == "passed", status, proc.returncode, text, seconds)
+        return _run(cmd, timeout_s, cwd=workdir, env=env, pass_fds=())
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _run(cmd: list[str], timeout_s: float, *, cwd: str, env: dict[str, str], pass_fds: tuple[int, ...],
+         **user: object) -> SandboxResult:
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds,
+                                **user)  # type: ignore[call-overload]
+    except OSError as exc:
+        return SandboxResult(False, "error", None, f"cannot start sandbox: {exc}", 0.0)
+    try:
+        out, why = _collect(proc, start + timeout_s)
+    finally:
+        if proc.poll() is None:
+            _kill_group(proc)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    status = why or ("passed" if proc.returncode == 0 else "failed")
+    text = out.decode("utf-8", errors="replace")[-_OUTPUT_LIMIT:]
+    if why == "failed":
+        text += f"\n[sandbox: output over {_OUTPUT_CAP} bytes; killed]"
+    return SandboxResult(status == "passed", status, proc.returncode, text, time.monotonic() - start)
+
+
+def _collect(proc: subprocess.Popen[bytes], deadline: float) -> tuple[bytes, str | None]:
+    """Read the program's output until it ends, the deadline passes ("timeout") or the cap is hit ("failed").
+
+    The tail is kept (a traceback ends there). The loop stops when the process has exited even if some
+    escaped child still holds the pipe (possible only unsandboxed), instead of waiting for end-of-file.
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    os.set_blocking(fd, False)
+    tail, total = bytearray(), 0
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(tail), "timeout"
+            ready = sel.select(min(left, 0.25))
+            chunk = _read(fd) if ready else None
+            if chunk == b"":
+                return bytes(tail), None
+            if chunk:
+                total += len(chunk)
+                tail += chunk
+                del tail[:-_OUTPUT_LIMIT * 4]
+                if total > _OUTPUT_CAP:
+                    return bytes(tail), "failed"
+            elif proc.poll() is not None:
+                return bytes(tail) + (_read(fd) or b""), None
+
+
+def _read(fd: int) -> bytes | None:
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL bwrap's process group (its pid 1 dies, and with it the sandbox's pid namespace)."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

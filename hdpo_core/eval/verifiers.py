@@ -72,7 +72,7 @@ def code_program(task: dict[str, Any], completion: str) -> str:
 
 def _code_check(task: dict[str, Any], completion: str, opts: dict[str, Any]) -> bool:
     result = run_python(code_program(task, completion), timeout_s=opts.get("timeout_s", 5.0),
-                        memory_mb=opts.get("memory_mb", 512))
+                        memory_mb=opts.get("memory_mb", 512), allow_unsandboxed=opts.get("allow_unsandboxed", False))
     return result.passed
 
 

@@ -92,10 +92,10 @@ def test_resumed_pipeline_run_equals_straight_run(tmp_path, tiny_model_dir, tiny
     assert run_cli("run", str(straight)).exit_code == 0
     first = write_job(tmp_path / "b", tiny_model_dir, tiny_pairs, lora=True, steps=4, save_every=2,
                       scheduler="constant")
-    from service import train_stage
+    from hdpo_core.metrics_log import MetricsLog
 
     calls = []
-    orig = train_stage.MetricsLog.write
+    orig = MetricsLog.write
 
     def crash_after_two(self, m):
         orig(self, m)
@@ -103,11 +103,11 @@ def test_resumed_pipeline_run_equals_straight_run(tmp_path, tiny_model_dir, tiny
         if m["step"] == 3:
             raise KeyboardInterrupt
 
-    train_stage.MetricsLog.write = crash_after_two
+    MetricsLog.write = crash_after_two
     try:
         res = CliRunner().invoke(app, ["run", str(first)])
     finally:
-        train_stage.MetricsLog.write = orig
+        MetricsLog.write = orig
     assert res.exit_code == 130  # Ctrl-C outside the trainer's own handler: still "interrupted", not "failed"
     assert json.loads((tmp_path / "b" / "run" / "status.json").read_text())["state"] == "interrupted"
     assert run_cli("run", str(first)).exit_code == 0

@@ -20,8 +20,9 @@ def test_code_verifier_passes_and_fails():
     assert code.check(TASK, "    return (\n", {}) is False  # syntax error
 
 
-def _escape_target():
-    return f"/tmp/hdpo-escape-{uuid.uuid4().hex}"
+def _escape_target(folder):
+    """A path outside the sandbox (the host's /tmp is not the sandbox's private /tmp)."""
+    return str(folder / f"hdpo-escape-{uuid.uuid4().hex}")
 
 
 @pytest.mark.parametrize("name,body", [
@@ -40,8 +41,8 @@ def test_hostile_completions_fail_within_timeout(name, body):
     assert time.monotonic() - start < 6.0, name
 
 
-def test_write_outside_workdir_is_blocked_inside_allowed():
-    target = _escape_target()
+def test_write_outside_workdir_is_blocked_inside_allowed(tmp_path):
+    target = _escape_target(tmp_path)
     body = f"    open({target!r}, 'w').write('x')\n    return a + b\n"
     assert get_verifier("code").check(TASK, body, {"timeout_s": 2.0}) is False
     assert not os.path.exists(target)

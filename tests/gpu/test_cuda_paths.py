@@ -98,3 +98,50 @@ def test_activation_offloading_lowers_gpu_peak_memory() -> None:
 def _reference(model, batch):  # noqa: ANN001, ANN202
     return score(SequenceScorer(model), batch)
 
+
+
+def _train_steps(tmp: Path, steps: int, accelerator=None, **opts):  # noqa: ANN001, ANN003, ANN202
+    from accelerate import Accelerator
+
+    model = tiny_llama(seed=0)
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    logged: list[dict] = []
+    from hdpo_core.trainer import TrainHooks
+
+    options = {"total_steps": steps, "batch_size": 8, "micro_batch_size": 2, "learning_rate": 1e-3,
+               "save_every": 10**6, **opts}
+    train(accelerator or Accelerator(), model, reference, random_pairs(16, seed=1), pad_token_id=PAD,
+          alpha=ScheduledAlpha(0.9), opts=TrainOptions(**options), paths=TrainPaths(None, tmp / "final"),
+          save_final=lambda m: None, hooks=TrainHooks(on_metrics=logged.append, on_message=lambda s: None))
+    return logged
+
+
+def test_one_host_sync_per_training_step_on_cuda(tmp_path: Path) -> None:
+    """torch's own sync detector (``set_sync_debug_mode``) counts every synchronizing CUDA call: the syncs of
+    3 steps minus those of 1 step are 2 steps' worth, with 4 micro-batches per step."""
+    import warnings
+
+    def syncs(steps: int) -> int:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                _train_steps(tmp_path / str(steps), steps)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    per_step = (syncs(3) - syncs(1)) / 2
+    assert per_step <= 2, per_step  # the one read of the step's numbers (+ at most the batch's pinned copy)
+
+
+def test_fp16_overflow_lowers_the_loss_scale_instead_of_stopping(tmp_path: Path) -> None:
+    """A GradScaler overflow is skipped by the scaler and the scale drops; on_nonfinite 'stop' is not hit."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(mixed_precision="fp16")
+    acc.scaler = torch.amp.GradScaler("cuda", init_scale=2.0**30)  # guaranteed overflow at the start
+    logged = _train_steps(tmp_path, 24, accelerator=acc, on_nonfinite="stop", max_grad_norm=1.0)
+    skipped = [m["skipped"] for m in logged]
+    assert skipped[0] and not skipped[-1], skipped
+    assert acc.scaler.get_scale() < 2.0**30

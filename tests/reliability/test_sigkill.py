@@ -54,6 +54,7 @@ def _check_after_kill(run: Path) -> None:
     root = run / "checkpoints"
     for ckpt in list_checkpoints(root):
         assert not ckpt.name.startswith(".tmp"), ckpt
+        assert ckpt_mod.verify_checkpoint(ckpt) is None, ckpt  # its checksums hold, whenever the kill came
         state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
         assert state["step"] == int(ckpt.name.split("-")[1])
         weights = load_file(str(ckpt / "trainable.safetensors"))

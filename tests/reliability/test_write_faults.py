@@ -125,7 +125,7 @@ def _inject_nonfinite(monkeypatch: pytest.MonkeyPatch, at_step: int, what: str) 
         calls.append(1)
         if len(calls) == at_step:
             if what == "loss":
-                sums.values["loss"] = math.nan
+                sums.add("loss", math.nan)
             else:
                 for p in scorer.parameters():
                     if p.grad is not None:

@@ -1,0 +1,142 @@
+"""The OS-level sandbox of the ``code`` verifier: bubblewrap (``bwrap``), probed once per process.
+
+What the command built here gives the program (each point is tried by an attack in
+``tests/eval/test_sandbox_attacks.py``):
+
+* **its own user**: the sandbox runs as uid/gid 65534 ("nobody") inside a new user namespace with no
+  capabilities, and no further user namespaces (``--disable-userns``). When the evaluator is root, bwrap itself
+  is started as uid 65534 (``Popen(user=...)``), so the program is not root outside either: ``RLIMIT_NPROC``
+  then holds (the kernel exempts only uid 0), and it is counted per user namespace, i.e. per sandbox.
+* **new pid, mount, network, ipc, uts and cgroup namespaces** (``--unshare-all``): the program sees only its own
+  processes, has a loopback that reaches nothing (no 127.0.0.1 of the host), and no host hostname.
+* **a read-only system and nothing else**: ``/usr``, ``/etc`` and the ``/bin``, ``/lib*`` links, the Python
+  installation when it lives elsewhere, a fresh ``/dev`` and ``/proc``; a private ``/tmp`` (size-capped tmpfs,
+  also ``HOME``) is the only writable place; the program file is a read-only copy. Home folders, ``/work``,
+  ``/root``, ``/var``, the host's ``/tmp`` and the run folder are not there at all.
+* **no environment** (``--clearenv``): ``PATH``, ``HOME``, ``TMPDIR``, ``LANG``, ``PYTHONHASHSEED`` only.
+* **lifetime**: ``--die-with-parent`` and ``--new-session``; bwrap's own pid 1 reaps the program, and when it
+  dies (program exit, or bwrap killed at the timeout) the kernel kills every process of the pid namespace,
+  including one that called ``setsid``.
+
+Containers: a rootful podman/docker container may forbid mounting a new ``/proc`` ("Can't mount proc"); the
+probe then retries without ``--proc`` (still a new pid namespace; ``/proc`` is simply absent). User namespaces
+must be allowed (podman: default; docker: ``--security-opt seccomp=unconfined`` or a profile allowing
+``clone``/``unshare`` of user namespaces, and ``--security-opt apparmor=unconfined`` on AppArmor hosts);
+``--security-opt systempaths=unconfined`` restores ``--proc``. See docs/eval.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+
+BWRAP_ENV = "HDPO_BWRAP"  # name or path of the bubblewrap binary (default "bwrap"); a missing one = no sandbox
+SANDBOX_UID = 65534
+PROGRAM = "/sandbox/program.py"
+TMP_BYTES = 64 << 20  # size of the private /tmp
+_SYSTEM = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """A bwrap setup that started a program on this host: binary, interpreter, and whether ``--proc`` works."""
+
+    bwrap: str
+    python: str
+    proc: bool
+    drop_to: int | None  # uid to become before starting bwrap (the evaluator is root), else None
+
+    def describe(self) -> str:
+        return "bubblewrap" + ("" if self.proc else " (no /proc: this host forbids mounting it)")
+
+
+def command(iso: Isolation, program_fd: int) -> list[str]:
+    """The bwrap command line running the program read from ``program_fd`` (an inherited file descriptor)."""
+    cmd = [iso.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+           "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "sandbox", "--clearenv"]
+    for key, value in (("PATH", "/usr/local/bin:/usr/bin:/bin"), ("HOME", "/tmp"), ("TMPDIR", "/tmp"),
+                       ("LANG", "C.UTF-8"), ("PYTHONHASHSEED", "0")):
+        cmd += ["--setenv", key, value]
+    for path in _SYSTEM:
+        if os.path.islink(path):
+            cmd += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            cmd += ["--ro-bind", path, path]
+    prefix = _prefix_of(iso.python)
+    if prefix is not None:
+        cmd += ["--ro-bind", prefix, prefix]
+    cmd += ["--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--dev", "/dev"]
+    if iso.proc:
+        cmd += ["--proc", "/proc"]
+    cmd += ["--ro-bind-data", str(program_fd), PROGRAM, "--chdir", "/tmp", "--", iso.python, "-I", "-B", PROGRAM]
+    return cmd
+
+
+def popen_user(iso: Isolation) -> dict[str, object]:
+    """``subprocess.Popen`` keyword arguments that start bwrap as the unprivileged uid when we are root."""
+    if iso.drop_to is None:
+        return {}
+    return {"user": iso.drop_to, "group": iso.drop_to, "extra_groups": []}
+
+
+def _prefix_of(python: str) -> str | None:
+    """The installation folder to bind for ``python`` when it is not under the system folders already bound."""
+    if any(python.startswith(p + "/") for p in _SYSTEM):
+        return None
+    return os.path.dirname(os.path.dirname(python))  # PREFIX/bin/pythonX.Y -> PREFIX
+
+
+def _interpreters() -> list[str]:
+    """Candidates, best first: the evaluator's own (base) interpreter, then the system's."""
+    found: list[str] = []
+    for cand in (getattr(sys, "_base_executable", None) or sys.executable, "/usr/local/bin/python3",
+                 "/usr/bin/python3"):
+        real = os.path.realpath(cand)
+        if os.path.isfile(real) and real not in found:
+            found.append(real)
+    return found
+
+
+def isolation() -> tuple[Isolation | None, str]:
+    """The working bwrap setup on this host (probed once per binary and user), or ``None`` and why not."""
+    return _probe(os.environ.get(BWRAP_ENV) or "bwrap", os.geteuid())
+
+
+@functools.cache
+def _probe(name: str, euid: int) -> tuple[Isolation | None, str]:
+    path = shutil.which(name)
+    if path is None:
+        return None, f"bubblewrap ('{name}') is not installed"
+    reason = "no interpreter found"
+    drop = SANDBOX_UID if euid == 0 else None
+    for python in _interpreters():
+        for proc in (True, False):
+            iso = Isolation(path, python, proc, drop)
+            ok, reason = _try(iso)
+            if ok:
+                return iso, ""
+    return None, reason
+
+
+def _try(iso: Isolation) -> tuple[bool, str]:
+    """Start ``print(os.getuid())`` in the sandbox; True when it ran as the sandbox uid."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as prog:
+        prog.write(b"import os\nprint(os.getuid())\n")
+        prog.flush()
+        prog.seek(0)
+        try:
+            done = subprocess.run(command(iso, prog.fileno()), pass_fds=(prog.fileno(),), cwd="/",
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                                  **popen_user(iso))  # type: ignore[call-overload]
+        except (OSError, subprocess.SubprocessError) as exc:
+            return False, f"{iso.bwrap} could not start ({exc})"
+    if done.returncode == 0 and done.stdout.strip() == str(SANDBOX_UID).encode():
+        return True, ""
+    err = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    return False, f"{iso.bwrap} failed here ({err[-1][:200] if err else f'exit {done.returncode}'})"

@@ -1,0 +1,107 @@
+"""The FastAPI application: OpenAI-compatible routes under ``/v1``, the scheduler started with the app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from .config import ServeConfig, visible_gpus
+from .db import make_engine, session_factory
+from .deps import ServerContext
+from .errors import ApiError, install_error_handlers
+from .executor import Executor, LocalExecutor
+from .scheduler import Scheduler
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+JSON_BODY_LIMIT = 4 * 1024 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit (413) before they are stored: by Content-Length when sent, else
+    while the body streams in. Uploads get ``max_upload_bytes``, every other route 4 MiB."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], upload_limit: int) -> None:
+        self.app, self.upload_limit = app, upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.upload_limit if scope["path"].rstrip("/").endswith("/files") else JSON_BODY_LIMIT
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._reject(send, limit)
+            return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send, limit)
+
+    @staticmethod
+    async def _reject(send: Send, limit: int) -> None:
+        import json
+
+        body = json.dumps(ApiError(413, f"Request body too large: the limit is {limit // (1024 * 1024)} MiB "
+                                   "(hdpo-tune serve --max-upload-mb)", code="request_too_large").body()).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(config: ServeConfig, executor: Executor | None = None) -> FastAPI:
+    from . import files_api, jobs_api, native_api
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.files_dir.mkdir(exist_ok=True)
+    config.runs_dir.mkdir(exist_ok=True)
+    engine = make_engine(config.database_url)
+    sessions = session_factory(engine)
+    scheduler = Scheduler(config, sessions, executor or LocalExecutor(visible_gpus()))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
+        yield
+        scheduler.stop()
+        engine.dispose()
+
+    app = FastAPI(title="hdpo-tune serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.ctx = ServerContext(config=config, sessions=sessions)
+    app.state.scheduler = scheduler
+    install_error_handlers(app)
+    for router in (files_api.router, jobs_api.router, native_api.router):
+        app.include_router(router, prefix="/v1")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "workers": scheduler.workers, "running": len(scheduler.running)}
+
+    app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes)  # type: ignore[arg-type]
+    return app

@@ -1,0 +1,119 @@
+"""How a job's process is started, watched and stopped: an interface, and the local process pool behind it.
+
+A job is ``hdpo-tune run job.yaml`` in its run folder: the CLI's own pipeline, in its own process, so a crash
+of a job never takes the server down and the server never holds a model in memory. An executor for
+Kubernetes Jobs would implement the same two methods (start a pod running the same command on the same run
+folder, read the same files back); none is built here, since there is no cluster to test one on.
+
+"No job runs twice at the same time" is kept by the run folder, not by the database alone: the local
+executor takes an exclusive ``flock`` on ``RUN/.lock`` and hands the locked file to the job process, which
+holds it until it exits, even if the server dies first. A restarted server that finds the lock held waits.
+The job process gets SIGTERM when the server's scheduler thread dies (``PR_SET_PDEATHSIG``): it writes a
+checkpoint and exits, and the restarted server resumes it from there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Protocol
+
+LOCK = ".lock"
+LOG = "job.log"
+_PR_SET_PDEATHSIG = 1
+
+
+class Busy(Exception):
+    """The run folder is still held by a job process (of this server or of a previous one)."""
+
+
+class JobProcess(Protocol):
+    pid: int | None
+
+    def poll(self) -> int | None:
+        """The exit code once the process has ended (negative: killed by that signal), else None."""
+
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM: the pipeline checkpoints and exits with 130)."""
+
+
+class Executor(Protocol):
+    def start(self, job_id: str, run_dir: Path, *, attempt: int, slot: int) -> JobProcess:
+        """Start ``hdpo-tune run run_dir/job.yaml``; raise :class:`Busy` if the folder is still in use."""
+
+    def busy(self, run_dir: Path) -> bool:
+        """True while some process holds the run folder."""
+
+
+def hdpo_tune_command() -> list[str]:
+    """The console script next to this Python (the same install as the server), else ``python -m``-style."""
+    exe = Path(sys.executable).parent / "hdpo-tune"
+    if exe.is_file():
+        return [str(exe)]
+    return [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())"]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the job then outlives a killed server, and the lock keeps a restart from doubling it
+
+
+def _lock(run_dir: Path) -> int:
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Busy(str(run_dir)) from None
+    return fd
+
+
+class LocalProcess:
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._p = popen
+        self.pid: int | None = popen.pid
+
+    def poll(self) -> int | None:
+        return self._p.poll()
+
+    def terminate(self) -> None:
+        if self._p.poll() is None:
+            self._p.send_signal(signal.SIGTERM)
+
+
+class LocalExecutor:
+    """Job processes on this machine; ``gpus`` (device ids) are handed out one per slot."""
+
+    def __init__(self, gpus: list[str] | None = None) -> None:
+        self.gpus = gpus or []
+
+    def busy(self, run_dir: Path) -> bool:
+        try:
+            fd = _lock(run_dir)
+        except Busy:
+            return True
+        os.close(fd)
+        return False
+
+    def start(self, job_id: str, run_dir: Path, *, attempt: int, slot: int) -> JobProcess:
+        fd = _lock(run_dir)
+        try:
+            env = dict(os.environ)
+            if self.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+            with (run_dir / LOG).open("ab") as log:
+                log.write(f"--- {job_id} attempt {attempt}\n".encode())
+                log.flush()
+                popen = subprocess.Popen([*hdpo_tune_command(), "run", "job.yaml"], cwd=run_dir, env=env,
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         pass_fds=(fd,), start_new_session=True, preexec_fn=_die_with_parent)
+        finally:
+            os.close(fd)  # the child holds the lock now (same open file description) until it exits
+        return LocalProcess(popen)

@@ -1,0 +1,239 @@
+"""``/v1/fine_tuning/jobs``: OpenAI's fine-tuning jobs (create, list, retrieve, cancel, events, checkpoints).
+
+OpenAI's request fields map onto the job spec (see docs/service.md for the table): ``method.dpo.hyperparameters``
+``beta`` -> ``hdpo.beta``, ``batch_size`` -> ``train.batch_size``, ``n_epochs`` -> ``train.epochs``,
+``learning_rate_multiplier`` x the spec's default learning rate -> ``train.learning_rate``; ``seed`` ->
+``train.seed``. What OpenAI's shape cannot say (H-DPO's ``alpha``, ``alpha: auto``, LoRA, steps...) goes in the
+``hdpo_tune`` extension field (the SDK's ``extra_body``): spec sections laid over those defaults. A served job
+trains with LoRA (defaults) and merges, so ``fine_tuned_model`` names a full model.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select, update
+
+from service.spec import JobSpec
+from service.spec import TrainSpec as _TrainSpec
+
+from .db import EventRow, JobRow, add_event, new_id, now
+from .deps import Caller, Ctx, Db
+from .errors import ApiError, not_found
+from .finish import ft_name
+from .jobspec import SUFFIX_RE, resolve_refs, write_spec
+from .paging import page
+from .progress import all_metrics
+
+router = APIRouter()
+BASE_LR: float = _TrainSpec.model_fields["learning_rate"].default
+HYPERPARAMETERS = ("beta", "batch_size", "learning_rate_multiplier", "n_epochs")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class CreateJob(BaseModel):
+    """OpenAI's create body. Unknown fields are errors, as OpenAI's are."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    method: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] | None = None
+    seed: int | None = None
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[Any] | None = None
+    hdpo_tune: dict[str, Any] | None = None
+
+
+def _given(value: Any) -> bool:
+    return value is not None and value != "auto"
+
+
+def openai_spec(req: CreateJob) -> dict[str, Any]:
+    """The job spec (file ids and model name not yet resolved) of an OpenAI create request."""
+    method = req.method or {"type": "dpo"}
+    if method.get("type") != "dpo":
+        raise ApiError(400, f"method.type '{method.get('type')}' is not supported; this server trains with DPO / "
+                       "H-DPO only: method={'type': 'dpo', ...}", param="method.type", code="unsupported_method")
+    if req.integrations:
+        raise ApiError(400, "integrations are not supported (metrics are in the job's events and result file)",
+                       param="integrations", code="unsupported_parameter")
+    hp = ((method.get("dpo") or {}).get("hyperparameters") or req.hyperparameters or {})
+    unknown = sorted(set(hp) - set(HYPERPARAMETERS))
+    if unknown:
+        raise ApiError(400, f"method.dpo.hyperparameters: unknown {unknown}; OpenAI's are {list(HYPERPARAMETERS)}; "
+                       "H-DPO settings such as alpha go in the hdpo_tune extension field", param="hyperparameters",
+                       code="invalid_hyperparameters")
+    train: dict[str, Any] = {"seed": req.seed if req.seed is not None else secrets.randbelow(2**31)}
+    hdpo: dict[str, Any] = {}
+    if _given(hp.get("beta")):
+        hdpo["beta"] = hp["beta"]
+    if _given(hp.get("n_epochs")):
+        train["epochs"] = float(hp["n_epochs"])
+    if _given(hp.get("learning_rate_multiplier")):
+        train["learning_rate"] = BASE_LR * float(hp["learning_rate_multiplier"])
+    if _given(hp.get("batch_size")):
+        b = hp["batch_size"]
+        train["batch_size"] = b
+        if isinstance(b, int) and b > 0:
+            train["micro_batch_size"] = max(d for d in range(1, min(b, 8) + 1) if b % d == 0)
+    data: dict[str, Any] = {"train": req.training_file}
+    if req.validation_file:
+        data["eval"] = req.validation_file
+    spec: dict[str, Any] = {"model": {"name_or_path": req.model}, "lora": {}, "data": data, "hdpo": hdpo,
+                            "train": train, "merge": {}}
+    for section, value in (req.hdpo_tune or {}).items():
+        if section == "model" and isinstance(value, dict) and "name_or_path" in value:
+            raise ApiError(400, "hdpo_tune.model.name_or_path: use the model field", param="hdpo_tune.model")
+        if section == "data" and isinstance(value, dict) and {"train", "eval"} & set(value):
+            raise ApiError(400, "hdpo_tune.data.train/eval: use training_file/validation_file", param="hdpo_tune.data")
+        if isinstance(value, dict) and isinstance(spec.get(section), dict):
+            spec[section] = {**spec[section], **value}
+        else:
+            spec[section] = value
+    return spec
+
+
+def method_echo(spec: JobSpec) -> dict[str, Any]:
+    """The effective hyperparameters, in OpenAI's shape plus the H-DPO ones."""
+    t = spec.train
+    hp = {"beta": spec.hdpo.beta, "batch_size": t.batch_size, "learning_rate_multiplier": t.learning_rate / BASE_LR,
+          "n_epochs": int(t.epochs) if t.epochs is not None and float(t.epochs).is_integer() else (t.epochs or "auto")}
+    return {"type": "dpo", "dpo": {"hyperparameters": hp},
+            "hdpo_tune": {"alpha": spec.hdpo.alpha, "max_steps": t.max_steps, "learning_rate": t.learning_rate,
+                          "lora": spec.lora is not None}}
+
+
+def job_object(job: JobRow) -> dict[str, Any]:
+    hp = (job.method.get("dpo") or {}).get("hyperparameters", {})
+    return {"id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
+            "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at,
+            "hyperparameters": {k: hp.get(k) for k in ("batch_size", "learning_rate_multiplier", "n_epochs")},
+            "model": job.model, "organization_id": job.owner, "result_files": job.result_files or [],
+            "seed": job.seed, "status": job.status, "trained_tokens": job.trained_tokens,
+            "training_file": job.training_file, "validation_file": job.validation_file, "estimated_finish": None,
+            "integrations": [], "metadata": job.job_metadata, "method": job.method,
+            "user_provided_suffix": job.suffix,
+            "hdpo_tune": {"stage": job.last_stage or None, "step": job.last_metrics_step, "attempts": job.attempts,
+                          "cancel_requested": job.cancel_requested, "started_at": job.started_at}}
+
+
+def _check_meta(suffix: str | None, metadata: dict[str, str] | None) -> None:
+    if suffix is not None and not SUFFIX_RE.fullmatch(suffix):
+        raise ApiError(400, f"suffix '{suffix[:80]}': use 1-64 letters, digits, '-' or '_'", param="suffix")
+    if metadata and (len(metadata) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in metadata.items())):
+        raise ApiError(400, "metadata: at most 16 pairs, keys up to 64 and values up to 512 characters",
+                       param="metadata")
+
+
+def create_job(ctx: Ctx, db: Db, owner: str, spec: dict[str, Any], *, model: str, training_file: str,
+               validation_file: str | None, suffix: str | None, metadata: dict[str, str] | None,
+               request: dict[str, Any]) -> JobRow:
+    """Resolve, write and check the spec, then queue the job (shared by the OpenAI and native endpoints)."""
+    _check_meta(suffix, metadata)
+    resolved = resolve_refs(ctx.config, db, owner, spec)
+    job_id = new_id("ftjob")
+    checked = write_spec(ctx.config, job_id, resolved)
+    job = JobRow(id=job_id, owner=owner, status="validating_files", model=model, training_file=training_file,
+                 validation_file=validation_file, seed=checked.train.seed, suffix=suffix, job_metadata=metadata,
+                 method=method_echo(checked), request=request, created_at=now(), result_files=[])
+    db.add(job)
+    db.flush()  # the job row first: events reference it
+    add_event(db, job_id, f"Created fine-tuning job: {job_id}")
+    add_event(db, job_id, "Validated the training file and the job spec")
+    job.status = "queued"
+    add_event(db, job_id, "Job queued")
+    db.commit()
+    return job
+
+
+def owned_job(db: Db, owner: str, job_id: str) -> JobRow:
+    job = db.scalar(select(JobRow).where(JobRow.id == job_id, JobRow.owner == owner))
+    if job is None:
+        raise not_found("fine-tuning job", job_id)
+    return job
+
+
+@router.post("/fine_tuning/jobs")
+def create(ctx: Ctx, db: Db, key: Caller, body: CreateJob) -> dict[str, Any]:
+    spec = openai_spec(body)
+    job = create_job(ctx, db, key.id, spec, model=body.model, training_file=body.training_file,
+                     validation_file=body.validation_file, suffix=body.suffix, metadata=body.metadata,
+                     request=body.model_dump(mode="json"))
+    return job_object(job)
+
+
+@router.get("/fine_tuning/jobs")
+async def list_jobs(db: Db, key: Caller, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+    return page(db, JobRow, select(JobRow).where(JobRow.owner == key.id), after=after, limit=limit, order="desc",
+                render=job_object)
+
+
+@router.get("/fine_tuning/jobs/{job_id}")
+async def retrieve(db: Db, key: Caller, job_id: str) -> dict[str, Any]:
+    return job_object(owned_job(db, key.id, job_id))
+
+
+@router.post("/fine_tuning/jobs/{job_id}/cancel")
+async def cancel(db: Db, key: Caller, job_id: str) -> dict[str, Any]:
+    """Queued: cancelled at once. Running: SIGTERM from the scheduler, a checkpoint, then ``cancelled``."""
+    job = owned_job(db, key.id, job_id)
+    if job.status in TERMINAL:
+        raise ApiError(400, f"{job_id} has already {'been cancelled' if job.status == 'cancelled' else 'finished'} "
+                       f"(status {job.status})", param="fine_tuning_job_id", code="job_not_cancellable")
+    if job.status in ("validating_files", "queued") and db.execute(
+            update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(("validating_files", "queued")))
+            .values(status="cancelled", cancel_requested=True, finished_at=now())).rowcount == 1:
+        add_event(db, job_id, "The job was cancelled before it started")
+    else:
+        job.cancel_requested = True
+        add_event(db, job_id, "Cancellation requested; the job stops at the next step boundary after a checkpoint")
+    db.commit()
+    db.refresh(job)
+    return job_object(job)
+
+
+def event_object(ev: EventRow) -> dict[str, Any]:
+    return {"id": ev.id, "object": "fine_tuning.job.event", "created_at": ev.created_at, "level": ev.level,
+            "message": ev.message, "data": ev.data, "type": ev.type}
+
+
+@router.get("/fine_tuning/jobs/{job_id}/events")
+async def events(db: Db, key: Caller, job_id: str, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+    owned_job(db, key.id, job_id)
+    return page(db, EventRow, select(EventRow).where(EventRow.job_id == job_id), after=after, limit=limit,
+                order="desc", render=event_object, max_limit=1000)
+
+
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints")
+def checkpoints(ctx: Ctx, db: Db, key: Caller, job_id: str, after: str | None = None,
+                limit: int = 10) -> dict[str, Any]:
+    """The resumable checkpoints on disk (``train.keep_checkpoints`` most recent), newest first."""
+    job = owned_job(db, key.id, job_id)
+    root = ctx.config.runs_dir / job.id / "checkpoints"
+    folders = sorted((p for p in root.glob("step-*") if (p / "state.json").is_file()), reverse=True) \
+        if root.is_dir() else []
+    by_step = {r["step"]: r for r in all_metrics(ctx.config.runs_dir / job.id)}
+    items = []
+    for folder in folders:
+        step = int(folder.name.split("-")[1])
+        rec = by_step.get(step, {})
+        items.append({"id": f"ftckpt-{job.id.split('-', 1)[1]}-{step}", "object": "fine_tuning.job.checkpoint",
+                      "created_at": int((folder / "state.json").stat().st_mtime),
+                      "fine_tuned_model_checkpoint": f"{ft_name(job)}:ckpt-step-{step}",
+                      "fine_tuning_job_id": job.id, "step_number": step,
+                      "metrics": {"step": step, "train_loss": rec.get("loss"), "valid_loss": rec.get("eval/loss"),
+                                  "train_mean_token_accuracy": None, "valid_mean_token_accuracy": None,
+                                  "full_valid_loss": None, "full_valid_mean_token_accuracy": None}})
+    ids = [i["id"] for i in items]
+    start = ids.index(after) + 1 if after in ids else 0
+    if after and after not in ids:
+        raise ApiError(400, f"after: no such checkpoint {after}", param="after", code="invalid_cursor")
+    chunk = items[start:start + limit]
+    return {"object": "list", "data": chunk, "has_more": start + limit < len(items),
+            "first_id": chunk[0]["id"] if chunk else None, "last_id": chunk[-1]["id"] if chunk else None}

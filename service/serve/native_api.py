@@ -1,0 +1,98 @@
+"""hdpo-tune's own endpoints: a job from a full job spec, and a finished job's artifacts as a tar stream.
+
+``POST /v1/hdpo/jobs`` takes ``{"spec": {...}}``: the same pydantic ``JobSpec`` as ``hdpo-tune run``, with the
+same messages, except that files are uploaded file ids, models are model names (see :mod:`.jobspec`) and the
+server picks the run folder. The job is then an ordinary fine-tuning job (list, events, cancel...).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from .deps import Caller, Ctx, Db
+from .errors import ApiError
+from .jobs_api import create_job, job_object, owned_job
+
+router = APIRouter()
+PARTS = ("final", "merged", "onnx", "eval")
+
+
+class NativeJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: dict[str, Any]
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+@router.post("/hdpo/jobs")
+def create_native(ctx: Ctx, db: Db, key: Caller, body: NativeJob) -> dict[str, Any]:
+    spec = body.spec
+    model = (spec.get("model") or {}).get("name_or_path") if isinstance(spec.get("model"), dict) else None
+    data = spec.get("data") if isinstance(spec.get("data"), dict) else {}
+    if not isinstance(model, str) or not isinstance(data.get("train"), str):
+        raise ApiError(400, "spec: needs model.name_or_path (a model name) and data.train (an uploaded file id)",
+                       param="spec", code="invalid_spec")
+    job = create_job(ctx, db, key.id, spec, model=model, training_file=data["train"],
+                     validation_file=data.get("eval"), suffix=body.suffix, metadata=body.metadata,
+                     request=body.model_dump(mode="json"))
+    return job_object(job)
+
+
+class _Sink:
+    """A write-only file object whose bytes are handed out in chunks as the tar is written."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, b: bytes) -> int:
+        self.chunks.append(bytes(b))
+        return len(b)
+
+    def take(self) -> bytes:
+        out, self.chunks = b"".join(self.chunks), []
+        return out
+
+
+def _files(root: Path) -> list[Path]:
+    """Regular files under ``root``; links are neither followed nor sent (nothing outside the run folder)."""
+    out = []
+    for folder, _dirs, names in os.walk(root):  # os.walk does not descend into linked folders
+        out.extend(Path(folder) / n for n in names if not (Path(folder) / n).is_symlink())
+    return sorted(out)
+
+
+def _tar_stream(run_dir: Path, parts: list[str], name: str) -> Iterator[bytes]:
+    sink = _Sink()
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for part in parts:
+            for path in _files(run_dir / part):
+                tar.add(path, arcname=f"{name}/{path.relative_to(run_dir)}", recursive=False)
+                yield sink.take()
+    yield sink.take()
+
+
+@router.get("/hdpo/jobs/{job_id}/artifacts")
+def artifacts(ctx: Ctx, db: Db, key: Caller, job_id: str, parts: str | None = None) -> StreamingResponse:
+    """A tar of the succeeded job's ``final/`` (adapter or model), ``merged/``, ``onnx/`` and ``eval/``
+    (those that exist, or those named in ``parts=merged,onnx``)."""
+    job = owned_job(db, key.id, job_id)
+    if job.status != "succeeded":
+        raise ApiError(409, f"{job_id} has status {job.status}; artifacts are ready once it has succeeded",
+                       param="fine_tuning_job_id", code="job_not_finished")
+    run_dir = ctx.config.runs_dir / job.id
+    wanted = [p.strip() for p in parts.split(",")] if parts else [p for p in PARTS if (run_dir / p).is_dir()]
+    bad = [p for p in wanted if p not in PARTS or not (run_dir / p).is_dir()]
+    if bad:
+        have = [p for p in PARTS if (run_dir / p).is_dir()]
+        raise ApiError(400, f"parts: {bad} not available for {job_id}; this job has {have}", param="parts",
+                       code="invalid_parts")
+    headers = {"Content-Disposition": f'attachment; filename="{job.id}.tar"'}
+    return StreamingResponse(_tar_stream(run_dir, wanted, job.id), media_type="application/x-tar", headers=headers)

@@ -1,0 +1,241 @@
+"""The worker pool: starts queued jobs, watches running ones, and resumes what a crash left behind.
+
+One thread (not the API's event loop, so training I/O never slows a status read) ticks every
+``poll_interval_s``:
+
+1. each job process of this server: new ``metrics.jsonl`` lines and stage changes become events; a cancel
+   request becomes SIGTERM; an exit becomes ``succeeded``/``failed``/``cancelled``;
+2. jobs the database says are ``running`` but that no process of this server runs (the server was killed,
+   or stopped): once their run folder is free (:mod:`.executor`'s lock), ``hdpo-tune run`` is started again
+   on the same folder, which resumes from the last checkpoint and skips finished stages;
+3. queued jobs, oldest first, while fewer than ``workers`` processes run. A job is claimed with a
+   compare-and-set on its row (``status = 'queued'``), so two schedulers never start the same job.
+
+A stopped server (SIGTERM/Ctrl-C) stops its job processes the same way (each writes a checkpoint) and leaves
+them ``running`` in the database: the next start resumes them. Nothing a client sees goes backwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from .config import ServeConfig
+from .db import JobRow, add_event, job_by_id, now
+from .executor import Busy, Executor, JobProcess
+from .finish import finish_job
+from .progress import MetricsReader, metric_event, read_status
+
+log = logging.getLogger("hdpo_tune.serve")
+
+
+@dataclass
+class Running:
+    job_id: str
+    process: JobProcess
+    slot: int
+    reader: MetricsReader
+    total_steps: int | None = None
+    term_sent: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Scheduler:
+    def __init__(self, config: ServeConfig, sessions: sessionmaker, executor: Executor) -> None:
+        self.config, self.sessions, self.executor = config, sessions, executor
+        self.workers = config.worker_count()
+        self.running: dict[str, Running] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="hdpo-serve-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace_s: float = 120.0) -> None:
+        """Stop taking jobs, SIGTERM every job process (each checkpoints), wait for them, leave them resumable."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=grace_s + 10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # a database hiccup must not end the pool; the next tick retries
+                log.error("scheduler tick failed: %s: %s", type(exc).__name__, str(exc)[:200])
+            self._stop.wait(self.config.poll_interval_s)
+        self._shutdown()
+
+    def _shutdown(self, grace_s: float = 120.0) -> None:
+        for run in self.running.values():
+            run.process.terminate()
+        deadline = time.monotonic() + grace_s
+        while self.running and time.monotonic() < deadline:
+            for job_id, run in list(self.running.items()):
+                if run.process.poll() is not None:
+                    with self.sessions() as db:
+                        self._progress(db, run)
+                        job = job_by_id(db, job_id)
+                        if job is not None and job.status == "running":
+                            job.pid, job.lease_until = None, None
+                            add_event(db, job_id, "Server stopped: the job process wrote a checkpoint and exited; "
+                                      "it resumes when the server starts again", level="warn")
+                        db.commit()
+                    del self.running[job_id]
+            time.sleep(0.2)
+
+    # --- one tick ----------------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        with self.sessions() as db:
+            for job_id in list(self.running):
+                self._watch(db, self.running[job_id])
+            waiting = self._resume_orphans(db)
+            self._start_queued(db, reserved=waiting)
+
+    def _free_slot(self, reserved: int = 0) -> int | None:
+        """A free worker slot, keeping ``reserved`` slots for interrupted jobs waiting to resume."""
+        if len(self.running) + reserved >= self.workers:
+            return None
+        used = {r.slot for r in self.running.values()}
+        return next((s for s in range(self.workers) if s not in used), None)
+
+    def _launch(self, db: Session, job: JobRow, slot: int, note: str) -> None:
+        run_dir = self.config.runs_dir / job.id
+        job.attempts += 1
+        process = self.executor.start(job.id, run_dir, attempt=job.attempts, slot=slot)  # may raise Busy
+        job.pid, job.host, job.slot = process.pid, self.config.host_id, slot
+        job.lease_until = now() + self.config.lease_s
+        job.started_at = job.started_at or now()
+        add_event(db, job.id, note)
+        db.commit()
+        self.running[job.id] = Running(job.id, process, slot, MetricsReader(run_dir))
+
+    def _start_queued(self, db: Session, reserved: int) -> None:
+        while (slot := self._free_slot(reserved)) is not None and not self._stop.is_set():
+            job = db.scalar(select(JobRow).where(JobRow.status == "queued").order_by(JobRow.seq).limit(1))
+            if job is None:
+                return
+            claimed = db.execute(update(JobRow).where(JobRow.id == job.id, JobRow.status == "queued")
+                                 .values(status="running", host=self.config.host_id,
+                                         lease_until=now() + self.config.lease_s)).rowcount
+            db.commit()
+            if claimed != 1:
+                continue  # another scheduler took it
+            db.refresh(job)
+            add_event(db, job.id, "Fine-tuning job started")
+            try:
+                self._launch(db, job, slot, f"Started `hdpo-tune run` (attempt 1) in slot {slot}")
+            except Busy:
+                db.rollback()  # the folder is held (cannot happen for a new job); retried as an orphan
+            except OSError as exc:
+                db.rollback()
+                self._fail(db, job_by_id(db, job.id), f"could not start the job process: {exc.strerror or exc}")
+
+    def _resume_orphans(self, db: Session) -> int:
+        """Jobs marked running that no process of this server runs: the server was killed or stopped.
+        Returns how many still wait (their folder is held by the old process, or no slot is free): their slots
+        are kept from queued jobs, so a resumed job never loses its place to a job queued after it."""
+        t = now()
+        orphans = db.scalars(select(JobRow).where(
+            JobRow.status == "running", JobRow.id.not_in(list(self.running) or [""]),
+            or_(JobRow.host == self.config.host_id, JobRow.host.is_(None), JobRow.lease_until < t))
+            .order_by(JobRow.seq)).all()
+        waiting = 0
+        for job in orphans:
+            run_dir = self.config.runs_dir / job.id
+            if job.cancel_requested:
+                if not self.executor.busy(run_dir):
+                    self._finish(db, job, "cancelled", "The job was cancelled")
+                continue
+            slot = self._free_slot(waiting)
+            if slot is None or self._stop.is_set():
+                waiting += 1
+                continue
+            step = (read_status(run_dir) or {}).get("step")
+            try:
+                self._launch(db, job, slot, f"Resuming after a server restart: `hdpo-tune run` attempt "
+                             f"{job.attempts + 1} continues from the last checkpoint (last reported step "
+                             f"{job.last_metrics_step or step or 0})")
+            except Busy:
+                db.rollback()  # the previous process is still writing its checkpoint; next tick
+                waiting += 1
+            except OSError as exc:
+                db.rollback()
+                self._fail(db, job, f"could not start the job process: {exc.strerror or exc}")
+        return waiting
+
+    # --- watching ----------------------------------------------------------------------------------------
+
+    def _progress(self, db: Session, run: Running) -> JobRow | None:
+        job = job_by_id(db, run.job_id)
+        if job is None:
+            return None
+        status = read_status(self.config.runs_dir / job.id) or {}
+        if status.get("total_steps"):
+            run.total_steps = int(status["total_steps"])
+        stage_key = f"{status.get('stage')}:{status.get('state')}"
+        if status and stage_key != job.last_stage:
+            job.last_stage = stage_key
+            if status.get("stage") != "done":
+                add_event(db, job.id, f"Stage {status.get('stage')}: {status.get('state')}",
+                          data={"stage": status.get("stage"), "state": status.get("state")})
+        # finished stages come from status.json's list, so a stage shorter than one poll is still reported
+        done = [s for s in status.get("stages_done") or [] if s not in (job.stages_reported or [])]
+        for stage in done:
+            add_event(db, job.id, f"Stage {stage}: done", data={"stage": stage, "state": "done"})
+        if done:
+            job.stages_reported = [*(job.stages_reported or []), *done]
+        for rec in run.reader.new_records():
+            if rec["step"] <= job.last_metrics_step:
+                continue
+            message, data = metric_event(rec, run.total_steps)
+            add_event(db, job.id, message, type_="metrics", data=data)
+            job.last_metrics_step = rec["step"]
+        t = now()
+        if job.lease_until is None or job.lease_until - t < self.config.lease_s // 2:
+            job.lease_until = t + self.config.lease_s
+        return job
+
+    def _watch(self, db: Session, run: Running) -> None:
+        job = self._progress(db, run)
+        if job is None:
+            return
+        if job.cancel_requested and not run.term_sent:
+            run.process.terminate()
+            run.term_sent = True
+            add_event(db, job.id, "Cancellation requested: SIGTERM sent; the job writes a checkpoint and stops")
+        db.commit()
+        code = run.process.poll()
+        if code is None:
+            return
+        del self.running[job.id]
+        if job.cancel_requested:
+            self._finish(db, job, "cancelled", "The job was cancelled")
+        elif code == 0:
+            finish_job(self.config, db, job)
+        else:
+            status = read_status(self.config.runs_dir / job.id) or {}
+            reason = status.get("error") or f"the job process exited with code {code}; see its log"
+            self._fail(db, job, str(reason), code="invalid_input" if code == 2 else "job_failed")
+
+    def _finish(self, db: Session, job: JobRow, state: str, message: str, level: str = "info") -> None:
+        job.status, job.finished_at, job.pid, job.lease_until = state, now(), None, None
+        add_event(db, job.id, message, level=level)
+        db.commit()
+
+    def _fail(self, db: Session, job: JobRow | None, message: str, code: str = "job_failed") -> None:
+        if job is None:
+            return
+        clean = message.replace(str(self.config.data_dir.resolve()), "DATA").replace(str(self.config.data_dir), "DATA")
+        job.error = {"code": code, "message": clean, "param": None}
+        self._finish(db, job, "failed", f"The job failed: {clean}", level="error")
