@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from .spec_base import StrictModel
 
 Tracker = Literal["mlflow", "wandb", "trackio"]
 
 
-class TrackingSpec(BaseModel):
+class TrackingSpec(StrictModel):
     """Experiment tracking (MLflow, Weights & Biases, trackio) on the main process only."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     report_to: list[Tracker] = Field(..., min_length=1, description="Trackers to log to: mlflow, wandb and/or "
                                      "trackio (pip install 'hdpo-tune[tracking]').")
