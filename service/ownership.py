@@ -196,6 +196,8 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _HELD[self.folder] = fd
+        with contextlib.suppress(OSError, ValueError):  # a folder without the marker (merge on an old run)
+            record(self.folder, [LOCK])
 
     def release(self) -> None:
         fd = _HELD.pop(self.folder, None)
