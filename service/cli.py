@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from hdpo_core import __version__
-from hdpo_core.errors import HdpoError
+
+from .cli_guard import STATE, guarded
 
 app = typer.Typer(
     name="hdpo-tune",
@@ -26,8 +26,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-T = TypeVar("T")
-_STATE = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -41,24 +39,7 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
-    _STATE["debug"] = debug
-
-
-def guarded(fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn a domain error into one stderr line and its exit code. ``--debug`` adds the
-    traceback before that line and keeps the exit code (2 stays 2: a script can rely on it either way)."""
-    try:
-        return fn()
-    except HdpoError as exc:
-        if _STATE["debug"]:
-            import traceback
-
-            traceback.print_exc()
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(code=exc.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(code=130) from None
+    STATE["debug"] = debug
 
 
 @app.command()

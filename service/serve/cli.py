@@ -67,7 +67,7 @@ def serve(
     """Start the server (http://HOST:PORT/v1). Create a key first: `hdpo-tune serve keys create NAME`."""
     if ctx.invoked_subcommand is not None:
         return
-    from service.cli import guarded
+    from service.cli_guard import guarded
 
     guarded(lambda: _run(_config(data, db, model_roots=tuple(p.resolve() for p in model_root or ()),
                                  allow_hub=not no_hub, max_upload_bytes=max_upload_mb * 1024 * 1024,

@@ -309,7 +309,7 @@ def test_native_spec_messages_are_the_clis(live, training_file, tmp_path):
 def test_path_fields_are_every_path_the_spec_resolves():
     """PATH_FIELDS must list every field load_spec treats as a path: a new one must be policed too."""
     from service.serve.jobspec import PATH_FIELDS
-    from service.spec import _resolve_paths
+    from service.spec_paths import resolve_paths as _resolve_paths
 
     sections = {s for s, _, _ in PATH_FIELDS} | {"eval", "train", "distributed", "model", "data", "output"}
     probe = {s: {k: "./probe" for s2, k, _ in PATH_FIELDS if s2 == s} for s in sections}
