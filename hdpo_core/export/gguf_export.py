@@ -11,9 +11,9 @@ What llama.cpp's own ``convert_hf_to_gguf.py`` does for these families, kept to 
   a tied lm_head is not written (llama.cpp reuses ``token_embd``);
 * rope: default and linear scaling; other rope types are refused rather than silently changed.
 
-A Mistral is written with ``general.name`` containing "mistral", the cue transformers' GGUF loader uses to
-load it back as Mistral. Mistral's sliding window is not written: llama.cpp's llama architecture attends to
-the whole context, as it does for files made by llama.cpp's converter.
+A Mistral is architecture ``llama`` (as llama.cpp's converter writes it), so transformers' GGUF loader reads
+it back as ``LlamaForCausalLM``, which computes the same thing. Mistral's sliding window is not written:
+llama.cpp's llama architecture attends to the whole context, as for files made by llama.cpp's converter.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def write_gguf(model_dir: Path, out_path: Path, *, qtype: str, name: str) -> Ggu
     vocab = read_vocab(model_dir, cfg["vocab_size"])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(out_path), arch)
-    writer.add_name(f"{name} (mistral)" if kind == "mistral" and "mistral" not in name.lower() else name)
+    writer.add_name(name)
     writer.add_file_type(
         gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "q8_0" else gguf.LlamaFileType.MOSTLY_F16
     )
