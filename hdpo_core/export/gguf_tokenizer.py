@@ -109,7 +109,7 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GgufVocab:
     pre = pre_tokenizer_name(raw.get("pre_tokenizer"), where)
     tok = AutoTokenizer.from_pretrained(model_dir)
     by_id = {i: t for t, i in model["vocab"].items()}
-    types = {i: NORMAL for i in by_id}
+    types = dict.fromkeys(by_id, NORMAL)
     for added in raw.get("added_tokens", []):
         by_id[added["id"]] = added["content"]
         types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED

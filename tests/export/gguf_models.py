@@ -70,10 +70,10 @@ def tiny_model(family: str, out: Path) -> Path:
 
     style = {"llama": "llama3", "qwen2": "qwen2", "mistral": "gpt2"}[family]
     tok = byte_bpe(style, out)
-    common = dict(vocab_size=len(tok) + 3, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
-                  initializer_range=0.1, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                  pad_token_id=tok.pad_token_id)
+    common = {"vocab_size": len(tok) + 3, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 256,
+                  "initializer_range": 0.1, "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id,
+                  "pad_token_id": tok.pad_token_id}
     if family == "llama":
         cfg = LlamaConfig(**common, tie_word_embeddings=False, rope_theta=500000.0)
     elif family == "qwen2":
