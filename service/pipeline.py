@@ -46,8 +46,8 @@ def _enabled(spec: JobSpec, stage: str) -> bool:
     if stage == "push":
         return bool(getattr(section, "repo_id", None))
     if stage == "export":
-        onnx = getattr(section, "onnx", None)
-        return bool(onnx is not None and getattr(onnx, "enabled", False))
+        formats = (getattr(section, "onnx", None), getattr(section, "gguf", None))
+        return any(f is not None and getattr(f, "enabled", False) for f in formats)
     return bool(getattr(section, "enabled", True))
 
 
@@ -163,7 +163,7 @@ def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
     headline = (results.get("eval") or {}).get("headline")
     if headline:
         lines.extend(f"eval: {line}" for line in headline)
-    for sub in ("final", "eval", "merged", "onnx"):
+    for sub in ("final", "eval", "merged", "onnx", "gguf"):
         if (run_dir / sub).exists():
             lines.append(f"{sub}: {run_dir / sub}")
     print("\n".join(lines))

@@ -19,6 +19,7 @@ llama.cpp's llama architecture attends to the whole context, as for files made b
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,7 @@ def write_gguf(model_dir: Path, out_path: Path, *, qtype: str, name: str) -> Ggu
     eos_id = eos[0] if isinstance(eos, list) and eos else eos
     vocab = read_vocab(model_dir, cfg["vocab_size"])
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer logs file layout at INFO: noise for users
     writer = gguf.GGUFWriter(str(out_path), arch)
     writer.add_name(name)
     writer.add_file_type(

@@ -141,3 +141,14 @@ def test_modelfile_template_renders_like_jinja_in_go(template, tmp_path):
     ]
     want = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
     assert _go_render(go_tpl, convs, tmp_path) == want
+
+
+def test_pipeline_runs_the_export_stage_for_gguf_alone():
+    """`hdpo-tune run` decides per stage; a spec with only GGUF enabled must still reach the export stage."""
+    from types import SimpleNamespace
+
+    from service.pipeline import _enabled
+    from service.spec_ship import ExportSpec
+
+    assert _enabled(SimpleNamespace(export=ExportSpec.model_validate({"gguf": {"enabled": True}})), "export")
+    assert not _enabled(SimpleNamespace(export=ExportSpec()), "export")
