@@ -199,10 +199,12 @@ def validate_export(
 def quantized_failures(q: dict, model_file: str) -> list[str]:
     """The gate messages for a quantized model's parity numbers (empty when it passes)."""
     out = []
+    precision = "int4" if "int4" in model_file else "int8"
     if q["top1_agreement"] < q["min_top1_agreement"]:
         out.append(
             f"ONNX quantized validation failed: {model_file} top-1 agreement {q['top1_agreement']:.1%} < "
-            f"{q['min_top1_agreement']:.1%} (export.onnx.*_min_top1_agreement); lower the floor or drop quantize"
+            f"{q['min_top1_agreement']:.1%} (export.onnx.{precision}_min_top1_agreement); lower the floor or drop "
+            "quantize"
         )
     if q["rel_logit_error"] > q["max_rel_logit_error"]:
         out.append(

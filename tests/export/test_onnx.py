@@ -145,7 +145,7 @@ def test_quantized_export_reports_agreement(llama_run, precision):
 
 def test_quantized_gate_fails_with_one_line(llama_run):
     write_spec(llama_run, export={"onnx": {"enabled": True, "quantize": "int4", "greedy_tokens": 4,
-                                           "quantized_max_rel_logit_error": 1e-6}})
+                                           "int4_min_top1_agreement": 0.0, "quantized_max_rel_logit_error": 1e-6}})
     with pytest.raises(RunError, match=r"relative logit error .* > export\.onnx\.quantized_max_rel_logit_error"):
         export_run(llama_run, **QUIET)
     assert json.loads((llama_run / "onnx" / "validation.json").read_text())["passed"] is False
