@@ -37,7 +37,7 @@ LOCK = ".hdpo-tune.lock"
 OUTPUTS = frozenset({
     MARKER, LOCK, "job.resolved.yaml", "status.json", "versions.json", "data_info.json", "metrics.jsonl",
     "tensorboard", "checkpoints", "final", "final.tmp", "start_model", "start_model.tmp", "eval", "eval.tmp", "merged",
-    "merged.tmp", "onnx", "sweep", "tracking.json",
+    "merged.tmp", "onnx", "gguf", "sweep", "tracking.json",
 })
 
 #: Folders that are never a run folder, whatever they hold (the user's home is added at check time).

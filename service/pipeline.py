@@ -185,7 +185,7 @@ def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
     headline = (results.get("eval") or {}).get("headline")
     if headline:
         lines.extend(f"eval: {line}" for line in headline)
-    for sub in ("final", "eval", "merged", "onnx"):
+    for sub in ("final", "eval", "merged", "onnx", "gguf"):
         if (run_dir / sub).exists():
             lines.append(f"{sub}: {run_dir / sub}")
     print("\n".join(lines))

@@ -3,7 +3,7 @@
 :func:`merge`, :func:`export` and :func:`push` take a :class:`~service.run.Run` (the typed spec and the
 folder), whether the pipeline opened it from a job file or ``hdpo-tune merge|export|push RUN_DIR`` from the
 run folder; ``merge_run``/``export_run``/``push_run`` open the folder and call them. Layout: ``RUN/final/``
-(adapter or full model) -> ``RUN/merged/`` -> ``RUN/onnx/``. Heavy imports (torch, transformers) happen
+(adapter or full model) -> ``RUN/merged/`` -> ``RUN/onnx/`` and ``RUN/gguf/``. Heavy imports (torch, transformers) happen
 inside the functions: ``generate_onnx`` must stay torch-free.
 """
 
@@ -116,48 +116,70 @@ def export_run(run_dir: Run | str | Path, force: bool = False, log: Log = print)
 
 
 def export(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
-    """Export ``merged/`` to ``onnx/`` and validate it against PyTorch (always; failure raises RunError).
+    """Export ``merged/`` to ``onnx/`` (and ``gguf/`` when enabled) and validate against PyTorch (always;
+    failure raises RunError).
 
     Merges first if needed (a no-op when merged/ is current). Writes ``onnx/validation.json`` either way.
-    Skips when ``onnx/`` was exported from the same merged weights and settings and passed validation.
+    ONNX is exported unless only GGUF is enabled. Returns the ONNX report (with ``gguf`` when exported).
     """
-    from hdpo_core.export.onnx_export import export_decoder, quantize_int8
+    run_dir, raw, export_spec = run.path, run.resolved(), _sections(run)[1]
+    merge_info = merge(run, log=lambda msg: None)  # quiet when merged/ is already current
+    report: dict[str, Any] = {}
+    if export_spec.onnx.enabled or not export_spec.gguf.enabled:
+        report = _export_onnx(run_dir, raw, export_spec, merge_info, force=force, log=log)
+    if export_spec.gguf.enabled:
+        report["gguf"] = _export_gguf(run_dir, export_spec, merge_info, force=force, log=log)
+    return report
+
+
+def _up_to_date(marker: Path, key: str, force: bool) -> dict | None:
+    if force or not marker.exists():
+        return None
+    prev = json.loads(marker.read_text())
+    return prev if prev.get("passed") and prev.get("source_key") == key else None
+
+
+def _export_onnx(run_dir: Path, raw: dict, export_spec: ExportSpec, merge_info: dict, *, force: bool,
+                 log: Log) -> dict:
+    from hdpo_core.export.genai_config import write_genai_config
+    from hdpo_core.export.onnx_export import export_decoder
+    from hdpo_core.export.onnx_quantize import quantize_weights
     from hdpo_core.export.onnx_validate import validate_export
 
-    run_dir = run.path
-    onnx_spec = _sections(run)[1].onnx
-    merge_info = merge(run, log=lambda msg: None)  # quiet when merged/ is already current
+    onnx_spec = export_spec.onnx
     merged, out = run_dir / "merged", run_dir / "onnx"
     key = hashlib.sha256((merge_info["fingerprint"] + onnx_spec.model_dump_json()).encode()).hexdigest()
     marker = out / "validation.json"
-    if not force and marker.exists():
-        prev = json.loads(marker.read_text())
-        if prev.get("passed") and prev.get("source_key") == key:
-            log(
-                f"export: {out} is already exported and validated from the same weights; nothing to do (use --force)"
-            )
-            return prev
+    prev = _up_to_date(marker, key, force)
+    if prev is not None:
+        log(f"export: {out} is already exported and validated from the same weights; nothing to do (use --force)")
+        return prev
     if out.exists():
         shutil.rmtree(out)
     started = time.perf_counter()
-    try:
+    try:  # a half-written export is never left to look like one
         config = export_decoder(merged, out, opset=onnx_spec.opset)
-        int8 = quantize_int8(out) if onnx_spec.quantize == "int8" else None
-        if int8:
-            config["model_file"] = int8
+        bits = {"int8": 8, "int4": 4}.get(onnx_spec.quantize or "")
+        quantized = quantize_weights(out, bits=bits, block_size=onnx_spec.quantize_block_size) if bits else None
+        if quantized:
+            config["model_file"] = quantized
             (out / "hdpo_onnx.json").write_text(json.dumps(config, indent=2) + "\n")
+        if onnx_spec.genai_config:
+            write_genai_config(out)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)  # a half-written export is never left to look like one
+        shutil.rmtree(out, ignore_errors=True)
         raise
     log(f"export: wrote {out} (opset {config['opset']}) in {time.perf_counter() - started:.1f}s; validating")
+    floor = onnx_spec.int4_min_top1_agreement if bits == 4 else onnx_spec.int8_min_top1_agreement
     report = validate_export(
         out,
         merged,
         atol=onnx_spec.atol,
         decode_steps=onnx_spec.decode_steps,
         greedy_tokens=onnx_spec.greedy_tokens,
-        int8_file=int8,
-        int8_min_top1_agreement=onnx_spec.int8_min_top1_agreement,
+        quantized_file=quantized,
+        quantized_min_top1_agreement=floor,
+        quantized_max_rel_logit_error=onnx_spec.quantized_max_rel_logit_error,
     )
     report.update(source_key=key, opset=config["opset"], versions=_versions())
     marker.write_text(json.dumps(report, indent=2) + "\n")
@@ -167,6 +189,49 @@ def export(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
         f"export: validation passed, max abs logit diff {report['max_abs_logit_diff']:.3g} <= {onnx_spec.atol:g}, "
         f"{onnx_spec.greedy_tokens} greedy tokens identical"
     )
+    if quantized:
+        from service.ship_quant import write_quantization_report
+
+        q = write_quantization_report(out, quantized, raw, onnx_spec.quantized_eval_tasks)
+        acc = q.get("greedy_accuracy")
+        log(
+            f"export: {onnx_spec.quantize} {q['size_bytes']['ratio']:.0%} of float32 size, "
+            f"top-1 agreement {report['quantized']['top1_agreement']:.1%}"
+            + (f", greedy accuracy {acc['float32']:.1%} -> {acc['quantized']:.1%}" if acc else "")
+            + f" ({out / 'quantization.json'})"
+        )
+    return report
+
+
+def _export_gguf(run_dir: Path, export_spec: ExportSpec, merge_info: dict, *, force: bool, log: Log) -> dict:
+    from hdpo_core.export.gguf_export import export_gguf
+
+    spec = export_spec.gguf
+    out = run_dir / "gguf"
+    key = hashlib.sha256((merge_info["fingerprint"] + spec.model_dump_json()).encode()).hexdigest()
+    marker = out / "validation.json"
+    prev = _up_to_date(marker, key, force)
+    if prev is not None:
+        log(f"export: {out} is already exported and validated from the same weights; nothing to do (use --force)")
+        return prev
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    report = export_gguf(
+        run_dir / "merged",
+        out,
+        types=list(spec.types),
+        name=run_dir.resolve().name,
+        modelfile=spec.modelfile,
+        max_rel_logit_error={"f16": spec.f16_max_rel_logit_error, "q8_0": spec.q8_0_max_rel_logit_error},
+        min_top1_agreement=spec.min_top1_agreement,
+    )
+    report.update(source_key=key, versions=_versions())
+    marker.write_text(json.dumps(report, indent=2) + "\n")
+    if not report["passed"]:
+        raise RunError(report["failures"][0] + f" (report: {marker})")
+    sizes = ", ".join(f"model.{t}.gguf {r['size_bytes'] / 1e6:.1f} MB" for t, r in report["files"].items())
+    log(f"export: wrote {out}: {sizes}; transformers' GGUF loader agrees with the merged model")
     return report
 
 
@@ -177,7 +242,7 @@ def _versions() -> dict[str, str]:
 
 
 def upload_plan(run_dir: Path) -> list:
-    """What a push uploads: ``merged/`` at the repo root, plus ``onnx/`` under ``onnx/`` when exported."""
+    """What a push uploads: ``merged/`` at the repo root, plus ``onnx/`` and ``gguf/`` when exported."""
     from hdpo_core.export.hub import Upload
 
     merged = run_dir / "merged"
@@ -186,6 +251,8 @@ def upload_plan(run_dir: Path) -> list:
     plan = [Upload(merged, None)]
     if (run_dir / "onnx" / "hdpo_onnx.json").exists():
         plan.append(Upload(run_dir / "onnx", "onnx"))
+    if (run_dir / "gguf" / "validation.json").exists():
+        plan.append(Upload(run_dir / "gguf", "gguf"))
     return plan
 
 

@@ -197,7 +197,7 @@ class JobSpec(StrictModel):
     output: OutputSpec = Field(..., description="Run folder.")
     eval: EvalSection | None = Field(None, description="Evaluation stage after training.")
     merge: MergeSection | None = Field(None, description="Merge LoRA adapters into the base weights.")
-    export: ExportSection | None = Field(None, description="Export formats (ONNX).")
+    export: ExportSection | None = Field(None, description="Export formats (ONNX, GGUF).")
     hub: HubSection | None = Field(None, description="Push to the Hugging Face Hub (token from HF_TOKEN only).")
     distributed: DistributedSpec = Field(default_factory=DistributedSpec,
                                          description="Processes and backend for `hdpo-tune launch`.")

@@ -44,9 +44,14 @@ class OnnxSpec(StrictModel):
     opset: int | None = Field(
         None, ge=18, description="ONNX opset (>= 18, dynamo exporter). Default: torch's default."
     )
-    quantize: Literal["int8"] | None = Field(
+    quantize: Literal["int8", "int4"] | None = Field(
         None,
-        description="Also write an int8 dynamically quantized model (onnxruntime quantize_dynamic, CPU serving).",
+        description="Also write a weight-only quantized model (onnxruntime MatMulNBits, block-wise symmetric) "
+        "as model.int8.onnx / model.int4.onnx; hdpo_onnx.json and genai_config.json then serve it, and "
+        "onnx/quantization.json reports size, speed and greedy eval accuracy against float32.",
+    )
+    quantize_block_size: Literal[16, 32, 64, 128] = Field(
+        32, description="Weights per quantization scale (smaller: more accurate, larger file)."
     )
     atol: float = Field(
         1e-4, gt=0, description="Max abs logit difference, onnxruntime CPU vs PyTorch float32."
@@ -63,13 +68,61 @@ class OnnxSpec(StrictModel):
         le=1,
         description="Floor for int8: fraction of positions whose top-1 token matches float32 PyTorch.",
     )
+    int4_min_top1_agreement: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Floor for int4: fraction of positions whose top-1 token matches float32 PyTorch.",
+    )
+    quantized_max_rel_logit_error: float = Field(
+        0.25,
+        gt=0,
+        description="Ceiling for a quantized model: RMS(logit diff) / RMS(centred float32 logits).",
+    )
+    quantized_eval_tasks: int = Field(
+        128,
+        ge=0,
+        description="eval.tasks rows decoded greedily with float32 and the quantized model and scored with "
+        "eval.verifier for onnx/quantization.json (0 = skip the accuracy part).",
+    )
+    genai_config: bool = Field(
+        True, description="Write genai_config.json so onnxruntime-genai serves the folder as it is."
+    )
+
+
+class GgufSpec(StrictModel):
+    """GGUF export of the merged model for llama.cpp and Ollama (Llama, Mistral, Qwen2; byte-level BPE)."""
+
+    enabled: bool = Field(False, description="Export GGUF after merging (needs the gguf package).")
+    types: list[Literal["f16", "q8_0"]] = Field(
+        ["f16", "q8_0"], min_length=1, description="Files to write: gguf/model.<type>.gguf."
+    )
+    modelfile: bool = Field(
+        True, description="Write an Ollama Modelfile (chat template as a Go template) for the smallest file."
+    )
+    f16_max_rel_logit_error: float = Field(
+        0.01, gt=0, description="Ceiling for f16: RMS(logit diff) / RMS(centred float32 logits)."
+    )
+    q8_0_max_rel_logit_error: float = Field(
+        0.05, gt=0, description="Ceiling for q8_0: RMS(logit diff) / RMS(centred float32 logits)."
+    )
+    min_top1_agreement: float = Field(
+        0.9, ge=0, le=1, description="Floor: fraction of positions whose top-1 token matches float32."
+    )
+
+    @field_validator("types")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} lists a type twice")
+        return value
 
 
 class ExportSpec(StrictModel):
-    """Export formats. Only ONNX today."""
-
+    """Export formats: ONNX (onnxruntime, onnxruntime-genai) and GGUF (llama.cpp, Ollama)."""
 
     onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX export settings.")
+    gguf: GgufSpec = Field(default_factory=GgufSpec, description="GGUF export settings.")
 
 
 class HubSpec(StrictModel):

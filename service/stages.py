@@ -71,7 +71,7 @@ class Export:
     name, main_only = "export", True
 
     def enabled(self, spec: JobSpec) -> bool:
-        return spec.export is not None and spec.export.onnx.enabled
+        return spec.export is not None and (spec.export.onnx.enabled or spec.export.gguf.enabled)
 
     def run(self, run: Run, force: bool) -> StageResult:
         from .ship import export

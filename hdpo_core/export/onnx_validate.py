@@ -4,8 +4,9 @@ Steps: prefill on two prompts of different lengths (left-padded, so mask and pos
 exercised), then ``decode_steps`` single-token steps feeding ``present.*`` back as ``past_key_values.*``;
 both sides get the same tokens (PyTorch's argmax) so their logits are comparable at every step. Then both
 generate ``greedy_tokens`` tokens greedily from their own outputs and must agree token for token.
-For an int8 model logit atol is meaningless: top-1 agreement and greedy agreement are reported and the
-top-1 agreement is gated by a floor.
+For a weight-quantized model (int8/int4) a float32 atol is meaningless; its gates fit quantization: top-1
+agreement over every compared position (a floor) and the relative logit error (a ceiling), where the
+relative error is RMS(logit diff) / RMS(centred float32 logits), so it does not depend on the logit scale.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class ParityResult:
 
     max_abs_diff: float
     max_abs_diff_per_step: list[float]
+    rel_logit_error: float
     top1_agreement: float
     greedy_agreement: float
     greedy_identical: bool
@@ -54,6 +56,7 @@ def compare(
     cache = DynamicCache(config=model.config)
     past = decoder.empty_past(len(prompts))
     diffs, agree, total = [], 0, 0
+    sq_diff, sq_ref = 0.0, 0.0
     valid = mask_np.astype(bool)
     with torch.no_grad():
         for step in range(decode_steps + 1):
@@ -64,6 +67,9 @@ def compare(
             if not np.isfinite(got[keep]).all():
                 raise RunError(f"ONNX validation failed: onnxruntime logits contain NaN/inf at step {step}")
             diffs.append(float(np.abs(got[keep] - ref_np[keep]).max()))
+            centred = ref_np[keep] - ref_np[keep].mean(-1, keepdims=True)
+            sq_diff += float(((got[keep] - ref_np[keep]).astype(np.float64) ** 2).sum())
+            sq_ref += float((centred.astype(np.float64) ** 2).sum())
             agree += int((got.argmax(-1) == ref_np.argmax(-1))[keep].sum())
             total += int(keep.sum())
             _check_present(past, decoder, mask.shape[1])
@@ -78,6 +84,7 @@ def compare(
     return ParityResult(
         max_abs_diff=max(diffs),
         max_abs_diff_per_step=diffs,
+        rel_logit_error=float(np.sqrt(sq_diff / max(sq_ref, 1e-30))),
         top1_agreement=agree / total,
         greedy_agreement=same / (len(prompts) * greedy_tokens),
         greedy_identical=torch_greedy == ort_greedy,
@@ -118,10 +125,11 @@ def validate_export(
     atol: float,
     decode_steps: int,
     greedy_tokens: int,
-    int8_file: str | None = None,
-    int8_min_top1_agreement: float = 0.9,
+    quantized_file: str | None = None,
+    quantized_min_top1_agreement: float = 0.9,
+    quantized_max_rel_logit_error: float = 0.1,
 ) -> dict:
-    """Check the float32 graph (and the int8 one if given) against ``model_dir`` in PyTorch float32.
+    """Check the float32 graph (and the quantized one if given) against ``model_dir`` in PyTorch float32.
 
     Returns the report for ``validation.json``: ``passed`` and one message per failed gate in ``failures``
     (the caller writes the report, then raises). NaN logits or a cache that does not grow raise at once.
@@ -147,6 +155,7 @@ def validate_export(
         "atol": atol,
         "max_abs_logit_diff": fp32.max_abs_diff,
         "max_abs_logit_diff_per_step": fp32.max_abs_diff_per_step,
+        "rel_logit_error": fp32.rel_logit_error,
         "top1_agreement": fp32.top1_agreement,
         "greedy_tokens": greedy_tokens,
         "greedy_identical": fp32.greedy_identical,
@@ -163,27 +172,43 @@ def validate_export(
             f"ONNX validation failed: greedy tokens differ from PyTorch ({fp32.greedy_agreement:.1%} of "
             f"{greedy_tokens}x{len(prompts)} agree) although logits are within atol {atol:g}"
         )
-    if int8_file is not None:
+    if quantized_file is not None:
         q = compare(
             model,
-            OrtDecoder(onnx_dir, model_file=int8_file),
+            OrtDecoder(onnx_dir, model_file=quantized_file),
             prompts,
             decode_steps=decode_steps,
             greedy_tokens=greedy_tokens,
         )
-        report["int8"] = {
-            "model_file": int8_file,
+        report["quantized"] = {
+            "model_file": quantized_file,
             "max_abs_logit_diff": q.max_abs_diff,
+            "rel_logit_error": q.rel_logit_error,
             "top1_agreement": q.top1_agreement,
             "greedy_agreement": q.greedy_agreement,
             "greedy_identical": q.greedy_identical,
-            "min_top1_agreement": int8_min_top1_agreement,
+            "min_top1_agreement": quantized_min_top1_agreement,
+            "max_rel_logit_error": quantized_max_rel_logit_error,
         }
-        if q.top1_agreement < int8_min_top1_agreement:
-            failures.append(
-                f"ONNX int8 validation failed: top-1 agreement {q.top1_agreement:.1%} < "
-                f"export.onnx.int8_min_top1_agreement {int8_min_top1_agreement:.1%}; lower the floor or drop quantize"
-            )
+        failures += quantized_failures(report["quantized"], quantized_file)
     report["passed"] = not failures
     report["failures"] = failures
     return report
+
+
+def quantized_failures(q: dict, model_file: str) -> list[str]:
+    """The gate messages for a quantized model's parity numbers (empty when it passes)."""
+    out = []
+    precision = "int4" if "int4" in model_file else "int8"
+    if q["top1_agreement"] < q["min_top1_agreement"]:
+        out.append(
+            f"ONNX quantized validation failed: {model_file} top-1 agreement {q['top1_agreement']:.1%} < "
+            f"{q['min_top1_agreement']:.1%} (export.onnx.{precision}_min_top1_agreement); lower the floor or drop "
+            "quantize"
+        )
+    if q["rel_logit_error"] > q["max_rel_logit_error"]:
+        out.append(
+            f"ONNX quantized validation failed: {model_file} relative logit error {q['rel_logit_error']:.3g} > "
+            f"export.onnx.quantized_max_rel_logit_error {q['max_rel_logit_error']:g}; raise it or drop quantize"
+        )
+    return out

@@ -116,20 +116,39 @@ def test_corrupted_weight_fails_export_stage(llama_exported, tmp_path, monkeypat
     assert report["passed"] is False and report["max_abs_logit_diff"] > 1e-3
 
 
-def test_int8_reports_agreement(llama_run):
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantized_export_reports_agreement(llama_run, precision):
+    """Weight-only MatMulNBits (onnxruntime's quantizer): gated by top-1 agreement and relative logit error."""
     write_spec(
         llama_run,
-        export={
-            "onnx": {"enabled": True, "quantize": "int8", "int8_min_top1_agreement": 0.5, "greedy_tokens": 8}
-        },
+        export={"onnx": {"enabled": True, "quantize": precision, "greedy_tokens": 8,
+                         f"{precision}_min_top1_agreement": 0.5, "quantized_max_rel_logit_error": 0.5}},
     )
     report = export_run(llama_run, **QUIET)
-    q = report["int8"]
-    assert (llama_run / "onnx" / "model.int8.onnx").exists()
-    assert json.loads((llama_run / "onnx" / "hdpo_onnx.json").read_text())["model_file"] == "model.int8.onnx"
+    q, onnx_dir = report["quantized"], llama_run / "onnx"
+    assert (onnx_dir / f"model.{precision}.onnx").exists()
+    assert json.loads((onnx_dir / "hdpo_onnx.json").read_text())["model_file"] == f"model.{precision}.onnx"
+    assert json.loads((onnx_dir / "genai_config.json").read_text())["model"]["decoder"]["filename"] == (
+        f"model.{precision}.onnx")
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(onnx_dir / f"model.{precision}.onnx"), load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops
     assert 0.5 <= q["top1_agreement"] <= 1.0 and 0.0 <= q["greedy_agreement"] <= 1.0
-    assert q["max_abs_logit_diff"] > report["max_abs_logit_diff"]  # int8 really is a different model
-    print("int8", q)
+    assert 0 < q["rel_logit_error"] <= 0.5
+    assert q["max_abs_logit_diff"] > report["max_abs_logit_diff"]  # the quantized graph really is a different model
+    stats = json.loads((onnx_dir / "quantization.json").read_text())
+    assert stats["size_bytes"]["quantized"] < stats["size_bytes"]["float32"]
+    assert stats["greedy_tokens_per_s"]["quantized"] > 0 and "greedy_accuracy" not in stats  # no eval.tasks here
+    print(precision, q, stats["size_bytes"])
+
+
+def test_quantized_gate_fails_with_one_line(llama_run):
+    write_spec(llama_run, export={"onnx": {"enabled": True, "quantize": "int4", "greedy_tokens": 4,
+                                           "int4_min_top1_agreement": 0.0, "quantized_max_rel_logit_error": 1e-6}})
+    with pytest.raises(RunError, match=r"relative logit error .* > export\.onnx\.quantized_max_rel_logit_error"):
+        export_run(llama_run, **QUIET)
+    assert json.loads((llama_run / "onnx" / "validation.json").read_text())["passed"] is False
 
 
 def test_ort_generate_matches_transformers_generate(llama_exported):
