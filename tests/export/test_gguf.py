@@ -147,8 +147,9 @@ def test_pipeline_runs_the_export_stage_for_gguf_alone():
     """`hdpo-tune run` decides per stage; a spec with only GGUF enabled must still reach the export stage."""
     from types import SimpleNamespace
 
-    from service.pipeline import _enabled
     from service.spec_ship import ExportSpec
+    from service.stages import stage_named
 
-    assert _enabled(SimpleNamespace(export=ExportSpec.model_validate({"gguf": {"enabled": True}})), "export")
-    assert not _enabled(SimpleNamespace(export=ExportSpec()), "export")
+    export = stage_named("export")
+    assert export.enabled(SimpleNamespace(export=ExportSpec.model_validate({"gguf": {"enabled": True}})))  # type: ignore[arg-type]
+    assert not export.enabled(SimpleNamespace(export=ExportSpec()))  # type: ignore[arg-type]
