@@ -6,7 +6,7 @@
 # (index URLs, find-links, CA bundle) in as the secret `pipconf` and picks the variant (see docs/deploy.md):
 #   CUDA (default): torch==TORCH_VERSION from the configured index (PyPI's Linux wheel is the CUDA build and
 #                   brings its CUDA libraries as nvidia-* wheels, so no CUDA base image is needed)
-#   CPU:            --build-arg TORCH_VERSION=2.13.0+cpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
+#   CPU:            --build-arg TORCH_VARIANT=cpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # BASE_IMAGE and PYTHON go together: the venv links to the base's /usr/bin/${PYTHON} in both stages
 # (ubuntu:24.04 + python3.12, or a Debian 12 base + python3.11). Pin the base by digest for production.
 
@@ -20,6 +20,8 @@ ARG PYTHON=python3.12
 # Empty: torch comes from the configured package index like everything else; a URL replaces the index for torch.
 ARG TORCH_INDEX=""
 ARG TORCH_VERSION=2.13.0
+# cuda: any build of TORCH_VERSION but the +cpu one; cpu: TORCH_VERSION+cpu. The step fails if the other came.
+ARG TORCH_VARIANT=cuda
 # Optional extra wheels, e.g. --build-arg EXTRA_PIP="deepspeed==0.18.6" for deploy/accelerate/zero3.yaml.
 ARG EXTRA_PIP=""
 
@@ -40,7 +42,11 @@ ENV PATH=/opt/venv/bin:$PATH
 # DL3013: torch is pinned (hadolint reads the optional `${TORCH_INDEX:+...}` words as unpinned packages).
 # hadolint ignore=DL3013
 RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
-    pip install --no-cache-dir ${TORCH_INDEX:+--index-url "${TORCH_INDEX}"} "torch==${TORCH_VERSION}"
+    if [ "${TORCH_VARIANT}" = cpu ]; then spec="torch==${TORCH_VERSION}+cpu"; \
+    else spec="torch==${TORCH_VERSION},!=${TORCH_VERSION}+cpu"; fi \
+    && pip install --no-cache-dir ${TORCH_INDEX:+--index-url "${TORCH_INDEX}"} "${spec}" \
+    && python -c "import sys, torch; cuda = torch.version.cuda; print('torch', torch.__version__, 'CUDA', cuda); \
+sys.exit(f'wanted the ${TORCH_VARIANT} build of torch' if (cuda is None) != ('${TORCH_VARIANT}' == 'cpu') else 0)"
 
 # Then the pinned closure of the runtime dependencies (its own layer: a source change does not reinstall it),
 # then the package itself (no dependency changes).

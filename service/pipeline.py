@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hdpo_core.errors import HdpoError, Interrupted
+from hdpo_core.errors import HdpoError, InputError, Interrupted
 
 from .rundir import RunDir
 from .spec import JobSpec, load_spec, spec_to_dict
@@ -91,6 +91,19 @@ def _terminate_raises() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _open_run_folder(rd: RunDir, resolved: dict[str, Any]) -> None:
+    """Create the run folder and its first files. A folder that cannot be written (a read-only mount, another
+    user's folder: the usual container mistakes) is bad input, named with the fix, not a traceback."""
+    try:
+        rd.path.mkdir(parents=True, exist_ok=True)
+        rd.write_resolved_spec(resolved)
+        rd.write_versions()
+    except OSError as exc:
+        raise InputError(f"output.dir: cannot write the run folder {rd.path} ({exc.strerror or exc}); point "
+                         "output.dir to a writable folder (in a container: a writable -v mount that the --user "
+                         "uid may write)") from None
+
+
 def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run every enabled stage of ``job``; returns per-stage results. Raises :class:`HdpoError`."""
     spec = load_spec(job)
@@ -99,9 +112,7 @@ def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> di
     main = _is_main()
     if main:
         rd.check_compatible(resolved, force=force)
-        rd.path.mkdir(parents=True, exist_ok=True)
-        rd.write_resolved_spec(resolved)
-        rd.write_versions()
+        _open_run_folder(rd, resolved)
     _wait_for_everyone()  # every rank reads status.json only after the main process has checked the folder
     done = set((rd.read_status() or {}).get("stages_done", [])) if not force else set()
     results: dict[str, Any] = {}

@@ -48,12 +48,7 @@ command -v "$ENGINE" >/dev/null || die "$ENGINE is not installed"
 version="$(sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml | head -n 1)"
 torch_version="$(sed -n 's/^torch==//p' deploy/docker/constraints.txt)"
 [ -n "$torch_version" ] || die "deploy/docker/constraints.txt pins no torch=="
-if [ "$VARIANT" = cpu ]; then
-    torch_version="${torch_version}+cpu"
-    TAG="${TAG:-hdpo-tune:${version}-cpu}"
-else
-    TAG="${TAG:-hdpo-tune:${version}}"
-fi
+if [ "$VARIANT" = cpu ]; then TAG="${TAG:-hdpo-tune:${version}-cpu}"; else TAG="${TAG:-hdpo-tune:${version}}"; fi
 
 # torch's index: "auto" uses the host's configured index when it already serves this torch build (a local
 # mirror), else PyTorch's CPU index for the CPU build; the CUDA build is PyPI's default Linux wheel.
@@ -61,7 +56,7 @@ if [ "$TORCH_INDEX" = auto ]; then
     TORCH_INDEX=""
     if [ "$VARIANT" = cpu ]; then
         # shellcheck disable=SC2086
-        if ! $HOST_PIP index versions torch 2>/dev/null | grep -qF "${torch_version}"; then
+        if ! $HOST_PIP index versions torch 2>/dev/null | grep -qF "${torch_version}+cpu"; then
             TORCH_INDEX="https://download.pytorch.org/whl/cpu"
         fi
     fi
@@ -78,7 +73,7 @@ mounts="$(python3 deploy/docker/pip_config.py "$ENGINE" "$work/pip-config-list" 
 
 args=(build -f Dockerfile -t "$TAG"
       --secret "id=pipconf,src=$work/pip.conf"
-      --build-arg "TORCH_VERSION=$torch_version" --build-arg "TORCH_INDEX=$TORCH_INDEX"
+      --build-arg "TORCH_VARIANT=$VARIANT" --build-arg "TORCH_INDEX=$TORCH_INDEX"
       --build-arg "EXTRA_PIP=$EXTRA_PIP")
 [ -n "$BASE_IMAGE" ] && args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 [ -n "$PYTHON" ] && args+=(--build-arg "PYTHON=$PYTHON")
@@ -96,5 +91,5 @@ start="$(date +%s)"
 "$ENGINE" "${args[@]}"
 secs=$(( $(date +%s) - start ))
 size="$("$ENGINE" image inspect --format '{{.Size}}' "$TAG")"
-echo "built $TAG ($VARIANT, torch $torch_version${TORCH_INDEX:+ from $TORCH_INDEX}) in ${secs}s;" \
+echo "built $TAG ($VARIANT build of torch $torch_version${TORCH_INDEX:+ from $TORCH_INDEX}) in ${secs}s;" \
      "image size $(( size / 1000000 )) MB" >&2

@@ -63,7 +63,8 @@ def demo_workdir(root: Path, *, steps: int, ship: bool) -> Path:
         lines = (DEMO / "data" / name).read_text(encoding="utf-8").splitlines(keepends=True)
         (work / "demo" / "data" / name).write_text("".join(lines[:rows]), encoding="utf-8")
     spec = yaml.safe_load(QUICKSTART.read_text(encoding="utf-8"))
-    spec["train"].update(max_steps=steps, save_every=max(steps // 2, 1), eval_every=max(steps // 2, 1))
+    spec["train"].update(max_steps=steps, save_every=max(steps // 2, 1), eval_every=max(steps // 2, 1),
+                         warmup_steps=min(spec["train"]["warmup_steps"], steps // 2))
     spec["output"]["dir"] = "runs/job"
     if ship:
         spec["eval"].update(n_samples=2, temperatures=[1.0], max_new_tokens=32, max_eval_pairs=32)
