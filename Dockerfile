@@ -16,14 +16,9 @@ ARG BASE_IMAGE=ubuntu:24.04
 FROM ${BASE_IMAGE} AS builder
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
+# Each ARG is declared just before its first use: a RUN sees every ARG declared above it, so a variant's
+# arguments placed earlier would make the CPU and CUDA builds share no layer.
 ARG PYTHON=python3.12
-# Empty: torch comes from the configured package index like everything else; a URL replaces the index for torch.
-ARG TORCH_INDEX=""
-ARG TORCH_VERSION=2.13.0
-# cuda: any build of TORCH_VERSION but the +cpu one; cpu: TORCH_VERSION+cpu. The step fails if the other came.
-ARG TORCH_VARIANT=cuda
-# Optional extra wheels, e.g. --build-arg EXTRA_PIP="deepspeed==0.18.6" for deploy/accelerate/zero3.yaml.
-ARG EXTRA_PIP=""
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -36,6 +31,11 @@ RUN apt-get update \
 RUN "${PYTHON}" -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
+ARG TORCH_VERSION=2.13.0
+# cuda: any build of TORCH_VERSION but the +cpu one; cpu: TORCH_VERSION+cpu. The step fails if the other came.
+ARG TORCH_VARIANT=cuda
+# Empty: torch comes from the configured package index like everything else; a URL replaces the index for torch.
+ARG TORCH_INDEX=""
 # pip reads the build host's configuration from the secret `pipconf` (mounted as /etc/pip.conf for these steps
 # only, so index credentials never land in a layer); without it pip uses PyPI.
 # torch first, from the index that matches the variant (its CUDA libraries come as nvidia-* wheels).
@@ -49,7 +49,7 @@ RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
 sys.exit(f'wanted the ${TORCH_VARIANT} build of torch' if (cuda is None) != ('${TORCH_VARIANT}' == 'cpu') else 0)"
 
 # Then the pinned closure of the runtime dependencies (its own layer: a source change does not reinstall it),
-# then the package itself (no dependency changes).
+# then the package itself (no dependency changes; built with the pinned setuptools already in the venv).
 COPY deploy/docker/constraints.txt /tmp/constraints.txt
 RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
     grep -v '^torch==' /tmp/constraints.txt > /tmp/pins.txt \
@@ -57,11 +57,13 @@ RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
 COPY pyproject.toml /src/
 COPY hdpo_core /src/hdpo_core
 COPY service /src/service
+# Optional extra wheels, e.g. --build-arg EXTRA_PIP="deepspeed==0.18.6" for deploy/accelerate/zero3.yaml.
+ARG EXTRA_PIP=""
 # DL3013: every dependency is pinned by /tmp/pins.txt; /src is this package (installed with --no-deps) and
 # EXTRA_PIP is the caller's own pinned spec.
 # hadolint ignore=DL3013
 RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
-    pip install --no-cache-dir --no-deps /src \
+    pip install --no-cache-dir --no-deps --no-build-isolation /src \
     && if [ -n "${EXTRA_PIP}" ]; then pip install --no-cache-dir ${EXTRA_PIP}; fi \
     && pip check
 
