@@ -68,8 +68,8 @@ def demo_workdir(root: Path, *, steps: int, ship: bool) -> Path:
     spec["output"]["dir"] = "runs/job"
     if ship:
         spec["eval"].update(n_samples=2, temperatures=[1.0], max_new_tokens=32, max_eval_pairs=32)
-    else:  # training only, and only the stop writes a checkpoint
-        spec["train"]["save_every"] = 10 * steps
+    else:  # training only, small batches (the stop test wants many short steps); only a stop checkpoints
+        spec["train"].update(batch_size=4, micro_batch_size=4, save_every=10 * steps)
         spec["train"].pop("eval_every")
         spec["data"].pop("eval")
         for section in ("eval", "merge", "export"):
@@ -89,16 +89,19 @@ def status(run: Path) -> dict[str, Any]:
 
 
 def wait_for(ready: Callable[[], bool], alive: Callable[[], bool], what: str, timeout: float = RUN_TIMEOUT_S) -> None:
-    """Poll until ``ready()``; fail at once when ``alive()`` turns false (the container ended first)."""
+    """Poll ``ready()`` (a file read) five times a second and ``alive()`` (an engine call) every 5 s; fail at
+    once when the container ended first."""
     deadline = time.monotonic() + timeout
+    polls = 0
     while time.monotonic() < deadline:
         if ready():
             return
-        if not alive():
+        polls += 1
+        if polls % 25 == 0 and not alive():
             if ready():
                 return
             raise AssertionError(f"the container ended before {what}")
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"no {what} within {timeout:.0f}s")
 
 

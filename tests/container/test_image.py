@@ -74,16 +74,17 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
 def test_quickstart_trains_evaluates_merges_and_exports(shipped: tuple[Path, str, str]) -> None:
     work, _, output = shipped
     run = work / "runs" / "job"
-    st = status(run)
-    assert st["state"] == "succeeded" and st["step"] == 8, st
+    assert status(run)["state"] == "succeeded", status(run)
+    assert len((run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 8
     assert list((run / "final").glob("*.safetensors"))
     res = json.loads((run / "eval" / "results.json").read_text(encoding="utf-8"))
     for side in ("policy", "reference"):
-        assert 0.0 <= res["sampling"][side]["1.0"]["accuracy"] <= 1.0, res["sampling"]
+        (at_t1,) = res["sampling"][side].values()  # one temperature, 1.0
+        assert at_t1["temperature"] == 1.0 and 0.0 <= at_t1["accuracy"] <= 1.0, res["sampling"]
     assert (run / "eval" / "sampling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((run / "merged").glob("*.safetensors"))
-    onnx = json.loads((run / "onnx" / "hdpo_onnx.json").read_text(encoding="utf-8"))
-    assert (run / "onnx" / "model.onnx").is_file() and onnx, output[-2000:]
+    validation = json.loads((run / "onnx" / "validation.json").read_text(encoding="utf-8"))
+    assert (run / "onnx" / "model.onnx").is_file() and validation["passed"], output[-2000:]
 
 
 def test_the_run_folder_belongs_to_the_calling_user(shipped: tuple[Path, str, str]) -> None:
@@ -108,7 +109,7 @@ def test_the_onnx_export_generates_in_the_image(shipped: tuple[Path, str, str]) 
 
 
 def test_stop_during_training_checkpoints_and_a_second_run_resumes(tmp_path: Path) -> None:
-    steps = 200
+    steps = 100
     work = demo_workdir(tmp_path, steps=steps, ship=False)
     run = work / "runs" / "job"
     name = f"hdpo-stop-test-{os.getpid()}"
@@ -131,7 +132,7 @@ def test_stop_during_training_checkpoints_and_a_second_run_resumes(tmp_path: Pat
     stopped_at = st["step"]
     out = engine(*run_args(work, extra=("--rm",)), "/work/job.yaml")
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert status(run)["state"] == "succeeded" and status(run)["step"] == steps, status(run)
+    assert status(run)["state"] == "succeeded", status(run)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in records] == list(range(1, steps + 1)), f"stopped at {stopped_at}"
 
