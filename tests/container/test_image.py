@@ -125,11 +125,16 @@ def test_stop_during_training_checkpoints_and_a_second_run_resumes(tmp_path: Pat
         logs = engine("logs", name, timeout=120)
         st = status(run)
         assert code == "130", (code, (logs.stdout + logs.stderr)[-3000:])
-        assert st["state"] == "interrupted" and 2 <= st["step"] < steps, st
-        assert list((run / "checkpoints").iterdir()), "no checkpoint after the stop"
+        assert st["state"] == "interrupted" and st["stage"] == "train", st
+        assert "stopped by signal 15 after step" in st["error"], st
+        stopped_at = int(st["error"].split("after step ")[1].split(";")[0])
+        assert 2 <= stopped_at < steps, st
+        # exactly the stop's checkpoint (save_every is far beyond max_steps), complete
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step-{stopped_at:08d}"]
+        state = json.loads((run / "checkpoints" / f"step-{stopped_at:08d}" / "state.json").read_text(encoding="utf-8"))
+        assert state["step"] == stopped_at
     finally:
         engine("rm", "-f", name, timeout=120)
-    stopped_at = st["step"]
     out = engine(*run_args(work, extra=("--rm",)), "/work/job.yaml")
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert status(run)["state"] == "succeeded", status(run)
