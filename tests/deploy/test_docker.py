@@ -161,5 +161,6 @@ def test_dockerignore_admits_exactly_what_is_copied(ins):
         assert not _ignored(src, patterns), f"{src} is copied but .dockerignore excludes it"
         assert not _ignored(f"{src}/x.py" if (REPO / src).is_dir() else src, patterns)
     for private in (".venv/bin/python", "runs/job/model.safetensors", ".env", "tests/deploy/test_docker.py",
+                    "hf-cache/hub/models--x/blobs/y",
                     "hdpo_core/__pycache__/loss.cpython-311.pyc", ".git/config", "deploy/k8s/secret.yaml"):
         assert _ignored(private, patterns), f"{private} would reach the build context"
