@@ -1,12 +1,15 @@
-# Two entry points that work on a fresh machine: `make quickstart` and `make test`.
+# Entry points that work on a fresh machine: `make quickstart`, `make test` and (root, Debian/Ubuntu)
+# `make test-container`; `make image` builds the container image.
 # Each creates the virtual environment itself, with the CPU build of torch (an unpinned torch would pull a
 # multi-GB CUDA build), then installs hdpo-tune with its test dependencies.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+VARIANT ?= cuda
+ENGINE ?=
 
-.PHONY: install quickstart test test-all lint bench clean
+.PHONY: install quickstart test test-all test-container image lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +25,16 @@ quickstart: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The real image through podman: installs podman and a local Debian 12 base image when missing (root), builds
+# the CPU image and runs tests/container against it (deploy/docker/test_container.sh).
+test-container: install
+	PY=$(PY) bash deploy/docker/test_container.sh
+
+# The image with docker or podman: VARIANT=cuda|cpu, ENGINE=docker|podman; BASE_IMAGE, PYTHON, TAG and
+# TORCH_INDEX pass through from the environment (deploy/docker/build.sh).
+image:
+	VARIANT=$(VARIANT) ENGINE=$(ENGINE) bash deploy/docker/build.sh
 
 test-all: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

@@ -83,8 +83,9 @@ def claim(folder: Path, field: str = "output.dir") -> None:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / MARKER, {"created_by": "hdpo-tune", "created_at": _now(), "written": [MARKER]})
     except OSError as exc:
-        raise InputError(f"{field}: cannot create the run folder {folder} "
-                         f"({exc.strerror or exc}{_where(exc, folder)}); choose a folder you can write") from None
+        raise InputError(f"{field}: cannot write the run folder {folder} ({exc.strerror or exc}"
+                         f"{_where(exc, folder)}); point {field} to a writable folder (in a container: a writable "
+                         "-v mount that the --user uid may write)") from None
 
 
 def _where(exc: OSError, folder: Path) -> str:

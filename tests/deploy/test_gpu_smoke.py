@@ -37,11 +37,11 @@ def test_dry_run(tmp_path):
 
 
 def test_device_check_script_syntax_and_steps():
-    """bench/device_check.sh: the one device call (GPU tests, smoke runs, GPU benchmark) parses, and names the
-    files it runs, so a rename cannot leave it pointing at nothing."""
+    """bench/device_check.sh: the one device call (GPU tests, GPU benchmark, FSDP2/ZeRO-3 check) parses, and names
+    the files it runs, so a rename cannot leave it pointing at nothing."""
     bash = shutil.which("bash") or pytest.skip("bash not installed")
     script = REPO / "bench" / "device_check.sh"
     subprocess.run([bash, "-n", str(script)], check=True, timeout=30)
     text = script.read_text(encoding="utf-8")
-    for path in ("tests/gpu", "deploy/gpu_smoke.sh", "bench/run.py"):
+    for path in ("tests/gpu", "bench/dist_check.py", "bench/run.py", "bench/child.py"):
         assert path in text and (REPO / path).exists(), path
