@@ -6,7 +6,7 @@ DPO bugs hide here, so both paths are small and tested against each other:
   one-token label shift and the mask (prompt and padding contribute exactly zero).
 * :func:`chunked_token_logps` computes the same per-token log-probs straight from hidden states through the
   output layer, ``chunk_size`` tokens at a time, and never materialises ``[tokens, vocab]`` float32 logits.
-  Plain autograd would keep every chunk's logits alive for backward (pitfalls.md #8), so
+  Plain autograd would keep every chunk's logits alive for backward (the memory chunking was meant to save), so
   :class:`_ChunkedLogps` recomputes each chunk's logits in backward instead. The per-token entropy (exact,
   over the whole vocabulary) comes out of the same chunks for free.
 """

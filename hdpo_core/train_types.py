@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .choices import OnNonfinite, Scheduler
 from .refcache import RefLogps
 from .tokenize import TokenizedPair
 
@@ -19,7 +20,7 @@ class TrainOptions:
     batch_size: int = 8
     micro_batch_size: int = 4
     learning_rate: float = 1e-6
-    scheduler: str = "cosine"
+    scheduler: Scheduler = "cosine"
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
@@ -33,7 +34,7 @@ class TrainOptions:
     packing: bool = True
     row_tokens: int = 4096
     share_prompt: bool = True
-    on_nonfinite: str = "stop"
+    on_nonfinite: OnNonfinite = "stop"
     beta: float = 0.1
     sft_weight: float = 0.0
     activation_offloading: bool = False

@@ -25,6 +25,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .alpha import AlphaController
 from .batching import TokenBatch, packed_batch, padded_batch, to_device
+from .choices import batch_split_problem
 from .errors import Interrupted, RunError
 from .forward import SequenceScorer, SequenceScores, uses_segment_kernel
 from .progress import StopFlag, progress_printer
@@ -148,9 +149,9 @@ def prepare(accelerator: Any, policy: nn.Module, reference: nn.Module | None, pa
             chunk_size: int) -> _Session:
     """Place (or shard) the policy, build optimizer, scheduler and the reference, and restore a checkpoint."""
     world = accelerator.num_processes
-    if opts.batch_size % (opts.micro_batch_size * world):
-        raise RunError(f"train.batch_size ({opts.batch_size}) must be divisible by train.micro_batch_size "
-                       f"({opts.micro_batch_size}) x processes ({world})")
+    split = batch_split_problem(opts.batch_size, opts.micro_batch_size, processes=world)
+    if split is not None:
+        raise RunError(split)
     torch.manual_seed(opts.seed)
     policy.train()
     kind = ckpt.backend(accelerator)

@@ -139,6 +139,18 @@ def _up_to_date(marker: Path, key: str, force: bool) -> dict | None:
     return prev if prev.get("passed") and prev.get("source_key") == key else None
 
 
+def _start_export(out: Path, merge_info: dict, spec_json: str, *, force: bool, log: Log) -> tuple[str, dict | None]:
+    """``(source key, previous report)``: the previous report when ``out`` already holds a validated export of the
+    same weights and settings (nothing to do), else ``None`` after removing a stale ``out`` (hdpo-tune's own)."""
+    key = hashlib.sha256((merge_info["fingerprint"] + spec_json).encode()).hexdigest()
+    prev = _up_to_date(out / "validation.json", key, force)
+    if prev is not None:
+        log(f"export: {out} is already exported and validated from the same weights; nothing to do (use --force)")
+    elif out.exists():
+        shutil.rmtree(out)
+    return key, prev
+
+
 def _export_onnx(run_dir: Path, raw: dict, export_spec: ExportSpec, merge_info: dict, *, force: bool,
                  log: Log) -> dict:
     from hdpo_core.export.genai_config import write_genai_config
@@ -148,14 +160,10 @@ def _export_onnx(run_dir: Path, raw: dict, export_spec: ExportSpec, merge_info: 
 
     onnx_spec = export_spec.onnx
     merged, out = run_dir / "merged", run_dir / "onnx"
-    key = hashlib.sha256((merge_info["fingerprint"] + onnx_spec.model_dump_json()).encode()).hexdigest()
-    marker = out / "validation.json"
-    prev = _up_to_date(marker, key, force)
+    key, prev = _start_export(out, merge_info, onnx_spec.model_dump_json(), force=force, log=log)
     if prev is not None:
-        log(f"export: {out} is already exported and validated from the same weights; nothing to do (use --force)")
         return prev
-    if out.exists():
-        shutil.rmtree(out)
+    marker = out / "validation.json"
     started = time.perf_counter()
     try:  # a half-written export is never left to look like one
         config = export_decoder(merged, out, opset=onnx_spec.opset)
@@ -208,14 +216,10 @@ def _export_gguf(run_dir: Path, export_spec: ExportSpec, merge_info: dict, *, fo
 
     spec = export_spec.gguf
     out = run_dir / "gguf"
-    key = hashlib.sha256((merge_info["fingerprint"] + spec.model_dump_json()).encode()).hexdigest()
-    marker = out / "validation.json"
-    prev = _up_to_date(marker, key, force)
+    key, prev = _start_export(out, merge_info, spec.model_dump_json(), force=force, log=log)
     if prev is not None:
-        log(f"export: {out} is already exported and validated from the same weights; nothing to do (use --force)")
         return prev
-    if out.exists():
-        shutil.rmtree(out)
+    marker = out / "validation.json"
     out.mkdir(parents=True)
     report = export_gguf(
         run_dir / "merged",

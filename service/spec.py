@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from hdpo_core.choices import OnNonfinite, Scheduler, batch_split_problem
 from hdpo_core.errors import InputError
 
 from .spec_base import StrictModel
@@ -26,7 +27,7 @@ from .spec_messages import find_secrets, format_validation_error, model_of, reda
 from .spec_paths import resolve_paths
 from .spec_yaml import load_yaml
 
-__all__ = ["JobSpec", "batch_split_problem", "dump_yaml", "json_schema", "load_spec", "model_of", "redact_secrets",
+__all__ = ["JobSpec", "dump_yaml", "json_schema", "load_spec", "model_of", "redact_secrets",
            "spec_from_resolved", "spec_to_dict", "valid_sections"]
 
 
@@ -107,7 +108,7 @@ class TrainSpec(StrictModel):
     micro_batch_size: int = Field(4, gt=0, description="Pairs per forward pass; gradient accumulation steps = "
                                   "batch_size / (micro_batch_size x processes).")
     learning_rate: float = Field(1e-6, gt=0, description="Peak AdamW learning rate.")
-    scheduler: Literal["cosine", "linear", "constant"] = Field(
+    scheduler: Scheduler = Field(
         "cosine", description="Learning-rate decay after warmup (to 0 for cosine/linear).")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps. Set this or warmup_ratio, not both.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of the total steps.")
@@ -144,7 +145,7 @@ class TrainSpec(StrictModel):
     ref_cache_dir: str | None = Field(None, min_length=1, description="Folder of the reference log-prob cache "
                                       "(shared between runs, keyed by model, data and tokenization); null = "
                                       "$HDPO_CACHE, else ~/.cache/hdpo-tune.")
-    on_nonfinite: Literal["skip", "stop"] = Field(
+    on_nonfinite: OnNonfinite = Field(
         "stop", description="A NaN/inf loss or gradient: skip that step (no update) or stop the run, naming the step.")
 
     @model_validator(mode="before")
@@ -244,22 +245,6 @@ def _rerun_cross_field_rules(data: dict[str, Any], exc: ValidationError) -> list
                         lines.append(line)
     return lines
 
-
-def _largest_divisor(n: int, below: int) -> int:
-    return max(d for d in range(1, min(n, below) + 1) if n % d == 0)
-
-
-def batch_split_problem(batch_size: int, micro_batch_size: int, *, processes: int) -> str | None:
-    """The one rule for splitting a global batch: ``batch_size`` must be a multiple of ``micro_batch_size x
-    processes`` (every process runs whole micro-batches of the same size). Returns the problem line or None.
-    The spec checks it with one process; the train stage again once the number of processes is known."""
-    if batch_size % (micro_batch_size * processes) == 0:
-        return None
-    if processes == 1:
-        return (f"train.batch_size ({batch_size}) must be divisible by train.micro_batch_size ({micro_batch_size}); "
-                f"choose a micro_batch_size that divides batch_size (e.g. {_largest_divisor(batch_size, micro_batch_size)})")
-    return (f"train.batch_size ({batch_size}) must be divisible by train.micro_batch_size ({micro_batch_size}) x "
-            f"processes ({processes}); adjust one of them")
 
 
 def _raise_issues(issues: list[str]) -> None:

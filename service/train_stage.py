@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hdpo_core import refcache
 from hdpo_core.alpha import AlphaController, EntropyTargetAlpha, ScheduledAlpha
+from hdpo_core.choices import batch_split_problem
 from hdpo_core.data import file_fingerprint, load_preference_rows
 from hdpo_core.errors import HdpoError, InputError, RunError
 from hdpo_core.model import (
@@ -32,7 +33,7 @@ from . import ownership
 from .faults import fault_error
 from .run import Run
 from .rundir import RunDir
-from .spec import JobSpec, batch_split_problem
+from .spec import JobSpec
 from .tracking import STATE_FILE as TRACKING_STATE
 from .tracking import open_metrics_log
 

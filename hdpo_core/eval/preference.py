@@ -1,7 +1,7 @@
 """Preference metrics on held-out pairs: H-DPO loss, reward accuracy/margins, log-probs, and the policy's
 teacher-forced entropy on the chosen completions.
 
-Rewards are H-DPO's implicit reward ``alpha*beta*logp - beta*logp_ref`` (hdpo.md); DPO's
+Rewards are H-DPO's implicit reward ``alpha*beta*logp - beta*logp_ref`` (:mod:`hdpo_core.loss`); DPO's
 ``beta*(logp - logp_ref)`` margin is reported too, named ``dpo_rewards/*``. Entropy is exact over the vocabulary
 at each scored (completion) position, averaged per token: ``sum(entropy) / sum(tokens)`` over the chosen
 completions, so long completions weigh by their length.
