@@ -49,10 +49,7 @@ def test_docker_style_args_reach_run(tmp_path, prefix):
         pytest.skip("the run command is not registered yet")
     missing = tmp_path / "job.yaml"
     result = CliRunner().invoke(cli.app, _with_default_command([*prefix, str(missing)]), prog_name="hdpo-tune")
-    if prefix:  # --debug re-raises the domain error instead of mapping it
-        from hdpo_core.errors import InputError
-
-        assert isinstance(result.exception, InputError) and "job file not found" in str(result.exception)
-    else:
-        assert result.exit_code == 2, result.output
-        assert "job file not found" in result.output
+    # --debug adds the traceback but keeps the exit code: 2 (bad input) either way
+    assert result.exit_code == 2, result.output
+    assert "job file not found" in result.output
+    assert ("Traceback" in result.output) == bool(prefix), result.output
