@@ -41,8 +41,10 @@ def create_key(data: Path, name: str, db: str | None = None) -> str:
 class Server:
     """``hdpo-tune serve`` as a child process; ``kill()`` is SIGKILL (a crash), ``stop()`` SIGTERM."""
 
-    def __init__(self, data: Path, model_root: Path, *, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, data: Path, model_root: Path, *, extra: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None) -> None:
         self.data, self.model_root, self.extra = data, model_root, extra
+        self.extra_env = extra_env or {}
         self.port = free_port()
         self.log = data.parent / f"server-{data.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,7 +58,8 @@ class Server:
         args = [HDPO_TUNE, "serve", "--data", str(self.data), "--port", str(self.port), "--model-root",
                 str(self.model_root), *self.extra]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(args, env=env(), stdout=log, stderr=subprocess.STDOUT, cwd=self.data.parent)
+            self.proc = subprocess.Popen(args, env={**env(), **self.extra_env}, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=self.data.parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

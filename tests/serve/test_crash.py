@@ -9,20 +9,28 @@ by two processes (the second attempt starts only after the first has exited).
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
-from ._server import TINY, Server, create_key, demo_rows, wait_for
+from ._server import TINY, Server, create_key, demo_rows, env
+
+HOOKS = Path(__file__).resolve().parents[1] / "distributed" / "audit"  # test-only sitecustomize (stall hooks)
 
 
 @pytest.fixture()
 def server(tmp_path, model_root):  # type: ignore[no-untyped-def]
+    """A server whose job processes stall once, after the metrics of step 2, until the server dies (their
+    parent changes): the SIGKILL then lands mid-job however fast or slow this machine is, never after the end."""
     data = tmp_path / "data"
     key = create_key(data, "ci")
-    srv = Server(data, model_root).start()
-    yield srv, key
+    stall = f"2:{tmp_path / 'stalled-once'}"
+    srv = Server(data, model_root, extra_env={"HDPO_STALL_UNTIL_ORPHANED": stall,
+                                              "PYTHONPATH": os.pathsep.join([str(HOOKS), env()["PYTHONPATH"]])}).start()
+    yield srv, key, tmp_path / "stalled-once"
     srv.stop()
 
 
@@ -43,7 +51,7 @@ def _pids_holding(run_dir) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 def test_sigkill_mid_job_resumes_from_checkpoint_and_finishes_once(server):
-    srv, key = server
+    srv, key, stalled = server
     c = srv.client(key)
     f = c.files.create(file=("prefs.jsonl", demo_rows(16)), purpose="fine-tune")
     spec = {"model": {"name_or_path": "demo"}, "data": {"train": f.id, **TINY["data"]}, "lora": TINY["lora"],
@@ -53,7 +61,10 @@ def test_sigkill_mid_job_resumes_from_checkpoint_and_finishes_once(server):
     behind = c.fine_tuning.jobs.create(model="demo", training_file=f.id, extra_body={"hdpo_tune": TINY})
     run_dir = srv.data / "runs" / job["id"]
 
-    wait_for(c, job["id"], until=lambda j: j.hdpo_tune["step"] >= 2)
+    deadline = time.monotonic() + 600
+    while not stalled.exists() and time.monotonic() < deadline:  # step 2's metrics are written, its job waits
+        time.sleep(0.2)
+    assert stalled.exists(), (run_dir / "job.log").read_text()[-3000:] if (run_dir / "job.log").exists() else ""
     srv.kill()  # SIGKILL: no shutdown code runs in the server
     srv.start()
     c = srv.client(key)

@@ -4,6 +4,9 @@
   events) is printed to stderr as ``HDPO-AUDIT rank=R event path``. The tests assert there are none.
 * ``HDPO_STALL_AT_STEP=N``: rank 0 prints ``HDPO-STALLED`` and sleeps once the metrics of step N are written
   (the checkpoint of the step before is complete by then), so a test can SIGKILL a run mid-training.
+* ``HDPO_STALL_UNTIL_ORPHANED=N:MARKER``: once only (while the file MARKER does not exist; it is created then),
+  after the metrics of step N are written, the process waits until its parent process dies, then carries on (a
+  parent-death SIGTERM then stops it at the step's end), so a test can crash a server mid-job without racing it.
 * ``HDPO_STALL_IN_STAGE=eval`` (or another pipeline stage): the stage sleeps before it starts its work, so a
   test can signal a run inside that stage without racing it.
 """
@@ -77,3 +80,23 @@ if os.environ.get("HDPO_STALL_IN_STAGE") and _RANK == 0:
 
     _pipeline._stage_fn = _stage_fn
 
+
+if os.environ.get("HDPO_STALL_UNTIL_ORPHANED") and _RANK == 0:
+    import time
+    from pathlib import Path
+
+    from hdpo_core.metrics_log import MetricsLog
+
+    _orphan_step, _orphan_marker = os.environ["HDPO_STALL_UNTIL_ORPHANED"].split(":", 1)
+    _orig_orphan = MetricsLog.write
+
+    def _write_until_orphaned(self, metrics):  # type: ignore[no-untyped-def]
+        _orig_orphan(self, metrics)
+        marker = Path(_orphan_marker)
+        if int(metrics["step"]) >= int(_orphan_step) and not marker.exists():
+            marker.write_text(str(metrics["step"]))
+            parent, deadline = os.getppid(), time.monotonic() + 600
+            while os.getppid() == parent and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    MetricsLog.write = _write_until_orphaned
