@@ -40,12 +40,15 @@ def _errno_of(exc: BaseException) -> int | None:
     return None
 
 
-def fault_error(exc: BaseException, stage: str, folder: Path) -> HdpoError | None:
-    """One-line error for an I/O fault ``exc`` raised while ``stage`` wrote into ``folder``; None when ``exc``
-    is not an I/O fault (the caller re-raises it as it is)."""
+def fault_error(exc: BaseException, stage: str, folder: Path, *, writes: bool = True) -> HdpoError | None:
+    """One-line error for an I/O fault ``exc`` raised while ``stage`` wrote into ``folder`` (read from it, for a
+    stage that only reads, like the push); None when ``exc`` is not an I/O fault (the caller re-raises it)."""
     code = _errno_of(exc)
     name = getattr(exc, "filename", None)
     where = str(name) if name else str(folder)
+    if code is not None and not writes:  # the advice below is about choosing where to write: not for a reader
+        return RunError(f"{stage}: cannot read {where} ({os.strerror(code)}); check that file and its disk, "
+                        "then rerun the same command")
     if code in _ADVICE:
         advice, users = _ADVICE[code]
         message = f"{stage}: cannot write {where} ({os.strerror(code)}); {advice}"

@@ -138,7 +138,7 @@ def run_stage(stage: Stage, run: Run, *, force: bool, main: bool = True, done: s
         mark("failed", exc.message)
         raise
     except BaseException as exc:
-        error = fault_error(exc, stage.name, run.path) if main else None
+        error = fault_error(exc, stage.name, run.path, writes=stage.writes) if main else None
         if error is None:
             mark("failed", f"{type(exc).__name__}: {str(exc)[:300]}")
             raise

@@ -190,7 +190,7 @@ def _export_onnx(run_dir: Path, raw: dict, export_spec: ExportSpec, merge_info: 
         quantized_max_rel_logit_error=onnx_spec.quantized_max_rel_logit_error,
     )
     report.update(source_key=key, opset=config["opset"], versions=_versions())
-    marker.write_text(json.dumps(report, indent=2) + "\n")
+    _write_report(out, report)
     if not report["passed"]:
         raise RunError(report["failures"][0] + f" (report: {marker})")
     log(
@@ -231,12 +231,38 @@ def _export_gguf(run_dir: Path, export_spec: ExportSpec, merge_info: dict, *, fo
         min_top1_agreement=spec.min_top1_agreement,
     )
     report.update(source_key=key, versions=_versions())
-    marker.write_text(json.dumps(report, indent=2) + "\n")
+    _write_report(out, report)
     if not report["passed"]:
         raise RunError(report["failures"][0] + f" (report: {marker})")
     sizes = ", ".join(f"model.{t}.gguf {r['size_bytes'] / 1e6:.1f} MB" for t, r in report["files"].items())
     log(f"export: wrote {out}: {sizes}; transformers' GGUF loader agrees with the merged model")
     return report
+
+
+def _write_report(out: Path, report: dict) -> None:
+    """Write ``out/validation.json``; if that fails (disk full), remove ``out``: an export without its report is
+    never left behind to be pushed or mistaken for a checked one."""
+    try:
+        (out / "validation.json").write_text(json.dumps(report, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _validated(folder: Path, run_dir: Path) -> bool:
+    """Whether ``folder`` (``onnx/`` or ``gguf/``) holds an export to push: False when absent; an export that
+    has not passed validation is refused rather than uploaded or silently left out."""
+    if not folder.exists():
+        return False
+    marker = folder / "validation.json"
+    try:
+        passed = json.loads(marker.read_text()).get("passed") is True
+    except (OSError, ValueError):
+        passed = False
+    if not passed:
+        raise InputError(f"{folder} holds an export that has not passed validation (see {marker.name}): rerun "
+                         f"`hdpo-tune export {run_dir}` before pushing")
+    return True
 
 
 def _versions() -> dict[str, str]:
@@ -246,18 +272,15 @@ def _versions() -> dict[str, str]:
 
 
 def upload_plan(run_dir: Path) -> list:
-    """What a push uploads: ``merged/`` at the repo root, plus ``onnx/`` and ``gguf/`` when exported."""
+    """What a push uploads: ``merged/`` at the repo root, plus ``onnx/`` and ``gguf/`` when exported and
+    validated."""
     from hdpo_core.export.hub import Upload
 
     merged = run_dir / "merged"
     if not (merged / "config.json").exists():
         raise InputError(f"{merged} has no model: run `hdpo-tune merge {run_dir}` before pushing")
-    plan = [Upload(merged, None)]
-    if (run_dir / "onnx" / "hdpo_onnx.json").exists():
-        plan.append(Upload(run_dir / "onnx", "onnx"))
-    if (run_dir / "gguf" / "validation.json").exists():
-        plan.append(Upload(run_dir / "gguf", "gguf"))
-    return plan
+    return [Upload(merged, None)] + [Upload(run_dir / sub, sub) for sub in ("onnx", "gguf")
+                                     if _validated(run_dir / sub, run_dir)]
 
 
 def push_run(run_dir: Run | str | Path, dry_run: bool = False, api: Any = None, log: Log = print,

@@ -3,6 +3,7 @@
 A stage is an object with a ``name``, ``enabled(spec)`` (does this job want it) and ``run(run, force)`` (do it
 for this :class:`~service.run.Run`; ``force`` redoes work that is already current). ``main_only`` stages read
 ``final/`` from disk and write the run folder, so under a distributed launch only the main process runs them.
+``writes`` is False for a stage that only reads the run folder (the push): its I/O faults are read faults.
 :data:`STAGES` is the order :func:`service.pipeline.run_job` walks; a new stage is one more object here.
 
 Heavy imports (torch, transformers, onnx) happen inside ``run``, so listing or skipping stages costs nothing.
@@ -21,6 +22,7 @@ StageResult = dict[str, Any]
 class Stage(Protocol):
     name: str
     main_only: bool
+    writes: bool
 
     def enabled(self, spec: JobSpec) -> bool:
         """Whether the job asks for this stage."""
@@ -32,7 +34,7 @@ class Stage(Protocol):
 
 
 class Train:
-    name, main_only = "train", False
+    name, main_only, writes = "train", False, True
 
     def enabled(self, spec: JobSpec) -> bool:
         return True
@@ -44,7 +46,7 @@ class Train:
 
 
 class Eval:
-    name, main_only = "eval", True
+    name, main_only, writes = "eval", True, True
 
     def enabled(self, spec: JobSpec) -> bool:
         return spec.eval is not None and spec.eval.enabled
@@ -56,7 +58,7 @@ class Eval:
 
 
 class Merge:
-    name, main_only = "merge", True
+    name, main_only, writes = "merge", True, True
 
     def enabled(self, spec: JobSpec) -> bool:
         return spec.merge is not None and spec.merge.enabled
@@ -68,7 +70,7 @@ class Merge:
 
 
 class Export:
-    name, main_only = "export", True
+    name, main_only, writes = "export", True, True
 
     def enabled(self, spec: JobSpec) -> bool:
         return spec.export is not None and (spec.export.onnx.enabled or spec.export.gguf.enabled)
@@ -80,7 +82,7 @@ class Export:
 
 
 class Push:
-    name, main_only = "push", True
+    name, main_only, writes = "push", True, False
 
     def enabled(self, spec: JobSpec) -> bool:
         return spec.hub is not None and spec.hub.repo_id is not None

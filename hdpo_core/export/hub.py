@@ -93,6 +93,8 @@ def with_retries(
         try:
             return fn()
         except Exception as exc:
+            if _local_file_error(exc):  # reading the folder failed, not the Hub: the caller names the file
+                raise
             if not is_transient(exc):
                 raise RunError(f"Hub {what} failed: {redact(_describe(exc))}") from None
             if i == attempts - 1:
@@ -104,6 +106,12 @@ def with_retries(
             log(f"Hub {what}: transient error ({redact(_describe(exc))}), retrying in {delay:g}s")
             sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _local_file_error(exc: BaseException) -> bool:
+    """An OS error on a named local file (a failing disk under a file being uploaded), not a network error."""
+    return (isinstance(exc, OSError) and exc.errno is not None and exc.filename is not None
+            and not isinstance(exc, ConnectionError | TimeoutError))
 
 
 def _describe(exc: BaseException) -> str:

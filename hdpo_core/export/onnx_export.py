@@ -140,6 +140,8 @@ def export_decoder(model_dir: Path, out_dir: Path, *, opset: int | None = None) 
                 optimize=True,
                 verbose=False,
             )
+    except OSError:  # writing model.onnx failed (disk full, ...): the stage names the file and what to do
+        raise
     except Exception as exc:  # torch.export errors are long; keep the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RunError(

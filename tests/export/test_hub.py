@@ -70,6 +70,7 @@ def shipped(llama_run, monkeypatch) -> Path:
     onnx.mkdir()
     (onnx / "hdpo_onnx.json").write_text("{}")
     (onnx / "model.onnx").write_bytes(b"onnx")
+    (onnx / "validation.json").write_text('{"passed": true}')
     return llama_run
 
 
@@ -91,11 +92,24 @@ def test_push_uploads_merged_and_onnx_with_retry(shipped, capsys):
     assert {"model.safetensors", "config.json", "README.md", "provenance.json", "tokenizer.json"} <= set(
         root["files"]
     )
-    assert onnx["files"] == ["hdpo_onnx.json", "model.onnx"]
+    assert onnx["files"] == ["hdpo_onnx.json", "model.onnx", "validation.json"]
     assert root["commit_message"] == "hdpo-tune: upload run run" and root["revision"] is None
     out = capsys.readouterr()
     assert "retrying in 2s" in out.out and "HTTP 503" in out.out
     _assert_no_token(shipped, out.out + out.err)
+
+
+@pytest.mark.parametrize("report", [None, '{"passed": false}', "{broken"])
+def test_push_refuses_an_export_that_did_not_pass_validation(shipped, report):
+    """A failed or unchecked ONNX export is neither uploaded nor silently left out: one line, nothing pushed."""
+    marker = shipped / "onnx" / "validation.json"
+    marker.unlink()
+    if report is not None:
+        marker.write_text(report)
+    hub = FakeHub()
+    with pytest.raises(InputError, match=r"onnx holds an export that has not passed validation .*hdpo-tune export"):
+        push_run(shipped, api=hub, log=lambda _: None)
+    assert hub.calls == []
 
 
 def test_push_to_branch_and_pr(shipped):

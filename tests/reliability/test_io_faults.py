@@ -1,5 +1,5 @@
 """Every I/O fault is one line (issue 13, point 4): disk full, quota, read-only, permission denied at start-up,
-in a checkpoint, in the final model, in the eval report and in the merge. The real console script runs with a
+in a checkpoint, in the final model, in the eval report, the merge, the export and the push. The real console script runs with a
 fault injected at the writer (``tests/reliability/faults``; safetensors' error type is not an ``OSError``, as on
 a real full disk). Each: one line naming the path, exit 1 (2 when the user's folder is the cause),
 ``status.json`` failed with the same line, earlier checkpoints intact, no temporary leftovers."""
@@ -117,3 +117,61 @@ def test_merge_disk_full(tmp_path: Path, trained: Path) -> None:
     ok = hdpo("merge", str(run))
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert (run / "merged" / "config.json").is_file() and status(run)["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("match", ["model.onnx", "validation.json"])
+def test_export_disk_full(tmp_path: Path, trained: Path, match: str) -> None:
+    """The ONNX writer (torch's exporter) and the validation report: no half-written or unchecked ``onnx/`` is
+    left to be pushed; the retry exports and validates."""
+    run = _copy(trained, tmp_path)
+    proc = hdpo("export", str(run), fault=f"open:1:ENOSPC:{match}")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = one_error(proc)
+    assert line.startswith(f"error: export: cannot write {run / 'onnx'}") and match in line, line
+    assert "No space left on device" in line and "free disk space" in line, line
+    _failed_with(run, line, "export")
+    assert not (run / "onnx").exists() and (run / "merged" / "model.safetensors").is_file()
+    _no_temporaries(run)
+    ok = hdpo("export", str(run))
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert json.loads((run / "onnx" / "validation.json").read_text())["passed"] is True
+
+
+@pytest.fixture(scope="module")
+def pushed(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_pairs: Path) -> Path:
+    """A whole job (train, merge, push) through the console script, pushed to a stand-in Hub folder."""
+    folder = tmp_path_factory.mktemp("pushed")
+    job = write_job(folder, tiny_model_dir, tiny_pairs, steps=2,
+                    extra={"merge": {"enabled": True}, "hub": {"repo_id": "someone/tiny-hdpo"}})
+    proc = hdpo("run", str(job), HF_TOKEN="hf_test", HDPO_FAKE_HUB=str(folder / "hub"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(status(folder / "run")["stages_done"]) == {"train", "merge", "push"}
+    return folder
+
+
+def _outputs(run: Path) -> dict[Path, int]:
+    """Every file of the run but its bookkeeping (status, lock): path -> mtime."""
+    return {p: p.stat().st_mtime_ns for p in run.rglob("*")
+            if p.is_file() and p.name not in ("status.json", ".hdpo-tune.lock", ".hdpo-tune.json")}
+
+
+def test_push_read_fault(tmp_path: Path, pushed: Path) -> None:
+    """An I/O error reading a file being uploaded is one line naming that file (not a Hub error, not retried);
+    the push writes nothing into the run folder but its status; the retry uploads the same files."""
+    run = _copy(pushed / "run", tmp_path)
+    weights = run / "merged" / "model.safetensors"
+    hub = tmp_path / "hub"
+    before = _outputs(run)
+    proc = hdpo("push", str(run), fault="read:1:EIO:merged/model.safetensors", HF_TOKEN="hf_test",
+                HDPO_FAKE_HUB=str(hub))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    line = one_error(proc)
+    assert line == (f"error: push: cannot read {weights} (Input/output error); check that file and its disk, "
+                    "then rerun the same command"), line
+    _failed_with(run, line, "push")
+    assert _outputs(run) == before
+    ok = hdpo("push", str(run), HF_TOKEN="hf_test", HDPO_FAKE_HUB=str(hub))
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert (hub / "model.safetensors").read_bytes() == weights.read_bytes()
+    assert (hub / "model.safetensors").read_bytes() == (pushed / "hub" / "model.safetensors").read_bytes()
+    assert status(run)["state"] == "succeeded"

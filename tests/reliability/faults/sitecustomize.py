@@ -6,6 +6,11 @@ fail with ``errno``, inside the real ``hdpo-tune`` console script (this folder g
   it, so checkpoints, peft's ``save_pretrained`` and transformers' see the same function.
 * ``open`` -- opening for writing a path that contains ``match`` (``open``, ``Path.write_*``, ``os.open`` as
   used by ``tempfile.mkstemp``) raises ``OSError(errno, strerror, path)``.
+* ``read`` -- the same for opening a path for reading (a failing disk under a file the push uploads).
+
+``HDPO_FAKE_HUB=DIR`` replaces ``huggingface_hub.HfApi`` with a stand-in that "uploads" by reading every file of
+the folder (as the real client does to hash it) and copying it to ``DIR/<path_in_repo>``: the push stage runs
+end to end in a subprocess, offline.
 
 Nothing else changes: the files really are written until the fault, so what is left afterwards is real.
 """
@@ -40,12 +45,12 @@ if _SPEC:
             return _real_save(*args, **kwargs)
 
         _st.save_file = _save_file
-    elif _kind == "open":
+    elif _kind in ("open", "read"):
         _real_open, _real_os_open = builtins.open, os.open
         _WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT
 
         def _check(path: object, writing: bool) -> None:
-            if not writing or not isinstance(path, str | os.PathLike):
+            if writing != (_kind == "open") or not isinstance(path, str | os.PathLike):
                 return
             name = os.fspath(path)
             if isinstance(name, str) and _MATCH in name and _due():
@@ -61,3 +66,37 @@ if _SPEC:
 
         builtins.open = io.open = _open
         os.open = _os_open
+
+_HUB = os.environ.get("HDPO_FAKE_HUB", "")
+if _HUB:
+    import huggingface_hub as _hh
+
+    class _FakeHfApi:
+        """The four calls the push makes; the repo is the folder ``HDPO_FAKE_HUB``."""
+
+        def __init__(self, token: str | None = None) -> None:
+            self.token = token
+
+        def create_repo(self, repo_id, **kwargs):  # type: ignore[no-untyped-def]
+            os.makedirs(_HUB, exist_ok=True)
+
+        def repo_info(self, repo_id, **kwargs):  # type: ignore[no-untyped-def]
+            return type("Info", (), {"private": True})()
+
+        def create_branch(self, repo_id, **kwargs):  # type: ignore[no-untyped-def]
+            return None
+
+        def upload_folder(self, *, folder_path, path_in_repo=None, **kwargs):  # type: ignore[no-untyped-def]
+            root = os.path.join(_HUB, path_in_repo or "")
+            for here, _dirs, files in os.walk(folder_path):
+                for name in sorted(files):
+                    src = os.path.join(here, name)
+                    with open(src, "rb") as f:
+                        data = f.read()
+                    dst = os.path.join(root, os.path.relpath(src, folder_path))
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    with open(dst, "wb") as f:
+                        f.write(data)
+            return type("CommitInfo", (), {"pr_revision": None})()
+
+    _hh.HfApi = _FakeHfApi
