@@ -100,7 +100,6 @@ def export_decoder(model_dir: Path, out_dir: Path, *, opset: int | None = None) 
 
     Also copies tokenizer/config files and writes ``hdpo_onnx.json``; returns that config dict.
     """
-    from torch.export import Dim
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -108,9 +107,27 @@ def export_decoder(model_dir: Path, out_dir: Path, *, opset: int | None = None) 
     ).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     geometry = CacheGeometry.of(model.config)
-    wrapper = FlatCacheDecoder(model, geometry).eval()
-    inputs = ["input_ids", "attention_mask", "position_ids", *geometry.names("past_key_values")]
-    outputs = ["logits", *geometry.names("present")]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _trace(FlatCacheDecoder(model, geometry).eval(), geometry, model.config.get_text_config().vocab_size,
+           out_dir / "model.onnx", model_dir=model_dir, opset=opset)
+    for name in (*TOKENIZER_FILES, *META_FILES):
+        if (model_dir / name).exists():
+            shutil.copy2(model_dir / name, out_dir / name)
+    if not (out_dir / "tokenizer.json").exists():
+        tokenizer.save_pretrained(out_dir)
+    config = _runtime_config(model, tokenizer, geometry, out_dir / "model.onnx")
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def _trace(wrapper: FlatCacheDecoder, geometry: CacheGeometry, vocab: int, path: Path, *, model_dir: Path,
+           opset: int | None) -> None:
+    """``torch.onnx.export`` (dynamo) of the flat-cache decoder with symbolic batch/seq/past/total dims."""
+    import logging
+    import warnings
+
+    from torch.export import Dim
+
     b, s, p, t = Dim("batch"), Dim("seq"), Dim("past"), Dim("total")
     shapes = (
         {0: b, 1: s},
@@ -118,10 +135,6 @@ def export_decoder(model_dir: Path, out_dir: Path, *, opset: int | None = None) 
         {0: b, 1: s},
         tuple({0: b, 2: p} for _ in range(2 * geometry.num_layers)),
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    import logging
-    import warnings
-
     # the exporter logs one warning per absent torchvision op and per dynamic-shape rename: noise for users
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     try:
@@ -129,10 +142,10 @@ def export_decoder(model_dir: Path, out_dir: Path, *, opset: int | None = None) 
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper,
-                _example_inputs(geometry, model.config.get_text_config().vocab_size),
-                f=str(out_dir / "model.onnx"),
-                input_names=inputs,
-                output_names=outputs,
+                _example_inputs(geometry, vocab),
+                f=str(path),
+                input_names=_input_names(geometry),
+                output_names=["logits", *geometry.names("present")],
                 dynamic_shapes=shapes,
                 opset_version=opset,
                 dynamo=True,
@@ -147,26 +160,29 @@ def export_decoder(model_dir: Path, out_dir: Path, *, opset: int | None = None) 
         raise RunError(
             f"ONNX export of {model_dir} failed: {first} (rerun with --debug for the trace)"
         ) from exc
-    for name in (*TOKENIZER_FILES, *META_FILES):
-        if (model_dir / name).exists():
-            shutil.copy2(model_dir / name, out_dir / name)
-    if not (out_dir / "tokenizer.json").exists():
-        tokenizer.save_pretrained(out_dir)
+
+
+def _input_names(geometry: CacheGeometry) -> list[str]:
+    return ["input_ids", "attention_mask", "position_ids", *geometry.names("past_key_values")]
+
+
+def _runtime_config(model: nn.Module, tokenizer, geometry: CacheGeometry, onnx_path: Path) -> dict:  # noqa: ANN001
+    """``hdpo_onnx.json``: what the torch-free runtime needs (names, cache geometry, EOS/pad ids, opset)."""
+    import onnx
+
     gen = model.generation_config
     eos = gen.eos_token_id if gen.eos_token_id is not None else tokenizer.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     pad = (
         gen.pad_token_id if gen.pad_token_id is not None else (tokenizer.pad_token_id or (eos_ids or [0])[0])
     )
-    import onnx
-
-    config = {
+    return {
         "format": "hdpo-tune onnx decoder v1",
         "model_file": "model.onnx",
         "fp32_model_file": "model.onnx",
-        "opset": onnx.load(str(out_dir / "model.onnx"), load_external_data=False).opset_import[0].version,
-        "input_names": inputs,
-        "output_names": outputs,
+        "opset": onnx.load(str(onnx_path), load_external_data=False).opset_import[0].version,
+        "input_names": _input_names(geometry),
+        "output_names": ["logits", *geometry.names("present")],
         "num_layers": geometry.num_layers,
         "num_kv_heads": geometry.num_kv_heads,
         "head_dim": geometry.head_dim,
@@ -181,20 +197,3 @@ def export_decoder(model_dir: Path, out_dir: Path, *, opset: int | None = None) 
             "append 1 to attention_mask, position_ids = sum(mask)-1. See hdpo_core/export/ort_generate.py."
         ),
     }
-    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    return config
-
-
-def quantize_int8(out_dir: Path) -> str:
-    """Write ``model.int8.onnx`` (dynamic int8 MatMul weights, CPU serving) next to the float32 model."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    target = "model.int8.onnx"
-    quantize_dynamic(
-        str(out_dir / "model.onnx"),
-        str(out_dir / target),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul"],
-        use_external_data_format=True,
-    )
-    return target
