@@ -145,7 +145,7 @@ def _trace(wrapper: FlatCacheDecoder, geometry: CacheGeometry, vocab: int, path:
                 _example_inputs(geometry, vocab),
                 f=str(path),
                 input_names=_input_names(geometry),
-                output_names=["logits", *geometry.names("present")],
+                output_names=_output_names(geometry),
                 dynamic_shapes=shapes,
                 opset_version=opset,
                 dynamo=True,
@@ -166,6 +166,10 @@ def _input_names(geometry: CacheGeometry) -> list[str]:
     return ["input_ids", "attention_mask", "position_ids", *geometry.names("past_key_values")]
 
 
+def _output_names(geometry: CacheGeometry) -> list[str]:
+    return ["logits", *geometry.names("present")]
+
+
 def _runtime_config(model: nn.Module, tokenizer, geometry: CacheGeometry, onnx_path: Path) -> dict:  # noqa: ANN001
     """``hdpo_onnx.json``: what the torch-free runtime needs (names, cache geometry, EOS/pad ids, opset)."""
     import onnx
@@ -182,7 +186,7 @@ def _runtime_config(model: nn.Module, tokenizer, geometry: CacheGeometry, onnx_p
         "fp32_model_file": "model.onnx",
         "opset": onnx.load(str(onnx_path), load_external_data=False).opset_import[0].version,
         "input_names": _input_names(geometry),
-        "output_names": ["logits", *geometry.names("present")],
+        "output_names": _output_names(geometry),
         "num_layers": geometry.num_layers,
         "num_kv_heads": geometry.num_kv_heads,
         "head_dim": geometry.head_dim,
