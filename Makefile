@@ -11,16 +11,22 @@ ENGINE ?=
 
 .PHONY: install quickstart test test-all test-container image lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+# Two stamps: the quickstart needs the runtime dependencies only (.runtime); the tests add the dev extras
+# (trackers, TRL, linters, the SDKs the tests drive).
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
 
-quickstart: install
+quickstart: $(VENV)/.runtime
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hdpo-tune run examples/quickstart.yaml
 
 test: install

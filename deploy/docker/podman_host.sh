@@ -4,14 +4,18 @@
 # refuses, and makes a local base image (Debian 12 minbase, mmdebstrap + podman import).
 #
 #   bash deploy/docker/podman_host.sh            # packages + config + base image (skips what is already there)
-#   BASE_TAG=localhost/hdpo-base:debian12 DEBIAN_MIRROR=http://deb.debian.org/debian bash deploy/docker/podman_host.sh
+#   BASE_TAG=localhost/hdpo-base:debian12 DEBIAN_MIRROR=http://MIRROR/debian DEBIAN_SECURITY=http://MIRROR/debian-security \
+#       bash deploy/docker/podman_host.sh
+#
+# The base image's package sources are the host's own (what `apt-get indextargets` lists for bookworm): the
+# mirror this machine is configured to reach, a local one included. DEBIAN_MIRROR / DEBIAN_SECURITY override them.
 #
 # Exit 0: ready. Exit 3: this machine cannot run containers (one line says why). Exit 1: a step failed.
 set -euo pipefail
 
 BASE_TAG="${BASE_TAG:-localhost/hdpo-base:debian12}"
-DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-DEBIAN_SECURITY="${DEBIAN_SECURITY:-http://deb.debian.org/debian-security}"
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-}"
+DEBIAN_SECURITY="${DEBIAN_SECURITY:-}"
 CONF=/etc/containers/containers.conf
 MARK="# written by hdpo-tune deploy/docker/podman_host.sh"
 PACKAGES=(podman runc uidmap fuse-overlayfs slirp4netns containernetworking-plugins iptables mmdebstrap)
@@ -55,12 +59,26 @@ events_logger = "file"
 CONF
 }
 
+# The bookworm sources as "deb URI SUITE main" lines: DEBIAN_MIRROR/DEBIAN_SECURITY when set, else the host's
+# configured repositories for the bookworm suites (no mirror host is written into this repository).
+host_sources() {
+    if [ -n "$DEBIAN_MIRROR" ]; then
+        echo "deb $DEBIAN_MIRROR bookworm main"; echo "deb $DEBIAN_MIRROR bookworm-updates main"
+        [ -n "$DEBIAN_SECURITY" ] && echo "deb $DEBIAN_SECURITY bookworm-security main"
+        return 0
+    fi
+    command -v apt-get >/dev/null || return 0
+    apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 'Created-By: Packages' 2>/dev/null \
+        | awk '$3 == "main" && $2 ~ /^bookworm(-updates|-security)?$/ {print "deb " $1 " " $2 " main"}' | sort -u
+}
+
 make_base() {
     if podman image exists "$BASE_TAG"; then return 0; fi
-    echo "making $BASE_TAG: mmdebstrap --variant=minbase bookworm from $DEBIAN_MIRROR" >&2
-    mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm - \
-        "deb $DEBIAN_MIRROR bookworm main" "deb $DEBIAN_MIRROR bookworm-updates main" \
-        "deb $DEBIAN_SECURITY bookworm-security main" \
+    local sources=()
+    mapfile -t sources < <(host_sources)
+    [ ${#sources[@]} -gt 0 ] || cannot "no Debian bookworm package source is configured on this host; set DEBIAN_MIRROR (and DEBIAN_SECURITY) to a Debian mirror's URL"
+    echo "making $BASE_TAG: mmdebstrap --variant=minbase bookworm from ${sources[*]}" >&2
+    mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm - "${sources[@]}" \
         | podman import --change 'CMD ["/bin/bash"]' - "$BASE_TAG" >/dev/null
 }
 
