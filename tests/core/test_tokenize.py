@@ -27,7 +27,7 @@ def test_standard_explicit_prompt_completion_is_the_tail_plus_eos(tok):
 
 def test_standard_implicit_prompt_is_the_common_prefix(tok):
     row = normalise_row("f:2", {"chosen": "Is the sky green? No, blue.", "rejected": "Is the sky green? Yes."})
-    assert row.prompt == "Is the sky green? " and row.chosen == "No, blue." and row.rejected == "Yes."
+    assert row.prompt == "Is the sky green?" and row.chosen == " No, blue." and row.rejected == " Yes."
 
 
 def test_conversational_uses_the_chat_template_and_adds_no_second_eos(tok):
