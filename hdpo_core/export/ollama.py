@@ -8,8 +8,8 @@ re-assembled in Python and compared with the Jinja rendering of longer conversat
 not of that kind (one that counts turns, or reformats content) is refused with one line instead of being
 written wrong. What the runtime adds itself is left out: Ollama tokenizes the rendered prompt with llama.cpp,
 which prepends the BOS when the GGUF says ``tokenizer.ggml.add_bos_token``, so a template that starts with
-``{{ bos_token }}`` (every Llama 3 template) would otherwise give two. ``tests/export/test_gguf.py`` renders the result with Go's own ``text/template`` when a Go
-toolchain is installed.
+``{{ bos_token }}`` (every Llama 3 template) would otherwise give two. ``tests/export/test_gguf.py`` renders
+the result with Go's own ``text/template`` when a Go toolchain is installed.
 """
 
 from __future__ import annotations
