@@ -3,9 +3,9 @@
 Formats (TRL's names):
 
 * standard, explicit prompt: ``{"prompt": str, "chosen": str, "rejected": str}``
-* standard, implicit prompt: ``{"chosen": str, "rejected": str}``; the prompt is the longest common
-  character prefix of the two here, and the tokenizer moves the boundary back to the longest common *token*
-  prefix of the two full sequences (:mod:`hdpo_core.tokenize`), so it never ends inside a token.
+* standard, implicit prompt: ``{"chosen": str, "rejected": str}``; the prompt is TRL's: the common
+  character prefix, less a trailing space (:func:`split_implicit_prompt`); :mod:`hdpo_core.tokenize` then
+  cuts it where its tokens and the full sequences' tokens diverge, so it never ends inside a token.
 * conversational, explicit prompt: ``prompt``/``chosen``/``rejected`` are lists of ``{role, content}``.
 * conversational, implicit prompt: ``chosen``/``rejected`` are full conversations; the shared message
   prefix is the prompt.
@@ -197,9 +197,8 @@ def normalise_row(location: str, row: Any) -> PreferenceRow:
     whole: tuple[Any, Any] | None = None
     if isinstance(chosen, str) and isinstance(rejected, str):
         if prompt is None:
-            # one text may extend the other ("A: 14" / "A: 146"): the token split decides, not the characters
-            whole = (chosen, rejected)
-            prompt, chosen, rejected = _split_common_prefix_str(chosen, rejected)
+            whole = (chosen, rejected)  # the emptiness check reads the texts, not what is left after the prompt
+            prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
         elif not isinstance(prompt, str):
             raise InputError(f"{location}: field 'prompt' must be a string like 'chosen'/'rejected', "
                              f"got {type(prompt).__name__}")
@@ -245,8 +244,21 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _split_common_prefix_str(a: str, b: str) -> tuple[str, str, str]:
+def split_implicit_prompt(a: str, b: str) -> tuple[str, str, str]:
+    """``(prompt, chosen, rejected)`` by TRL's rule (``trl.extract_prompt``), so token ids match TRL's.
+
+    The prompt is the common character prefix, less one trailing space (the space belongs to the next word:
+    ``"...green? No"`` / ``"...green? Yes"`` give ``"...green?"``). When one text extends the other (``"A: 14"``
+    / ``"A: 146"``) TRL's scan ends one character before the shorter text's end and keeps that character in
+    both completions; we do the same. Where TRL's scan misbehaves (texts that differ at their first character
+    while ``chosen`` ends with a space: its index wraps to -1 and it rebuilds ``rejected`` from ``chosen``'s
+    text) the prompt here is simply empty.
+    """
     n = len(os.path.commonprefix([a, b]))
+    if n == min(len(a), len(b)):
+        n = max(n - 1, 0)
+    elif n > 0 and a[n - 1] == " ":
+        n -= 1
     return a[:n], a[n:], b[n:]
 
 

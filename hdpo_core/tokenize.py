@@ -2,10 +2,13 @@
 
 * standard: ``completion = ids(prompt + chosen)[len(ids(prompt)):] + [eos]``; EOS is added only when the
   completion does not already end with it (TRL appends the EOS text only when it is missing).
-* standard with an implicit prompt: the two full sequences are tokenised and the prompt is their longest
-  common *token* prefix. The shared *character* prefix usually ends inside a token with byte-level BPE
-  (``" 146"`` vs ``" 148"`` share ``" 14"``, which is no token of either) or on a space that belongs to the
-  next word, so it is never tokenised on its own.
+* standard with an implicit prompt: TRL's rule. The prompt text is the common character prefix less a
+  trailing space (:func:`hdpo_core.data.split_implicit_prompt`); it is tokenised, and the boundary is where
+  its ids stop agreeing with the ids of either full text. That prefix can end inside a token (``" 146"`` vs
+  ``" 148"`` share ``" 14"``, a token of neither with GPT-2's pre-tokenizer), so the cut keeps only the
+  prompt tokens both full sequences contain: the prompt never ends inside a token, and the ids are TRL's on
+  every tokenizer (with Llama 3's or Qwen2's pre-tokenizer a digit is split from its space, so the lone
+  ``" "`` of ``"1, 2, 3"`` / ``"1, 2, 4"`` goes to both completions, as in TRL).
 * conversational: the prompt is rendered with the chat template and ``add_generation_prompt=True``; the
   completion is the rest of ``render(prompt + chosen)``; no extra EOS (the template closes the turn). Tool
   schemas of the row (OpenAI's ``input.tools``) are passed to the template, as TRL passes a ``tools`` column.
@@ -90,10 +93,9 @@ def _encode_row(tokenizer: Any, row: PreferenceRow) -> tuple[list[int], list[int
     eos_id = tokenizer.eos_token_id
     if row.format == "standard":
         full = [_ids(tokenizer, row.prompt + c, True) for c in (row.chosen, row.rejected)]
-        if row.implicit_prompt:
-            prompt_ids = full[0][:_common_prefix_len(full[0], full[1])]
-        else:
-            prompt_ids = _ids(tokenizer, row.prompt, True)
+        prompt_ids = _ids(tokenizer, row.prompt, True)
+        if row.implicit_prompt:  # the prompt text is a prefix of both texts: only the token boundary can move
+            prompt_ids = prompt_ids[:min(_common_prefix_len(prompt_ids, ids) for ids in full)]
     else:
         _check_template_renders(tokenizer, row)
         prompt_ids = _ids(tokenizer, _render(tokenizer, row.prompt, True, row.tools), False)

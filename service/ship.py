@@ -200,7 +200,7 @@ def _export_onnx(run_dir: Path, raw: dict, export_spec: ExportSpec, merge_info: 
     if quantized:
         from service.ship_quant import write_quantization_report
 
-        q = write_quantization_report(out, quantized, raw, onnx_spec.quantized_eval_tasks)
+        q = write_quantization_report(out, quantized, raw, onnx_spec.quantized_eval_tasks, report)
         acc = q.get("greedy_accuracy")
         log(
             f"export: {onnx_spec.quantize} {q['size_bytes']['ratio']:.0%} of float32 size, "

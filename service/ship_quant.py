@@ -3,7 +3,9 @@
 The prompts and the check come from the run's own ``eval`` section (``eval.tasks`` scored with
 ``eval.verifier``, greedy, ``eval.max_new_tokens``), so the accuracy change is measured on the task the run
 was trained and evaluated for. Without ``eval.tasks`` only size and speed are reported (on the validation
-prompts).
+prompts). ``gate`` repeats the figures the export gate checked (top-1 agreement and relative logit error
+against PyTorch float32, from ``validation.json``) with the prompts they were measured on, so the report a
+user reads about the quantized model says how close it is, not only what it costs.
 """
 
 from __future__ import annotations
@@ -16,8 +18,26 @@ from pydantic import ValidationError
 from service.spec_eval import EvalSpec
 
 
-def write_quantization_report(onnx_dir: Path, quantized_file: str, raw_spec: dict, limit: int) -> dict:
-    """Measure float32 vs ``quantized_file`` and write ``onnx_dir/quantization.json``; returns the report."""
+def gate_figures(validation: dict) -> dict:
+    """The quantized graph's gate figures from the validation report, with what they were measured on."""
+    q = validation["quantized"]
+    keys = ("top1_agreement", "min_top1_agreement", "rel_logit_error", "max_rel_logit_error",
+            "max_abs_logit_diff", "greedy_agreement", "greedy_identical")
+    return {
+        **{k: q[k] for k in keys},
+        "passed": validation["passed"],
+        "reference": "the merged model in PyTorch float32 (validation.json)",
+        "prompts": validation["prompts"],
+        "batch": validation["batch"],
+        "decode_steps": validation["decode_steps"],
+        "greedy_tokens": validation["greedy_tokens"],
+    }
+
+
+def write_quantization_report(onnx_dir: Path, quantized_file: str, raw_spec: dict, limit: int,
+                              validation: dict) -> dict:
+    """Measure float32 vs ``quantized_file`` and write ``onnx_dir/quantization.json`` (with the gate figures of
+    ``validation``, the export's validation report); returns the report."""
     from transformers import AutoTokenizer
 
     from hdpo_core.eval.tasks import encode_prompt, load_tasks
@@ -47,5 +67,6 @@ def write_quantization_report(onnx_dir: Path, quantized_file: str, raw_spec: dic
         onnx_dir, quantized_file, prompts=prompts, check=check, max_new_tokens=eval_spec.max_new_tokens
     )
     report["prompts_from"] = source
+    report["gate"] = gate_figures(validation)
     (onnx_dir / "quantization.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

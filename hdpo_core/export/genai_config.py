@@ -7,6 +7,11 @@ Two settings matter beyond the names: ``past_present_share_buffer`` must be fals
 longer ``present`` each step instead of writing into a preallocated buffer), and ``type`` must be a family
 onnxruntime-genai knows as a plain decoder, else it refuses the folder.
 
+No field here (nor in ``tokenizer_config.json``) makes genai's ``Tokenizer.encode`` add the BOS a Llama-3
+tokenizer's post-processor adds: onnxruntime-genai 0.18 creates its tokenizer with ``add_special_tokens``
+off. Callers encoding plain text turn it on (``update_options(add_special_tokens="true")``, docs/export.md);
+onnxruntime-extensions then reads the BOS from ``tokenizer.json``'s post-processor, as transformers does.
+
 We keep our exporter rather than onnxruntime-genai's model builder: the builder's graph gave wrong text for
 the demo model (fp32 and int4), while this one is checked against PyTorch on every export.
 """

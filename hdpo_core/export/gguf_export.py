@@ -192,13 +192,15 @@ def write_modelfile(model_dir: Path, out_dir: Path, gguf_name: str) -> str:
     """``out_dir/Modelfile`` for ``gguf_name``: the chat template as a Go template, EOS texts as stops."""
     from transformers import AutoTokenizer
 
+    from hdpo_core.export.gguf_tokenizer import adds_bos
     from hdpo_core.export.ollama import chat_pieces, go_template, modelfile
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     template = None
     if isinstance(tok.chat_template, str):
         pieces = chat_pieces(
-            lambda msgs, gen: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+            lambda msgs, gen: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen),
+            runtime_prefix=tok.bos_token if adds_bos(tok) else "",
         )
         template = go_template(pieces)
     gen_path = model_dir / "generation_config.json"

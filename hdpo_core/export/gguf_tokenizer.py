@@ -86,6 +86,13 @@ def _merges(model: dict) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
 
+def adds_bos(tok) -> bool:  # noqa: ANN001 - a transformers tokenizer
+    """Whether the tokenizer puts a BOS before plain text (Llama 3's post-processor does, Qwen2's does not):
+    written as ``tokenizer.ggml.add_bos_token``, so llama.cpp and Ollama add it to every prompt themselves."""
+    probe = tok("a")["input_ids"]
+    return tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id
+
+
 def read_vocab(model_dir: Path, vocab_size: int) -> GgufVocab:
     """Read ``tokenizer.json`` (+ tokenizer config, chat template) of a merged model folder.
 
@@ -118,8 +125,7 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GgufVocab:
         raise InputError(f"{where}: tokenizer has ids up to {top - 1} but the model has {vocab_size} embeddings")
     tokens = [by_id.get(i, f"[PAD{i}]") for i in range(vocab_size)]
     token_types = [types.get(i, UNUSED) for i in range(vocab_size)]
-    probe = tok("a")["input_ids"]
-    add_bos = tok.bos_token_id is not None and bool(probe) and probe[0] == tok.bos_token_id
+    add_bos = adds_bos(tok)
     return GgufVocab(
         pre=pre,
         tokens=tokens,

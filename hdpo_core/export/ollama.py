@@ -6,8 +6,10 @@ translated in general. Nearly every chat template is a *per-role wrapper* though
 the end. Those pieces are read off by rendering the Jinja template on marker conversations; the pieces are then
 re-assembled in Python and compared with the Jinja rendering of longer conversations, so a template that is
 not of that kind (one that counts turns, or reformats content) is refused with one line instead of being
-written wrong. ``tests/export/test_gguf.py`` renders the result with Go's own ``text/template`` when a Go
-toolchain is installed.
+written wrong. What the runtime adds itself is left out: Ollama tokenizes the rendered prompt with llama.cpp,
+which prepends the BOS when the GGUF says ``tokenizer.ggml.add_bos_token``, so a template that starts with
+``{{ bos_token }}`` (every Llama 3 template) would otherwise give two. ``tests/export/test_gguf.py`` renders
+the result with Go's own ``text/template`` when a Go toolchain is installed.
 """
 
 from __future__ import annotations
@@ -57,8 +59,24 @@ def _strip(text: str, prefix: str = "", suffix: str = "") -> str:
     return text[len(prefix): len(text) - len(suffix)]
 
 
-def chat_pieces(render) -> ChatPieces:  # noqa: ANN001 - render(messages, add_generation_prompt) -> str
-    """Derive the pieces from ``render`` (the tokenizer's ``apply_chat_template``) and check them."""
+def _without_prefix(render, prefix: str):  # noqa: ANN001, ANN202 - the same kind of callable as render
+    if not prefix:
+        return render
+
+    def cut(messages: list[dict[str, str]], generation: bool) -> str:
+        text = render(messages, generation)
+        return text[len(prefix):] if text.startswith(prefix) else text
+
+    return cut
+
+
+def chat_pieces(render, runtime_prefix: str = "") -> ChatPieces:  # noqa: ANN001 - render(messages, gen) -> str
+    """Derive the pieces from ``render`` (the tokenizer's ``apply_chat_template``) and check them.
+
+    ``runtime_prefix`` (the BOS text when the runtime adds the BOS) is cut from the start of every rendering
+    that begins with it, so the runtime's BOS plus the template gives the Jinja rendering's tokens once.
+    """
+    render = _without_prefix(render, runtime_prefix)
     u1, a1, u2 = ({"role": r, "content": _M[k]} for r, k in (("user", "u1"), ("assistant", "a1"), ("user", "u2")))
     r1 = render([u1], False)
     head_u, user_post = _split_once(r1, _M["u1"], "the user message")

@@ -1,5 +1,6 @@
 """TRL's preference formats (standard/conversational x explicit/implicit prompt) and OpenAI's preference
-format, tokenised with a real byte-level BPE (GPT-2/Llama-3/Qwen kind) and a ChatML chat template.
+format, tokenised with byte-level BPE tokenizers built like GPT-2's, Llama 3's (digits split from the space
+before them, BOS from the post-processor, header/eot template) and Qwen2's (single digits, ChatML).
 
 Every test states the invariant that makes training correct: the prompt ids followed by a completion's ids
 are exactly the tokenizer's ids of the full text (plus one EOS for standard rows), so the model is trained on
@@ -15,10 +16,17 @@ from hdpo_core.errors import InputError
 from hdpo_core.tokenize import tokenize_rows
 from tests.fixtures.bpe import EOS, byte_level_bpe
 
+STYLES = ("gpt2", "llama3", "qwen2")
+
 
 @pytest.fixture(scope="module")
-def bpe():
-    return byte_level_bpe()
+def tokenizers() -> dict:
+    return {style: byte_level_bpe(style=style) for style in STYLES}
+
+
+@pytest.fixture(scope="module")
+def bpe(tokenizers):
+    return tokenizers["gpt2"]
 
 
 def ids(tok, text):
@@ -52,41 +60,59 @@ def test_implicit_prompt_splits_at_the_longest_common_token_prefix(bpe):
     assert bpe.convert_ids_to_tokens(list(pair.chosen_ids)) == ["Ġ146", EOS]
 
 
-def test_implicit_prompt_ending_on_a_space_moves_the_space_to_the_completion(bpe):
-    """The character prefix "Is the sky green? " ends with a space that byte-level BPE glues to the next word."""
+@pytest.mark.parametrize("style", STYLES)
+def test_implicit_prompt_ending_on_a_space_moves_the_space_to_the_completion(tokenizers, style):
+    """The character prefix "Is the sky green? " ends with a space that belongs to the next word: TRL backs
+    it off, on every tokenizer (docs/data.md's example)."""
+    tok = tokenizers[style]
     row = normalise_row("d.jsonl:3", {"chosen": "Is the sky green? No, it is blue.", "rejected": "Is the sky green? Yes."})
-    assert row.prompt.endswith("? ")
-    (pair,), _ = tokenize_rows([row], bpe, max_length=64)
-    assert bpe.decode(list(pair.prompt_ids)) == "Is the sky green?"
-    assert bpe.decode(list(pair.chosen_ids)) == " No, it is blue." + EOS
-    assert bpe.decode(list(pair.rejected_ids)) == " Yes." + EOS
+    assert row.prompt == "Is the sky green?"
+    (pair,), _ = tokenize_rows([row], tok, max_length=64)
+    assert tok.decode(list(pair.prompt_ids), skip_special_tokens=True) == "Is the sky green?"
+    assert tok.decode(list(pair.chosen_ids)) == " No, it is blue." + tok.eos_token
+    assert tok.decode(list(pair.rejected_ids)) == " Yes." + tok.eos_token
 
 
-def test_every_implicit_row_reassembles_to_the_full_sequences(bpe):
+@pytest.mark.parametrize("style", ["llama3", "qwen2"])
+def test_a_digit_split_from_its_space_leaves_the_space_in_both_completions(tokenizers, style):
+    """With Llama 3's / Qwen2's pre-tokenizer " 3" is " " + "3", so the longest common *token* prefix of
+    "1, 2, 3" and "1, 2, 4" would end with the space; TRL's prompt "1, 2," does not (docs/data.md)."""
+    tok = tokenizers[style]
+    row = normalise_row("d.jsonl:1", {"chosen": "Count: 1, 2, 3", "rejected": "Count: 1, 2, 4"})
+    (pair,), _ = tokenize_rows([row], tok, max_length=64)
+    assert tok.decode(list(pair.prompt_ids), skip_special_tokens=True) == "Count: 1, 2,"
+    assert tok.convert_ids_to_tokens(list(pair.chosen_ids)) == ["Ġ", "3", tok.eos_token]
+    assert tok.convert_ids_to_tokens(list(pair.rejected_ids)) == ["Ġ", "4", tok.eos_token]
+    assert (pair.prompt_ids[0] == tok.bos_token_id) == (style == "llama3")  # Llama 3's post-processor BOS
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_implicit_row_reassembles_to_the_full_sequences(tokenizers, style):
     """Over many number pairs (shared digits, shared first token, nothing shared after the colon): prompt +
-    completion == ids(full) + EOS, and the prompt is the *longest* such split (the completions differ at once)."""
+    completion == ids(full) + EOS on every tokenizer, so the prompt never ends inside a token."""
+    tok = tokenizers[style]
     rows = [normalise_row(f"d.jsonl:{i}", {"chosen": f"Q: {a} + 1? A: {a + 1}", "rejected": f"Q: {a} + 1? A: {b}"})
             for i, (a, b) in enumerate(((a, b) for a in range(100, 150, 7) for b in (a, a + 2, a + 10, 7)), 1)]
-    pairs, problems = tokenize_rows(rows, bpe, max_length=64)
+    pairs, problems = tokenize_rows(rows, tok, max_length=64)
     assert len(pairs) == len(rows) and not problems.messages
     for row, pair in zip(rows, pairs, strict=True):
         for text, completion in ((row.prompt + row.chosen, pair.chosen_ids),
                                  (row.prompt + row.rejected, pair.rejected_ids)):
-            assert list(pair.prompt_ids) + list(completion) == ids(bpe, text) + [bpe.eos_token_id]
-        assert pair.chosen_ids[0] != pair.rejected_ids[0]
+            assert list(pair.prompt_ids) + list(completion) == ids(tok, text) + [tok.eos_token_id]
 
 
 def test_implicit_rows_where_one_text_extends_the_other(bpe):
-    """The characters of "A: 14" are a prefix of "A: 146" (and "...green?" of "...green? No."), but the tokens
-    are not, or the shorter one simply stops earlier: both are preference pairs TRL trains on."""
+    """The characters of "A: 14" are a prefix of "A: 146" (and "...green?" of "...green? No."): TRL's prompt
+    stops one character before the shorter text ends, so both completions keep that character."""
     row = normalise_row("d.jsonl:1", {"chosen": "Q: what is 7 + 7? A: 14", "rejected": "Q: what is 7 + 7? A: 146"})
+    assert row.prompt == "Q: what is 7 + 7? A: 1"
     (pair,), _ = tokenize_rows([row], bpe, max_length=64)
     assert bpe.decode(list(pair.prompt_ids)) == "Q: what is 7 + 7? A:"
     assert bpe.convert_ids_to_tokens(list(pair.chosen_ids)) == ["Ġ14", EOS]
     assert bpe.convert_ids_to_tokens(list(pair.rejected_ids)) == ["Ġ146", EOS]
     row = normalise_row("d.jsonl:2", {"chosen": "Is the sky green?", "rejected": "Is the sky green? No."})
     (pair,), _ = tokenize_rows([row], bpe, max_length=64)
-    assert list(pair.chosen_ids) == [bpe.eos_token_id] and bpe.decode(list(pair.rejected_ids)) == " No." + EOS
+    assert bpe.decode(list(pair.chosen_ids)) == "?" + EOS and bpe.decode(list(pair.rejected_ids)) == "? No." + EOS
     with pytest.raises(InputError, match="d.jsonl:3: empty completion in 'chosen'"):
         normalise_row("d.jsonl:3", {"chosen": "  ", "rejected": "Yes."})
 
@@ -186,27 +212,38 @@ def test_openai_file_bad_rows_name_file_and_row(tmp_path):
         assert message.startswith(f"{path}:{line}: ") and expected in message and "\n" not in message
 
 
-TRL_ROWS = {
-    "standard-implicit": [{"chosen": f"Q: what is {a} + 2? A: {a + 2}", "rejected": f"Q: what is {a} + 2? A: {b}"}
-                          for a in range(100, 140, 9) for b in (a, a + 4, 7)]
-    + [{"chosen": "Is the sky green? No, it is blue.", "rejected": "Is the sky green? Yes."}],
-    "standard-explicit": [{"prompt": "Q: what is 120 + 3? A:", "chosen": " 123", "rejected": " 125"},
-                          {"prompt": "Q: what is 120 + 3? A:", "chosen": f" 123{EOS}", "rejected": " 125"}],
-    "conversational-explicit": [{"prompt": [SYSTEM, USER], "chosen": [GOOD], "rejected": [BAD]}],
-    "conversational-implicit": [{"chosen": [SYSTEM, USER, GOOD], "rejected": [SYSTEM, USER, BAD]}],
-}
+def trl_rows(name: str, eos: str) -> list[dict]:
+    """Rows of each TRL format; the implicit ones cover every way two answers can share characters."""
+    return {
+        "standard-implicit": [
+            {"chosen": f"Q: what is {a} + 2? A: {a + 2}", "rejected": f"Q: what is {a} + 2? A: {b}"}
+            for a in range(100, 140, 9) for b in (a, a + 4, 7, a + 20, (a + 2) * 10)]
+        + [{"chosen": f"Count: {s}, {n}", "rejected": f"Count: {s}, {n + 1}"}
+           for s, n in (("1, 2", 3), ("7, 8", 9), ("10, 11", 12), ("98, 99", 100))]
+        + [{"chosen": "Is the sky green? No, it is blue.", "rejected": "Is the sky green? Yes."},
+           {"chosen": "Is the sky green?", "rejected": "Is the sky green? No."},
+           {"chosen": "Q: what is 7 + 7? A: 14", "rejected": "Q: what is 7 + 7? A: 146"},
+           {"chosen": f"Q: what is 101 + 1? A: 102{eos}", "rejected": "Q: what is 101 + 1? A: 104"}],
+        "standard-explicit": [{"prompt": "Q: what is 120 + 3? A:", "chosen": " 123", "rejected": " 125"},
+                              {"prompt": "Q: what is 120 + 3? A:", "chosen": f" 123{eos}", "rejected": " 125"}],
+        "conversational-explicit": [{"prompt": [SYSTEM, USER], "chosen": [GOOD], "rejected": [BAD]}],
+        "conversational-implicit": [{"chosen": [SYSTEM, USER, GOOD], "rejected": [SYSTEM, USER, BAD]}],
+    }[name]
 
 
-@pytest.mark.parametrize("name", sorted(TRL_ROWS))
-def test_token_ids_equal_trls_own_dataset_preparation(bpe, name):
+@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("name", ["standard-implicit", "standard-explicit", "conversational-explicit",
+                                  "conversational-implicit"])
+def test_token_ids_equal_trls_own_dataset_preparation(tokenizers, style, name):
     """TRL's DPOTrainer prepares these rows (extract the prompt, add EOS when missing, tokenise, cut where the
-    prompt's ids and prompt+completion's ids diverge) into exactly our ids, on the same byte-level BPE."""
+    prompt's ids and prompt+completion's ids diverge) into exactly our ids, on each tokenizer family."""
     from types import SimpleNamespace
 
     from datasets import Dataset
     trl = pytest.importorskip("trl")
 
-    rows = TRL_ROWS[name]
+    bpe = tokenizers[style]
+    rows = trl_rows(name, bpe.eos_token)
     args = SimpleNamespace(dataset_num_proc=None, max_length=None, truncation_mode="keep_start")
     prepared = trl.DPOTrainer._prepare_dataset(SimpleNamespace(_tokenizer=bpe), Dataset.from_list(rows), bpe, args,
                                                name)

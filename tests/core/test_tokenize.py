@@ -27,7 +27,7 @@ def test_standard_explicit_prompt_completion_is_the_tail_plus_eos(tok):
 
 def test_standard_implicit_prompt_is_the_common_prefix(tok):
     row = normalise_row("f:2", {"chosen": "Is the sky green? No, blue.", "rejected": "Is the sky green? Yes."})
-    assert row.prompt == "Is the sky green? " and row.chosen == "No, blue." and row.rejected == "Yes."
+    assert row.prompt == "Is the sky green?" and row.chosen == " No, blue." and row.rejected == " Yes."
 
 
 def test_conversational_uses_the_chat_template_and_adds_no_second_eos(tok):
@@ -81,3 +81,19 @@ def test_bad_rows_error_or_skip_with_file_and_row(tmp_path):
     assert len(kept) == 1 and problems.skipped == {"bad_row": 3}
     assert any(":3: 'chosen' is identical to 'rejected'" in m for m in problems.messages)
     assert any(":4: 'chosen' and 'rejected' must both be strings" in m for m in problems.messages)
+
+
+def test_standard_implicit_prompt_follows_trls_rule_except_where_trl_rebuilds_a_text():
+    """TRL's extract_prompt: common character prefix less a trailing space; one text extending the other
+    leaves the shorter's last character in both completions. Texts differing at the first character give an
+    empty prompt and the texts as written (TRL's scan wraps to index -1 there and rebuilds 'rejected')."""
+    extract_prompt = pytest.importorskip("trl.data_utils").extract_prompt
+    pairs = [("A: 14", "A: 146"), ("Sky? Blue", "Sky?  Red"), ("Sky?  Blue", "Sky?  Red"), ("1, 2, 3", "1, 2, 4"),
+             ("Is it? No.", "Is it?"), ("same start", "same start!")]
+    for i, (chosen, rejected) in enumerate(pairs, 1):
+        row = normalise_row(f"f:{i}", {"chosen": chosen, "rejected": rejected})
+        assert extract_prompt({"chosen": chosen, "rejected": rejected}) == {
+            "prompt": row.prompt, "chosen": row.chosen, "rejected": row.rejected}
+    assert normalise_row("f:1", {"chosen": "A: 14", "rejected": "A: 146"}).prompt == "A: 1"
+    row = normalise_row("f:9", {"chosen": "xab ", "rejected": "yab"})
+    assert (row.prompt, row.chosen, row.rejected) == ("", "xab ", "yab")

@@ -153,3 +153,64 @@ def test_pipeline_runs_the_export_stage_for_gguf_alone():
     export = stage_named("export")
     assert export.enabled(SimpleNamespace(export=ExportSpec.model_validate({"gguf": {"enabled": True}})))  # type: ignore[arg-type]
     assert not export.enabled(SimpleNamespace(export=ExportSpec()))  # type: ignore[arg-type]
+
+
+MISTRAL_CHAT = (  # Mistral Instruct's template, less its role-alternation check
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def _mistral_with_bos(model_dir: Path, out: Path) -> Path:
+    """The tiny Mistral with a real Mistral's BOS handling: ``<s>`` added by the post-processor, the
+    ``[INST]`` template starting with ``{{ bos_token }}``."""
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    shutil.copytree(model_dir, out)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    tok.chat_template = MISTRAL_CHAT
+    tok.save_pretrained(out)
+    return out
+
+
+def test_ollama_prompt_tokens_equal_the_jinja_templates_tokens(family_dir, tmp_path):
+    """What Ollama feeds the model: the Modelfile's Go template rendered (by Go's text/template when a Go
+    toolchain is installed, else by its Python twin ``ChatPieces.render``, which the Go test above checks),
+    tokenized with the GGUF's own tokenizer (transformers' GGUF loader) plus the BOS llama.cpp adds when the
+    file says ``tokenizer.ggml.add_bos_token``. It must equal the Jinja template's ids through transformers:
+    one BOS for Llama 3 and Mistral (their templates start with ``{{ bos_token }}``), none for Qwen2."""
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    from hdpo_core.export.gguf_tokenizer import adds_bos
+    from hdpo_core.export.ollama import chat_pieces
+
+    family = family_dir[0]
+    model_dir = family_dir[1] if family != "mistral" else _mistral_with_bos(family_dir[1], tmp_path / "m")
+    gguf_file = write_gguf(model_dir, tmp_path / "model.f16.gguf", qtype="f16", name=family).path
+    write_modelfile(model_dir, tmp_path, gguf_file.name)
+    go_tpl = (tmp_path / "Modelfile").read_text().split('TEMPLATE """', 1)[1].split('"""\n', 1)[0]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    convs = [[{"role": "user", "content": "What is 146 + 148?"}],
+             [{"role": "user", "content": "a"}, {"role": "assistant", "content": " b"}, {"role": "user", "content": "c"}]]
+    if family != "mistral":  # Mistral's template renders no system message
+        convs.append([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    if shutil.which("go"):
+        rendered = _go_render(go_tpl, convs, tmp_path)
+    else:
+        pieces = chat_pieces(lambda m, g: tok.apply_chat_template(m, tokenize=False, add_generation_prompt=g),
+                             runtime_prefix=tok.bos_token if adds_bos(tok) else "")
+        rendered = [pieces.render(c) for c in convs]
+    field = GGUFReader(gguf_file).fields["tokenizer.ggml.add_bos_token"]
+    add_bos = bool(field.parts[field.data[0]][0])
+    assert add_bos == (family != "qwen2")
+    assert tok.bos_token is None or tok.bos_token not in go_tpl  # the runtime adds it; the template must not
+    gguf_tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf_file.name)
+    for conv, text in zip(convs, rendered, strict=True):
+        got = [tok.bos_token_id] * add_bos + gguf_tok(text, add_special_tokens=False)["input_ids"]
+        want = list(tok.apply_chat_template(conv, add_generation_prompt=True, return_dict=True)["input_ids"])
+        assert got == want, (family, text)
+        assert want.count(tok.bos_token_id) == (family != "qwen2")

@@ -140,6 +140,12 @@ def test_quantized_export_reports_agreement(llama_run, precision):
     stats = json.loads((onnx_dir / "quantization.json").read_text())
     assert stats["size_bytes"]["quantized"] < stats["size_bytes"]["float32"]
     assert stats["greedy_tokens_per_s"]["quantized"] > 0 and "greedy_accuracy" not in stats  # no eval.tasks here
+    gate = stats["gate"]  # the figures the gate used, where a user reads about the quantized model
+    assert {k: gate[k] for k in ("top1_agreement", "rel_logit_error", "greedy_agreement")} == {
+        k: q[k] for k in ("top1_agreement", "rel_logit_error", "greedy_agreement")}
+    assert (gate["min_top1_agreement"], gate["max_rel_logit_error"], gate["passed"]) == (0.5, 0.5, True)
+    validation = json.loads((onnx_dir / "validation.json").read_text())
+    assert gate["prompts"] == validation["prompts"] and gate["decode_steps"] == validation["decode_steps"]
     print(precision, q, stats["size_bytes"])
 
 
