@@ -93,7 +93,7 @@ def create_app(config: ServeConfig, executor: Executor | None = None) -> FastAPI
         engine.dispose()
 
     app = FastAPI(title="hdpo-tune serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.ctx = ServerContext(config=config, sessions=sessions)
+    app.state.ctx = ServerContext(config=config, sessions=sessions, engine=engine)
     app.state.scheduler = scheduler
     install_error_handlers(app)
     for router in (files_api.router, jobs_api.router, native_api.router):

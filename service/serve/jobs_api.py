@@ -13,13 +13,15 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 
 from service.spec import JobSpec
 from service.spec import TrainSpec as _TrainSpec
 
+from . import reads
 from .db import EventRow, JobRow, add_event, new_id, now
 from .deps import Caller, Ctx, Db
 from .errors import ApiError, not_found
@@ -109,7 +111,8 @@ def method_echo(spec: JobSpec) -> dict[str, Any]:
                           "lora": spec.lora is not None}}
 
 
-def job_object(job: JobRow) -> dict[str, Any]:
+def job_object(job: JobRow | Row[Any]) -> dict[str, Any]:
+    """The API's job object, from the ORM row or a Core row of the jobs table (same attribute names)."""
     hp = (job.method.get("dpo") or {}).get("hyperparameters", {})
     return {"id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
             "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at,
@@ -169,14 +172,20 @@ def create(ctx: Ctx, db: Db, key: Caller, body: CreateJob) -> dict[str, Any]:
 
 
 @router.get("/fine_tuning/jobs")
-async def list_jobs(db: Db, key: Caller, after: str | None = None, limit: int = 20) -> dict[str, Any]:
-    return page(db, JobRow, select(JobRow).where(JobRow.owner == key.id), after=after, limit=limit, order="desc",
-                render=job_object)
+async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> JSONResponse:
+    """The status path (:mod:`.reads`): Core queries on a pooled connection, no dependency chain."""
+    rows, more = reads.job_page(request.app.state.ctx.engine, request.headers.get("authorization", ""),
+                                after=after, limit=limit)
+    return JSONResponse({"object": "list", "data": [job_object(r) for r in rows], "has_more": more,
+                         "first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None})
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
-async def retrieve(db: Db, key: Caller, job_id: str) -> dict[str, Any]:
-    return job_object(owned_job(db, key.id, job_id))
+async def retrieve(request: Request, job_id: str) -> JSONResponse:
+    row = reads.job_row(request.app.state.ctx.engine, request.headers.get("authorization", ""), job_id)
+    if row is None:
+        raise not_found("fine-tuning job", job_id)
+    return JSONResponse(job_object(row))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
