@@ -106,9 +106,8 @@ def _card_base(run: Run, base: str | None) -> str | None:
     from hdpo_core.export import merge as m
 
     named = run.spec.model.name_or_path
-    marker = run.path / "start_model" / m.MARKER
-    if m.is_bare_adapter(Path(named)) and marker.exists():
-        return json.loads(marker.read_text()).get("base_model") or named
+    if m.is_bare_adapter(Path(named)):  # the adapter's own config names its base (merge.json only by name)
+        return m.base_model_of(Path(named)) or named
     return base or named
 
 
