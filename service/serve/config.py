@@ -53,6 +53,13 @@ class ServeConfig:
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
 
+    def public(self, text: str) -> str:
+        """``text`` (an error, an event) with the server's paths replaced: the data folder shows as DATA, a
+        model root as MODELS."""
+        for path, name in [(self.data_dir, "DATA"), *((root, "MODELS") for root in self.model_roots)]:
+            text = text.replace(str(path.resolve()), name).replace(str(path), name)
+        return text
+
     def worker_count(self) -> int:
         return self.workers if self.workers is not None else default_workers()
 

@@ -147,7 +147,7 @@ def write_spec(config: ServeConfig, job_id: str, spec: dict[str, Any]) -> JobSpe
         return load_spec(job_file)
     except InputError as exc:
         shutil.rmtree(run_dir, ignore_errors=True)
-        message = exc.message.replace(str(config.data_dir.resolve()), "DATA").replace(str(config.data_dir), "DATA")
+        message = config.public(exc.message)
         raise ApiError(400, message, param="spec", code="invalid_spec") from None
 
 
