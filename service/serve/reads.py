@@ -29,7 +29,10 @@ _JOB = (select(_KEYS.c.id.label("key_owner"), _JOBS)
         .where(_KEYS.c.key_hash == bindparam("key_hash"), _KEYS.c.revoked == false()))
 _KEY = select(_KEYS.c.id).where(_KEYS.c.key_hash == bindparam("key_hash"), _KEYS.c.revoked == false())
 _CURSOR = select(_JOBS.c.seq).where(_JOBS.c.id == bindparam("after"), _JOBS.c.owner == bindparam("owner"))
-_PAGE = (select(_JOBS).where(_JOBS.c.owner == bindparam("owner"), _JOBS.c.seq < bindparam("before"))
+# a page of the key's jobs, found by the key's hash in the same query; an empty page asks _KEY which 401 it is
+_PAGE = (select(_JOBS).join(_KEYS, _JOBS.c.owner == _KEYS.c.id)
+         .where(_KEYS.c.key_hash == bindparam("key_hash"), _KEYS.c.revoked == false(),
+                _JOBS.c.seq < bindparam("before"))
          .order_by(_JOBS.c.seq.desc()).limit(bindparam("n")))
 NO_KEY = ("You didn't provide an API key. Send it as 'Authorization: Bearer KEY' (create one with "
           "`hdpo-tune serve keys create NAME`).")
@@ -60,14 +63,15 @@ def job_page(engine: Engine, authorization: str, *, after: str | None, limit: in
         raise ApiError(400, f"limit must be between 1 and 100, got {limit}", param="limit", code="invalid_limit")
     digest = key_hash_of(authorization)
     with engine.connect() as conn:
-        owner = conn.execute(_KEY, {"key_hash": digest}).scalar()
-        if owner is None:
-            raise ApiError(401, BAD_KEY, code="invalid_api_key")
         before = 2**62
         if after:
-            before = conn.execute(_CURSOR, {"after": after, "owner": owner}).scalar()
-            if before is None:
+            owner = conn.execute(_KEY, {"key_hash": digest}).scalar()
+            cursor = None if owner is None else conn.execute(_CURSOR, {"after": after, "owner": owner}).scalar()
+            if owner is not None and cursor is None:
                 raise ApiError(400, f"after: no such object {after} in this list", param="after",
                                code="invalid_cursor")
-        rows = list(conn.execute(_PAGE, {"owner": owner, "before": before, "n": limit + 1}))
+            before = cursor if cursor is not None else before
+        rows = list(conn.execute(_PAGE, {"key_hash": digest, "before": before, "n": limit + 1}))
+        if not rows and conn.execute(_KEY, {"key_hash": digest}).scalar() is None:
+            raise ApiError(401, BAD_KEY, code="invalid_api_key")
     return rows[:limit], len(rows) > limit
