@@ -6,10 +6,11 @@ trivial route (``/healthz``) on the same server, side by side, and training spee
 
 1. sequential: one client, the three routes interleaved in blocks of 50 (so a change in the machine's load hits
    all three alike); server CPU per request from the server's ``/proc`` CPU time (independent of the load);
-2. concurrent: ``--clients`` clients on one route at a time, back to back, for ``--seconds``: throughput, p50,
-   p99 and server CPU per request;
-3. with ``--train-steps N``: a job of N steps alone, then again while ``--clients`` clients poll retrieve/list
-   every ``--interval`` s (``bench/serve_load.py``'s dashboard): the job's tokens/s both ways.
+2. concurrent: ``--clients`` clients on one route at a time, back to back, for ``--seconds``, the routes in
+   turn for ``--rounds`` rounds: throughput, p50, p99 and server CPU per request;
+3. with ``--train-steps N``: a job of N steps alone, then again while ``--clients`` clients poll retrieve/list/
+   events every ``--interval`` s (``bench/serve_load.py``'s dashboard, in this process, so on a small machine
+   the pollers' own CPU counts against training too), ``--train-rounds`` times alternated: tokens/s both ways.
 
 The ratios are what to read: the absolute figures depend on the machine and its load.
 """
@@ -57,8 +58,9 @@ def sequential(base: str, key: str, job_id: str, n: int, pid: int) -> dict[str, 
                    "p50_ms": 1000 * pct(lat[name], 0.5), "p99_ms": 1000 * pct(lat[name], 0.99)} for name in cpu}
 
 
-async def concurrent(base: str, key: str, path: str, clients: int, seconds: float, pid: int) -> dict[str, float]:
-    lat: list[float] = []
+async def concurrent(base: str, key: str, path: str, clients: int, seconds: float, pid: int,
+                     lat: list[float], totals: dict[str, float]) -> None:
+    """One round on one route; appends latencies to ``lat`` and adds wall, CPU and errors to ``totals``."""
     errors = 0
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30,
@@ -77,10 +79,24 @@ async def concurrent(base: str, key: str, path: str, clients: int, seconds: floa
 
         t0, c0 = time.monotonic(), cpu_s(pid)
         await asyncio.gather(*(one() for _ in range(clients)))
-        wall, cpu = time.monotonic() - t0, cpu_s(pid) - c0
-    return {"requests": len(lat), "errors": errors, "throughput_rps": len(lat) / wall,
-            "p50_ms": 1000 * pct(lat, 0.5), "p99_ms": 1000 * pct(lat, 0.99),
-            "server_cpu_ms_per_request": 1000 * cpu / max(1, len(lat) + errors)}
+        totals["wall"] += time.monotonic() - t0
+        totals["cpu"] += cpu_s(pid) - c0
+        totals["errors"] += errors
+
+
+def concurrent_rounds(base: str, key: str, job_id: str, clients: int, seconds: float, rounds: int,
+                      pid: int) -> dict[str, dict[str, float]]:
+    """``rounds`` rounds over the three routes in turn, so a change in the machine's load hits all alike."""
+    lat: dict[str, list[float]] = {name: [] for name in routes(job_id)}
+    totals = {name: {"wall": 0.0, "cpu": 0.0, "errors": 0.0} for name in lat}
+    for _ in range(rounds):
+        for name, path in routes(job_id).items():
+            asyncio.run(concurrent(base, key, path, clients, seconds, pid, lat[name], totals[name]))
+    return {name: {"requests": len(lat[name]), "errors": totals[name]["errors"],
+                   "throughput_rps": len(lat[name]) / totals[name]["wall"], "p50_ms": 1000 * pct(lat[name], 0.5),
+                   "p99_ms": 1000 * pct(lat[name], 0.99),
+                   "server_cpu_ms_per_request": 1000 * totals[name]["cpu"] / max(1, len(lat[name]))}
+            for name in lat}
 
 
 def ratios(results: dict[str, dict[str, float]], field: str) -> dict[str, float]:
@@ -92,7 +108,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=400, help="sequential requests per route")
     ap.add_argument("--clients", type=int, default=20)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=4.0, help="seconds per route and round (concurrent phase)")
+    ap.add_argument("--rounds", type=int, default=3, help="concurrent rounds over the three routes")
+    ap.add_argument("--train-rounds", type=int, default=2, help="alone / with pollers pairs (training phase)")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between one poller's reads (phase 3)")
     ap.add_argument("--train-steps", type=int, default=0, help="0: skip the training phase")
     ap.add_argument("--out", type=Path, default=None)
@@ -116,8 +134,7 @@ def main() -> None:
                 c.fine_tuning.jobs.cancel(job.id)  # rows to read, nothing running
             base = server.url.removesuffix("/v1")
             seq = sequential(base, key, jobs[0].id, args.requests, server.proc.pid)
-            conc = {name: asyncio.run(concurrent(base, key, path, args.clients, args.seconds, server.proc.pid))
-                    for name, path in routes(jobs[0].id).items()}
+            conc = concurrent_rounds(base, key, jobs[0].id, args.clients, args.seconds, args.rounds, server.proc.pid)
             result = {"sequential": seq, "sequential_cpu_ratio_vs_healthz": ratios(seq, "server_cpu_ms_per_request"),
                       "concurrent": {"clients": args.clients, **conc},
                       "concurrent_cpu_ratio_vs_healthz": ratios(conc, "server_cpu_ms_per_request"),
@@ -126,13 +143,16 @@ def main() -> None:
                 server.stop()
                 server = Server(data, root).start()
                 assert server.proc is not None
-                alone = train(server, key, f.id, args.train_steps, None)
-                loaded = train(server, key, f.id, args.train_steps, (args.clients, args.interval))
-                result["training"] = {"tokens_per_s_alone": alone["tokens_per_s"],
-                                      "tokens_per_s_with_pollers": loaded["tokens_per_s"],
+                alone, loaded = [], []
+                for _ in range(args.train_rounds):  # alternated, so drift in the machine's load hits both
+                    alone.append(train(server, key, f.id, args.train_steps, None))
+                    loaded.append(train(server, key, f.id, args.train_steps, (args.clients, args.interval)))
+                a = [float(r["tokens_per_s"]) for r in alone]  # type: ignore[arg-type]
+                b = [float(r["tokens_per_s"]) for r in loaded]  # type: ignore[arg-type]
+                result["training"] = {"tokens_per_s_alone": a, "tokens_per_s_with_pollers": b,
                                       "pollers": args.clients, "interval_s": args.interval,
-                                      "poll_reads": loaded["reads"],
-                                      "ratio_with_vs_alone": loaded["tokens_per_s"] / alone["tokens_per_s"]}  # type: ignore[operator]
+                                      "poll_reads": [r["reads"] for r in loaded],
+                                      "ratio_with_vs_alone_of_means": (sum(b) / len(b)) / (sum(a) / len(a))}
         finally:
             server.stop()
     result["machine"] = {"cpus": os.cpu_count(), "loadavg_1m_before": load_before[0],
