@@ -81,6 +81,17 @@ def serve(
     def start() -> None:
         from .limits import parse_limits
 
+        if report_to:  # checked here, not at every job's creation
+            from pydantic import ValidationError
+
+            from hdpo_core.errors import InputError
+            from service.spec_tracking import TrackingSpec
+
+            try:
+                TrackingSpec(report_to=report_to, mlflow_tracking_uri=mlflow_tracking_uri)  # type: ignore[arg-type]
+            except ValidationError as exc:
+                raise InputError(f"--report-to / --mlflow-tracking-uri: {exc.errors()[0]['msg']}") from None
+
         _run(_config(data, db, model_roots=tuple(p.resolve() for p in model_root or ()), allow_hub=not no_hub,
                      max_upload_bytes=max_upload_mb * 1024 * 1024, workers=workers,
                      limits=parse_limits(limit or []), allow_unsandboxed_code=allow_unsandboxed_code,
