@@ -30,6 +30,7 @@ from hdpo_core.eval.targets import (
 )
 from hdpo_core.eval.tasks import load_tasks
 from hdpo_core.eval.verifiers import get_verifier
+from hdpo_core.public_paths import public_paths
 from hdpo_core.tokenize import tokenize_rows
 
 from .run import Run
@@ -100,9 +101,13 @@ def evaluate(target: ResolvedTarget, spec: EvalSpec, *, out_dir: Path, reference
     results, samples = run_evaluation(policy, reference, tokenizer, tasks=tasks, verifier=verifier,
                                       settings=_settings(spec), pairs=pairs, alpha=alpha, beta=beta,
                                       sample_reference=spec.compare_reference)
-    results = {"target": str(target.model_dir), "kind": target.kind,
-               "reference": str(reference_dir) if reference_dir else ("adapter disabled" if reference else None),
-               "tasks": spec.tasks, "eval_pairs": pairs_path, **({"sandbox": sandbox} if sandbox else {}), **results}
+    where = {"target": str(target.model_dir), "reference": str(reference_dir) if reference_dir else
+             ("adapter disabled" if reference else None), "tasks": spec.tasks, "eval_pairs": pairs_path}
+    # the report is shared: paths relative to the run folder (out_dir's parent) or by name, never the machine's
+    where = public_paths(where, out_dir.parent)
+    results = {"target": where["target"], "kind": target.kind, "reference": where["reference"],
+               "tasks": where["tasks"], "eval_pairs": where["eval_pairs"], **({"sandbox": sandbox} if sandbox else {}),
+               **results}
     results["files"] = [str(p) for p in write_report(results, samples, out_dir)]
     return results
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hdpo_core.errors import InputError, RunError
+from hdpo_core.public_paths import public_paths
 
 from .run import Run
 from .spec_ship import ExportSpec, HubSpec, MergeSpec
@@ -84,6 +85,7 @@ def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
         )
         log(f"merge: {what}; saved {dtype} to {out}")
     eval_results = load_json(run_dir / "eval" / "results.json")
+    spec, info = public_paths(spec, run_dir), public_paths(info, run_dir)  # shared files: no machine paths
     card = build_card(
         spec,
         base_model=_card_base(run, base),
@@ -92,7 +94,7 @@ def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
         onnx=export_spec.onnx.enabled,
     )
     (out / "README.md").write_text(card)
-    extra = {"data": load_json(run_dir / "data_info.json")}  # the train stage's data files and fingerprints
+    extra = {"data": public_paths(load_json(run_dir / "data_info.json"), run_dir)}  # data files, fingerprints
     prov = provenance(spec, run_dir=run_dir, merge_info=info, extra=extra)
     (out / "provenance.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
     return info
@@ -104,9 +106,8 @@ def _card_base(run: Run, base: str | None) -> str | None:
     from hdpo_core.export import merge as m
 
     named = run.spec.model.name_or_path
-    marker = run.path / "start_model" / m.MARKER
-    if m.is_bare_adapter(Path(named)) and marker.exists():
-        return json.loads(marker.read_text()).get("base_model") or named
+    if m.is_bare_adapter(Path(named)):  # the adapter's own config names its base (merge.json only by name)
+        return m.base_model_of(Path(named)) or named
     return base or named
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from hdpo_core.errors import InputError, RunError
+from hdpo_core.public_paths import public_path
 
 MARKER = "merge.json"
 SAMPLE_TEXTS = (
@@ -138,7 +139,7 @@ def merge_lora(
     merged.to(DTYPES[dtype]).save_pretrained(tmp, max_shard_size="5GB")
     tokenizer.save_pretrained(tmp)
     fp = fingerprint(adapter_dir, dtype)
-    result = MergeResult("lora", False, dtype, diff, tolerance, fp, base_id)
+    result = MergeResult("lora", False, dtype, diff, tolerance, fp, public_path(base_id, out_dir.parent))
     (tmp / MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
     _replace(tmp, out_dir)
     return result

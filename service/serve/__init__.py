@@ -12,7 +12,11 @@ decoupled from how stages are organised inside the pipeline. What it relies on, 
   ``checkpoints/step-NNNNNNNN/state.json``, ``final/``, ``merged/``, ``onnx/``, ``eval/``;
 * ``hdpo-tune run``: exit code 0 / 2 (bad input) / 1 / 130 (interrupted after a checkpoint), SIGTERM =
   checkpoint and stop, and rerunning the same folder resumes and skips finished stages;
-* ``hdpo_core.data.load_preference_rows`` to check uploads as the pipeline will read them.
+* ``hdpo_core.data.iter_raw_rows`` / ``normalise_row`` to check uploads row by row as the pipeline will read
+  them (:func:`.datafile.scan_rows`; a test keeps its verdicts equal to ``load_preference_rows``).
+
+A key holder is not the administrator: :mod:`.limits` bounds what one job may cost, :mod:`.jobspec` refuses
+the fields that weaken isolation or leave the data folder, and :mod:`.reads` serves the polled status routes.
 
 Nothing here is imported by the rest of the CLI unless ``serve`` is invoked (FastAPI, SQLAlchemy and uvicorn
 load lazily).

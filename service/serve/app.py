@@ -22,13 +22,11 @@ Send = Callable[[Message], Awaitable[None]]
 JSON_BODY_LIMIT = 4 * 1024 * 1024
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
     """Refuse request bodies over the limit (413) before they are stored: by Content-Length when sent, else
-    while the body streams in. Uploads get ``max_upload_bytes``, every other route 4 MiB."""
+    (a chunked body) the moment the bytes received cross the limit: the 413 is sent then, the connection is
+    closed, and the route sees a disconnect (whatever it answers is dropped). Uploads get
+    ``max_upload_bytes``, every other route 4 MiB."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], upload_limit: int) -> None:
         self.app, self.upload_limit = app, upload_limit
@@ -42,27 +40,33 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > limit:
             await self._reject(send, limit)
             return
-        seen = 0
-        started = False
+        seen, started, rejected = 0, False, False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _TooLarge()
+                rejected = True
+                if not started:
+                    await self._reject(send, limit)
+                return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return  # the 413 was the answer
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counted, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send, limit)
+            await self.app(scope, counted, guarded_send)
+        except Exception:
+            if not rejected:  # after a 413 the route's reaction to the disconnect is of no interest
+                raise
 
     @staticmethod
     async def _reject(send: Send, limit: int) -> None:
@@ -71,7 +75,8 @@ class BodyLimit:
         body = json.dumps(ApiError(413, f"Request body too large: the limit is {limit // (1024 * 1024)} MiB "
                                    "(hdpo-tune serve --max-upload-mb)", code="request_too_large").body()).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -80,6 +85,7 @@ def create_app(config: ServeConfig, executor: Executor | None = None) -> FastAPI
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     config.files_dir.mkdir(exist_ok=True)
+    files_api.remove_stale_uploads(config.files_dir)
     config.runs_dir.mkdir(exist_ok=True)
     engine = make_engine(config.database_url)
     sessions = session_factory(engine)
@@ -93,7 +99,7 @@ def create_app(config: ServeConfig, executor: Executor | None = None) -> FastAPI
         engine.dispose()
 
     app = FastAPI(title="hdpo-tune serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.ctx = ServerContext(config=config, sessions=sessions)
+    app.state.ctx = ServerContext(config=config, sessions=sessions, engine=engine)
     app.state.scheduler = scheduler
     install_error_handlers(app)
     for router in (files_api.router, jobs_api.router, native_api.router):

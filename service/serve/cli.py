@@ -63,15 +63,41 @@ def serve(
     max_upload_mb: Annotated[int, typer.Option("--max-upload-mb", min=1, help="Largest accepted upload.")] = 512,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="Jobs run at once (default: number of "
                        "GPUs, or 1 without a GPU; 0 = accept jobs, run none).")] = None,
+    limit: Annotated[list[str] | None, typer.Option("--limit", help="A per-job limit NAME=N (repeatable), e.g. "
+                     "max_steps=50000; names and defaults in docs/service.md.")] = None,
+    allow_unsandboxed_code: Annotated[bool, typer.Option(
+        "--allow-unsandboxed-code", help="Let every job's code verifier run without the bubblewrap sandbox where "
+        "it cannot start (only for code you trust; a request can never ask for it).")] = False,
+    report_to: Annotated[list[str] | None, typer.Option("--report-to", help="Experiment tracker every job logs "
+                         "to: mlflow, wandb or trackio (repeatable; a request cannot set tracking).")] = None,
+    mlflow_tracking_uri: Annotated[str | None, typer.Option("--mlflow-tracking-uri", help="MLflow tracking URI "
+                                   "for --report-to mlflow.")] = None,
 ) -> None:
     """Start the server (http://HOST:PORT/v1). Create a key first: `hdpo-tune serve keys create NAME`."""
     if ctx.invoked_subcommand is not None:
         return
     from service.cli_guard import guarded
 
-    guarded(lambda: _run(_config(data, db, model_roots=tuple(p.resolve() for p in model_root or ()),
-                                 allow_hub=not no_hub, max_upload_bytes=max_upload_mb * 1024 * 1024,
-                                 workers=workers), host, port))
+    def start() -> None:
+        from .limits import parse_limits
+
+        if report_to:  # checked here, not at every job's creation
+            from pydantic import ValidationError
+
+            from hdpo_core.errors import InputError
+            from service.spec_tracking import TrackingSpec
+
+            try:
+                TrackingSpec(report_to=report_to, mlflow_tracking_uri=mlflow_tracking_uri)  # type: ignore[arg-type]
+            except ValidationError as exc:
+                raise InputError(f"--report-to / --mlflow-tracking-uri: {exc.errors()[0]['msg']}") from None
+
+        _run(_config(data, db, model_roots=tuple(p.resolve() for p in model_root or ()), allow_hub=not no_hub,
+                     max_upload_bytes=max_upload_mb * 1024 * 1024, workers=workers,
+                     limits=parse_limits(limit or []), allow_unsandboxed_code=allow_unsandboxed_code,
+                     report_to=tuple(report_to or ()), mlflow_tracking_uri=mlflow_tracking_uri), host, port)
+
+    guarded(start)
 
 
 def _run(config, host: str, port: int) -> None:  # type: ignore[no-untyped-def]

@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .limits import Limits
+
 DEFAULT_MAX_UPLOAD_MB = 512
 
 
@@ -19,7 +21,9 @@ class ServeConfig:
     ``data_dir`` holds the SQLite database (unless ``db_url`` names another), uploaded files (``files/``) and
     one run folder per job (``runs/ftjob-.../``); a job can read and write nothing else. Models come from
     ``model_roots`` (a model is a folder name directly inside one of them), from a finished job of the same
-    key (its ``fine_tuned_model``), or, with ``allow_hub``, from Hub ids (``org/name``).
+    key (its ``fine_tuned_model``), or, with ``allow_hub``, from Hub ids (``org/name``). ``limits`` bound what
+    one job may cost; ``allow_unsandboxed_code`` and the tracking settings apply to every job and cannot be set
+    by a request (:mod:`.jobspec`).
     """
 
     data_dir: Path
@@ -31,6 +35,11 @@ class ServeConfig:
     poll_interval_s: float = 0.5
     lease_s: int = 60
     host_id: str = field(default_factory=socket.gethostname)
+    limits: Limits = field(default_factory=Limits)
+    # settings that weaken isolation or send data out of the data folder: the administrator's, never a caller's
+    allow_unsandboxed_code: bool = False
+    report_to: tuple[str, ...] = ()
+    mlflow_tracking_uri: str | None = None
 
     @property
     def database_url(self) -> str:
@@ -43,6 +52,13 @@ class ServeConfig:
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
+
+    def public(self, text: str) -> str:
+        """``text`` (an error, an event) with the server's paths replaced: the data folder shows as DATA, a
+        model root as MODELS."""
+        for path, name in [(self.data_dir, "DATA"), *((root, "MODELS") for root in self.model_roots)]:
+            text = text.replace(str(path.resolve()), name).replace(str(path), name)
+        return text
 
     def worker_count(self) -> int:
         return self.workers if self.workers is not None else default_workers()

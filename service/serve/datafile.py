@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hdpo_core.data import load_preference_rows
+from hdpo_core.data import iter_raw_rows, normalise_row
 from hdpo_core.errors import InputError
-from hdpo_core.io import atomic_write_text
 
 OPENAI_KEYS = frozenset({"input", "preferred_output", "non_preferred_output"})
 
@@ -49,24 +48,39 @@ def _from_openai(loc: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert_openai(src: Path, dst: Path, name: str) -> None:
-    lines = []
-    with src.open("rb") as fh:
+    """Write the TRL form of ``src`` to ``dst`` (a temporary name of the caller's) one row at a time."""
+    with src.open("rb") as fh, dst.open("w", encoding="utf-8") as out:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
-                lines.append("")  # keeps the converted file's line numbers equal to the original's
+                out.write("\n")  # keeps the converted file's line numbers equal to the original's
                 continue
             try:
                 row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # bad UTF-8 or JSON, a 5000-digit number
                 raise BadRow(f"{name}:{lineno}: invalid JSON; each line must be one JSON object", lineno) from None
             if not isinstance(row, dict) or not OPENAI_KEYS & set(row):
                 raise BadRow(f"{name}:{lineno}: row is not in OpenAI's DPO format like the rows before it (needs "
                              "input, preferred_output, non_preferred_output); use one format per file", lineno)
             try:
-                lines.append(json.dumps(_from_openai(f"{name}:{lineno}", row)))
+                out.write(json.dumps(_from_openai(f"{name}:{lineno}", row)) + "\n")
             except InputError as exc:
                 raise BadRow(exc.message, lineno) from None
-    atomic_write_text(dst, "".join(line + "\n" for line in lines))
+
+
+def scan_rows(path: Path) -> tuple[int, str]:
+    """(rows, "standard" | "conversational"): every row checked by the pipeline's own row check
+    (:func:`hdpo_core.data.normalise_row`), one at a time, so checking an upload takes the same memory whatever
+    its size. Accepts and refuses exactly what :func:`hdpo_core.data.load_preference_rows` does with
+    ``on_bad_row: error`` (a test compares the two), with the same messages."""
+    count, formats = 0, set()
+    for location, raw in iter_raw_rows(str(path)):
+        formats.add(normalise_row(location, raw).format)
+        count += 1
+    if count == 0:
+        raise InputError(f"{path}: dataset is empty; it needs at least one preference pair")
+    if len(formats) > 1:
+        raise InputError(f"{path}: mixes standard (string) and conversational (message list) rows; use one format")
+    return count, formats.pop()
 
 
 def _first_row_keys(path: Path) -> set[str]:
@@ -75,7 +89,7 @@ def _first_row_keys(path: Path) -> set[str]:
             if raw.strip():
                 try:
                     row = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                except (ValueError, RecursionError):  # bad UTF-8 or JSON, a 5000-digit number
                     return set()
                 return set(row) if isinstance(row, dict) else set()
     return set()
@@ -84,19 +98,19 @@ def _first_row_keys(path: Path) -> set[str]:
 def check_upload(path: Path, name: str) -> DataFileInfo:
     """Validate the uploaded JSONL at ``path`` (shown to the client as ``name``); raises :class:`BadRow`.
 
-    Rows are loaded exactly as ``hdpo-tune run`` loads them (``data.on_bad_row: error``), so a file accepted
+    Rows are checked exactly as ``hdpo-tune run`` checks them (``data.on_bad_row: error``), so a file accepted
     here fails later only for reasons that need the model (tokenizer, chat template, max_length)."""
     train_path, fmt = path, ""
     if OPENAI_KEYS & _first_row_keys(path):
         train_path, fmt = path.with_suffix(".trl.jsonl"), "openai-dpo"
         _convert_openai(path, train_path, name)
     try:
-        rows, _ = load_preference_rows(str(train_path), on_bad_row="error")
+        rows, row_format = scan_rows(train_path)
     except InputError as exc:
-        message = exc.message.replace(str(train_path), name).replace(" (or set data.on_bad_row: skip)", "")
+        message = exc.message.replace(str(train_path), name)
         m = re.match(rf"{re.escape(name)}:(\d+):", message)
         raise BadRow(message, int(m.group(1)) if m else None) from None
-    return DataFileInfo(rows=len(rows), data_format=fmt or f"trl-{rows[0].format}", train_path=train_path)
+    return DataFileInfo(rows=rows, data_format=fmt or f"trl-{row_format}", train_path=train_path)
 
 
 def check_jsonl(path: Path, name: str) -> DataFileInfo:
@@ -109,7 +123,7 @@ def check_jsonl(path: Path, name: str) -> DataFileInfo:
                 continue
             try:
                 row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # bad UTF-8 or JSON, a 5000-digit number
                 raise BadRow(f"{name}:{lineno}: invalid JSON; each line must be one JSON object", lineno) from None
             if not isinstance(row, dict):
                 raise BadRow(f"{name}:{lineno}: each line must be a JSON object, got {type(row).__name__}", lineno)

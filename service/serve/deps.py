@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import ServeConfig
@@ -24,6 +25,7 @@ from .keys import find_key
 class ServerContext:
     config: ServeConfig
     sessions: sessionmaker
+    engine: Engine  # the status path (:mod:`.reads`) runs Core queries on it
 
 
 async def context(request: Request) -> ServerContext:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,6 +45,21 @@ def owned_file(db: Db, owner: str, file_id: str) -> FileRow:
     return row
 
 
+#: the temporary names of an upload being stored and checked (:func:`upload`)
+TEMP_RE = re.compile(r"\.tmp-file-[0-9a-f]{24}(\.trl)?\.jsonl")
+
+
+def remove_stale_uploads(files_dir: Path) -> list[str]:
+    """Remove the temporaries of uploads a killed server left (ours by name, regular files only); at start,
+    before any upload can be in flight. Returns the names removed."""
+    removed = []
+    for entry in os.scandir(files_dir):
+        if TEMP_RE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+            removed.append(entry.name)
+    return removed
+
+
 def _safe_name(name: str | None) -> str:
     base = os.path.basename((name or "upload.jsonl").replace("\\", "/"))
     return "".join(c for c in base if c.isprintable())[:200] or "upload.jsonl"
@@ -65,18 +81,19 @@ def upload(ctx: Ctx, db: Db, key: Caller, file: Annotated[UploadFile, File()],
     file_id = new_id("file")
     dest = ctx.config.files_dir / f"{file_id}.jsonl"
     tmp = ctx.config.files_dir / f".tmp-{file_id}.jsonl"
-    with tmp.open("wb") as out:
-        shutil.copyfileobj(file.file, out, 1 << 20)
     try:
+        with tmp.open("wb") as out:
+            shutil.copyfileobj(file.file, out, 1 << 20)
         info = check_upload(tmp, name) if purpose == "fine-tune" else check_jsonl(tmp, name)
+        if info.data_format == "openai-dpo":
+            os.replace(info.train_path, dest.with_suffix(".trl.jsonl"))
+        size = tmp.stat().st_size
+        os.replace(tmp, dest)
     except BadRow as exc:
+        raise ApiError(400, exc.message, param="file", code="invalid_file_format", extra={"line": exc.line}) from None
+    finally:  # nothing half-stored stays (a killed server's leftovers go at the next start)
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".trl.jsonl").unlink(missing_ok=True)
-        raise ApiError(400, exc.message, param="file", code="invalid_file_format", extra={"line": exc.line}) from None
-    if info.data_format == "openai-dpo":
-        os.replace(info.train_path, dest.with_suffix(".trl.jsonl"))
-    size = tmp.stat().st_size
-    os.replace(tmp, dest)
     row = FileRow(id=file_id, owner=key.id, filename=name, purpose=purpose, bytes=size, created_at=now(),
                   rows=info.rows, data_format=info.data_format)
     db.add(row)

@@ -10,21 +10,26 @@ trains with LoRA (defaults) and merges, so ``fine_tuned_model`` names a full mod
 
 from __future__ import annotations
 
+import math
 import secrets
+import shutil
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 
 from service.spec import JobSpec
 from service.spec import TrainSpec as _TrainSpec
 
-from .db import EventRow, JobRow, add_event, new_id, now
+from . import reads
+from .db import EventRow, FileRow, JobRow, add_event, new_id, now
 from .deps import Caller, Ctx, Db
 from .errors import ApiError, not_found
 from .finish import ft_name
-from .jobspec import SUFFIX_RE, resolve_refs, write_spec
+from .jobspec import SUFFIX_RE, admin_settings, resolve_refs, run_dir_of, write_spec
+from .limits import check_depth, check_limits
 from .paging import page
 from .progress import all_metrics
 
@@ -50,20 +55,42 @@ class CreateJob(BaseModel):
     hdpo_tune: dict[str, Any] | None = None
 
 
-def _given(value: Any) -> bool:
-    return value is not None and value != "auto"
+def _hyper(hp: dict[str, Any], name: str, *, integer: bool = False) -> float | None:
+    """A hyperparameter's value: None for absent or "auto", else a positive finite number (400 otherwise)."""
+    value = hp.get(name)
+    if value is None or value == "auto":
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok or (integer and not float(value).is_integer()):
+        where = f"method.dpo.hyperparameters.{name}"
+        raise ApiError(400, f"{where}: must be a positive {'integer' if integer else 'number'} or \"auto\", got "
+                       f"{str(value)[:40]!r}", param=where, code="invalid_hyperparameters")
+    return int(value) if integer else float(value)
+
+
+def _dict(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{where}: must be an object, got {type(value).__name__}", param=where,
+                       code="invalid_request")
+    return value
 
 
 def openai_spec(req: CreateJob) -> dict[str, Any]:
     """The job spec (file ids and model name not yet resolved) of an OpenAI create request."""
+    for name in ("method", "hyperparameters", "hdpo_tune", "integrations"):
+        check_depth(getattr(req, name), name)
     method = req.method or {"type": "dpo"}
     if method.get("type") != "dpo":
-        raise ApiError(400, f"method.type '{method.get('type')}' is not supported; this server trains with DPO / "
-                       "H-DPO only: method={'type': 'dpo', ...}", param="method.type", code="unsupported_method")
+        raise ApiError(400, f"method.type '{str(method.get('type'))[:40]}' is not supported; this server trains "
+                       "with DPO / H-DPO only: method={'type': 'dpo', ...}", param="method.type",
+                       code="unsupported_method")
     if req.integrations:
         raise ApiError(400, "integrations are not supported (metrics are in the job's events and result file)",
                        param="integrations", code="unsupported_parameter")
-    hp = ((method.get("dpo") or {}).get("hyperparameters") or req.hyperparameters or {})
+    hp = (_dict(_dict(method.get("dpo"), "method.dpo").get("hyperparameters"), "method.dpo.hyperparameters")
+          or _dict(req.hyperparameters, "hyperparameters"))
     unknown = sorted(set(hp) - set(HYPERPARAMETERS))
     if unknown:
         raise ApiError(400, f"method.dpo.hyperparameters: unknown {unknown}; OpenAI's are {list(HYPERPARAMETERS)}; "
@@ -71,17 +98,16 @@ def openai_spec(req: CreateJob) -> dict[str, Any]:
                        code="invalid_hyperparameters")
     train: dict[str, Any] = {"seed": req.seed if req.seed is not None else secrets.randbelow(2**31)}
     hdpo: dict[str, Any] = {}
-    if _given(hp.get("beta")):
-        hdpo["beta"] = hp["beta"]
-    if _given(hp.get("n_epochs")):
-        train["epochs"] = float(hp["n_epochs"])
-    if _given(hp.get("learning_rate_multiplier")):
-        train["learning_rate"] = BASE_LR * float(hp["learning_rate_multiplier"])
-    if _given(hp.get("batch_size")):
-        b = hp["batch_size"]
+    if (beta := _hyper(hp, "beta")) is not None:
+        hdpo["beta"] = beta
+    if (epochs := _hyper(hp, "n_epochs")) is not None:
+        train["epochs"] = epochs
+    if (multiplier := _hyper(hp, "learning_rate_multiplier")) is not None:
+        train["learning_rate"] = BASE_LR * multiplier
+    if (batch := _hyper(hp, "batch_size", integer=True)) is not None:
+        b = int(batch)
         train["batch_size"] = b
-        if isinstance(b, int) and b > 0:
-            train["micro_batch_size"] = max(d for d in range(1, min(b, 8) + 1) if b % d == 0)
+        train["micro_batch_size"] = max(d for d in range(1, min(b, 8) + 1) if b % d == 0)
     data: dict[str, Any] = {"train": req.training_file}
     if req.validation_file:
         data["eval"] = req.validation_file
@@ -109,7 +135,8 @@ def method_echo(spec: JobSpec) -> dict[str, Any]:
                           "lora": spec.lora is not None}}
 
 
-def job_object(job: JobRow) -> dict[str, Any]:
+def job_object(job: JobRow | Row[Any]) -> dict[str, Any]:
+    """The API's job object, from the ORM row or a Core row of the jobs table (same attribute names)."""
     hp = (job.method.get("dpo") or {}).get("hyperparameters", {})
     return {"id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
             "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at,
@@ -131,14 +158,28 @@ def _check_meta(suffix: str | None, metadata: dict[str, str] | None) -> None:
                        param="metadata")
 
 
+def _rows(db: Db, owner: str, spec: dict[str, Any], section: str, key: str) -> int | None:
+    """Rows of the uploaded file a spec field names (None: a Hub dataset, or the field is not set)."""
+    ref = (spec.get(section) or {}).get(key)
+    if not isinstance(ref, str) or not ref.startswith("file-"):
+        return None
+    return db.scalar(select(FileRow.rows).where(FileRow.id == ref, FileRow.owner == owner))
+
+
 def create_job(ctx: Ctx, db: Db, owner: str, spec: dict[str, Any], *, model: str, training_file: str,
                validation_file: str | None, suffix: str | None, metadata: dict[str, str] | None,
                request: dict[str, Any]) -> JobRow:
     """Resolve, write and check the spec, then queue the job (shared by the OpenAI and native endpoints)."""
     _check_meta(suffix, metadata)
-    resolved = resolve_refs(ctx.config, db, owner, spec)
     job_id = new_id("ftjob")
+    resolved = admin_settings(ctx.config, job_id, resolve_refs(ctx.config, db, owner, spec))
     checked = write_spec(ctx.config, job_id, resolved)
+    try:
+        check_limits(ctx.config.limits, checked, train_rows=_rows(db, owner, spec, "data", "train"),
+                     task_rows=_rows(db, owner, spec, "eval", "tasks"))
+    except ApiError:
+        shutil.rmtree(run_dir_of(ctx.config, job_id), ignore_errors=True)
+        raise
     job = JobRow(id=job_id, owner=owner, status="validating_files", model=model, training_file=training_file,
                  validation_file=validation_file, seed=checked.train.seed, suffix=suffix, job_metadata=metadata,
                  method=method_echo(checked), request=request, created_at=now(), result_files=[])
@@ -169,14 +210,20 @@ def create(ctx: Ctx, db: Db, key: Caller, body: CreateJob) -> dict[str, Any]:
 
 
 @router.get("/fine_tuning/jobs")
-async def list_jobs(db: Db, key: Caller, after: str | None = None, limit: int = 20) -> dict[str, Any]:
-    return page(db, JobRow, select(JobRow).where(JobRow.owner == key.id), after=after, limit=limit, order="desc",
-                render=job_object)
+async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> JSONResponse:
+    """The status path (:mod:`.reads`): Core queries on a pooled connection, no dependency chain."""
+    rows, more = reads.job_page(request.app.state.ctx.engine, request.headers.get("authorization", ""),
+                                after=after, limit=limit)
+    return JSONResponse({"object": "list", "data": [job_object(r) for r in rows], "has_more": more,
+                         "first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None})
 
 
 @router.get("/fine_tuning/jobs/{job_id}")
-async def retrieve(db: Db, key: Caller, job_id: str) -> dict[str, Any]:
-    return job_object(owned_job(db, key.id, job_id))
+async def retrieve(request: Request, job_id: str) -> JSONResponse:
+    row = reads.job_row(request.app.state.ctx.engine, request.headers.get("authorization", ""), job_id)
+    if row is None:
+        raise not_found("fine-tuning job", job_id)
+    return JSONResponse(job_object(row))
 
 
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
@@ -214,6 +261,8 @@ async def events(db: Db, key: Caller, job_id: str, after: str | None = None, lim
 def checkpoints(ctx: Ctx, db: Db, key: Caller, job_id: str, after: str | None = None,
                 limit: int = 10) -> dict[str, Any]:
     """The resumable checkpoints on disk (``train.keep_checkpoints`` most recent), newest first."""
+    if not 1 <= limit <= 100:
+        raise ApiError(400, f"limit must be between 1 and 100, got {limit}", param="limit", code="invalid_limit")
     job = owned_job(db, key.id, job_id)
     root = ctx.config.runs_dir / job.id / "checkpoints"
     folders = sorted((p for p in root.glob("step-*") if (p / "state.json").is_file()), reverse=True) \

@@ -31,10 +31,22 @@ PATH_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("model", "name_or_path", "model"), ("data", "train", "data"), ("data", "eval", "data"),
     ("eval", "tasks", "data"), ("eval", "eval_pairs", "data"), ("output", "dir", "forbidden"),
     ("train", "ref_cache_dir", "forbidden"), ("distributed", "accelerate_config", "forbidden"))
-#: sections a served job may not set: the server decides where it writes, and it pushes nothing
-FORBIDDEN_SECTIONS = ("output", "hub")
-#: model options that would run code from the model repo
-FORBIDDEN_FLAGS = (("model", "trust_remote_code"), ("model", "allow_pickle"))
+#: sections a served job may not set: the server decides where it writes, pushes nothing, and where metrics go
+#: (a tracking URI such as sqlite:///PATH writes anywhere the server can, an online tracker sends data out)
+FORBIDDEN_SECTIONS = {
+    "output": "the run folder is DATA/runs/JOB",
+    "hub": "the server pushes nothing; download the artifacts instead",
+    "tracking": "experiment tracking is set by the administrator for every job (hdpo-tune serve --report-to, "
+                "--mlflow-tracking-uri)",
+}
+#: options that would run code outside the sandbox: from the model repo, or model-written code where
+#: bubblewrap cannot start (the administrator's choice: hdpo-tune serve --allow-unsandboxed-code)
+FORBIDDEN_FLAGS = {
+    ("model", "trust_remote_code"): "it would run code from the model repository on the server",
+    ("model", "allow_pickle"): "it would run code from the model repository on the server",
+    ("eval", "allow_unsandboxed_code"): "the code sandbox is the administrator's to weaken, for every job "
+                                        "(hdpo-tune serve --allow-unsandboxed-code), never a request's",
+}
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 HUB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -87,14 +99,14 @@ def resolve_data(config: ServeConfig, db: Session, owner: str, ref: str, where: 
 def resolve_refs(config: ServeConfig, db: Session, owner: str, spec: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``spec`` with every path field resolved by the server's rules; 400 for anything else."""
     out = copy.deepcopy(spec)
-    for section in FORBIDDEN_SECTIONS:
+    for section, why in FORBIDDEN_SECTIONS.items():
         if out.get(section) is not None:
-            raise ApiError(400, f"{section}: not allowed in a served job ({'the run folder is DATA/runs/JOB' if section == 'output' else 'the server pushes nothing; download the artifacts instead'}); remove it",
-                           param=section, code="forbidden_field")
-    for section, key in FORBIDDEN_FLAGS:
-        if isinstance(out.get(section), dict) and out[section].get(key):
-            raise ApiError(400, f"{section}.{key}: not allowed in a served job (it would run code from the model "
-                           "repository on the server); remove it", param=f"{section}.{key}", code="forbidden_field")
+            raise ApiError(400, f"{section}: not allowed in a served job ({why}); remove it", param=section,
+                           code="forbidden_field")
+    for (section, key), why in FORBIDDEN_FLAGS.items():
+        if isinstance(out.get(section), dict) and out[section].get(key) not in (None, False):
+            raise ApiError(400, f"{section}.{key}: not allowed in a served job ({why}); remove it",
+                           param=f"{section}.{key}", code="forbidden_field")
     for section, key, kind in PATH_FIELDS:
         sec = out.get(section)
         if not isinstance(sec, dict) or sec.get(key) is None:
@@ -111,6 +123,18 @@ def resolve_refs(config: ServeConfig, db: Session, owner: str, spec: dict[str, A
     return out
 
 
+def admin_settings(config: ServeConfig, job_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with the administrator's settings laid over it (after :func:`resolve_refs` refused a caller's)."""
+    out = dict(spec)
+    if config.allow_unsandboxed_code and isinstance(out.get("eval"), dict):
+        out["eval"] = {**out["eval"], "allow_unsandboxed_code": True}
+    if config.report_to:
+        out["tracking"] = {"report_to": list(config.report_to), "project": "hdpo-tune-serve", "run_name": job_id,
+                           **({"mlflow_tracking_uri": config.mlflow_tracking_uri} if config.mlflow_tracking_uri
+                              else {})}
+    return out
+
+
 def write_spec(config: ServeConfig, job_id: str, spec: dict[str, Any]) -> JobSpec:
     """Write ``DATA/runs/JOB/job.yaml`` (output.dir = that folder) and check it as ``hdpo-tune run`` would.
     On a bad spec the folder is removed and the pipeline's own messages come back as a 400."""
@@ -123,7 +147,7 @@ def write_spec(config: ServeConfig, job_id: str, spec: dict[str, Any]) -> JobSpe
         return load_spec(job_file)
     except InputError as exc:
         shutil.rmtree(run_dir, ignore_errors=True)
-        message = exc.message.replace(str(config.data_dir.resolve()), "DATA").replace(str(config.data_dir), "DATA")
+        message = config.public(exc.message)
         raise ApiError(400, message, param="spec", code="invalid_spec") from None
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from .deps import Caller, Ctx, Db
 from .errors import ApiError
 from .jobs_api import create_job, job_object, owned_job
+from .limits import check_depth
 
 router = APIRouter()
 PARTS = ("final", "merged", "onnx", "eval")
@@ -34,6 +35,7 @@ class NativeJob(BaseModel):
 
 @router.post("/hdpo/jobs")
 def create_native(ctx: Ctx, db: Db, key: Caller, body: NativeJob) -> dict[str, Any]:
+    check_depth(body.spec, "spec")
     spec = body.spec
     model = (spec.get("model") or {}).get("name_or_path") if isinstance(spec.get("model"), dict) else None
     data = spec.get("data") if isinstance(spec.get("data"), dict) else {}

@@ -236,6 +236,6 @@ class Scheduler:
     def _fail(self, db: Session, job: JobRow | None, message: str, code: str = "job_failed") -> None:
         if job is None:
             return
-        clean = message.replace(str(self.config.data_dir.resolve()), "DATA").replace(str(self.config.data_dir), "DATA")
+        clean = self.config.public(message)
         job.error = {"code": code, "message": clean, "param": None}
         self._finish(db, job, "failed", f"The job failed: {clean}", level="error")

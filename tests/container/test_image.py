@@ -168,3 +168,23 @@ def test_bubblewrap_sandboxes_inside_the_container_with_systempaths_unconfined()
 
 # hdpo-tune serve: its container check goes here (start the image detached with `run_args(work, name=...,
 # extra=("-d", "-p", "127.0.0.1:PORT:PORT"))`, poll it with `wait_for`, remove it in a `finally`).
+
+
+def _serve_security_options() -> list[str]:
+    """The ``--security-opt`` options of the container command docs/service.md gives for ``serve``."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text(encoding="utf-8")
+    block = doc.split("**Container**", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    command = block.replace("\\\n", " ").strip().splitlines()[0].split()
+    return [b for a, b in zip(command, command[1:], strict=False) if a == "--security-opt"]
+
+
+def test_the_documented_serve_command_lets_bubblewrap_start() -> None:
+    """A served job's code verifier refuses to run without its sandbox (and a request cannot lift that), so
+    the container command docs/service.md gives must let bubblewrap start: run it with those options."""
+    options = _serve_security_options()
+    assert options, "docs/service.md's serve command has no --security-opt"
+    flags = [x for opt in options for x in ("--security-opt", opt)]
+    out = engine("run", "--rm", "--network=none", "--user", f"{UID}:{GID}", *flags, "--entrypoint", "bwrap", IMAGE,
+                 "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--unshare-all", "--die-with-parent",
+                 "python3", "-c", "print('sandboxed')")
+    assert out.returncode == 0 and out.stdout.strip() == "sandboxed", out.stderr

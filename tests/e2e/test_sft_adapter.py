@@ -50,7 +50,7 @@ def test_training_starts_from_the_sft_adapter(tmp_path, tiny_model_dir, tiny_pai
     assert f"model: merging the adapter {sft_adapter} into its base {tiny_model_dir}" in result.stderr
     run = tmp_path / "run"
     start = run / "start_model"
-    assert json.loads((start / "merge.json").read_text())["base_model"] == str(tiny_model_dir)
+    assert json.loads((start / "merge.json").read_text())["base_model"] == tiny_model_dir.name  # no machine path
     # the reference of the trained model is the SFT model: its held-out log-probs equal those of the SFT
     # adapter evaluated as a policy, and differ from the raw base's
     sft = _pref(tmp_path / "e_sft", sft_adapter, tiny_pairs)
@@ -66,7 +66,7 @@ def test_training_starts_from_the_sft_adapter(tmp_path, tiny_model_dir, tiny_pai
         # merging puts the DPO adapter on the merged SFT model; the card names the original base
         from service.ship import merge_run
 
-        assert merge_run(run, log=lambda _: None)["base_model"] == str(start)
+        assert merge_run(run, log=lambda _: None)["base_model"] == "start_model"  # relative to the run folder
         card = (run / "merged" / "README.md").read_text()
         assert f"a local model (`{tiny_model_dir.name}`)" in card and "start_model" not in card
     # a second run does not merge again

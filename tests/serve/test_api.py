@@ -17,7 +17,7 @@ import openai
 import pytest
 import yaml
 
-from ._server import FAKE_HF_TOKEN, TINY, demo_rows, wait_for
+from ._server import FAKE_HF_TOKEN, REPO, TINY, demo_rows, wait_for
 
 DPO = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 1.0, "batch_size": 2, "learning_rate_multiplier": 30}}}
 
@@ -35,9 +35,13 @@ def jobs(live, training_file):
     c = server.client(alice)
     # the job to cancel while it trains has many steps, so the cancel always lands mid-training
     long = {**TINY, "train": {**TINY["train"], "max_steps": 50}}
+    tasks = c.files.create(file=("tasks.jsonl", (REPO / "examples/demo/data/tasks_eval.jsonl").read_bytes()
+                                 .splitlines(keepends=True)[0] * 2), purpose="user_data")
+    evaluated = {**TINY, "eval": {"tasks": tasks.id, "n_samples": 1, "temperatures": [1.0], "max_new_tokens": 8,
+                                  "compare_reference": False}}  # so eval/ is among the downloaded artifacts
     made = [c.fine_tuning.jobs.create(model="demo", training_file=training_file.id, method=DPO, seed=7,
                                       suffix=f"t{i}", metadata={"case": str(i)},
-                                      extra_body={"hdpo_tune": long if i == 1 else TINY})
+                                      extra_body={"hdpo_tune": (evaluated, long, TINY)[i]})
             for i in range(3)]
     return made
 
@@ -179,6 +183,36 @@ def test_job_succeeds(live, jobs):
     with urllib.request.urlopen(req, timeout=60) as resp, tarfile.open(fileobj=resp, mode="r|") as tar:
         names = [m.name for m in tar]
     assert f"{job.id}/merged/model.safetensors" in names and f"{job.id}/final/adapter_config.json" in names
+
+
+#: written by peft, and read back by the pipeline to load an adapter's base: they keep the base model's folder
+PEFT_FILES = ("final/adapter_config.json", "final/README.md")
+
+
+def test_downloaded_artifacts_hold_no_server_path(live, jobs, model_root):
+    """Every file of a served job's artifacts (model cards, provenance.json, merge.json, results.json,
+    summary.md...) is free of the data folder's path, and of the model root's except where peft keeps it."""
+    server, alice, _ = live
+    job = wait_for(server.client(alice), jobs[0].id)
+    req = urllib.request.Request(f"{server.url}/hdpo/jobs/{job.id}/artifacts",
+                                 headers={"Authorization": f"Bearer {alice}"})
+    seen = {}
+    with urllib.request.urlopen(req, timeout=60) as resp, tarfile.open(fileobj=resp, mode="r|") as tar:
+        for member in tar:
+            if member.isfile():
+                seen[member.name.split("/", 1)[1]] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    assert {"merged/README.md", "merged/provenance.json", "merged/merge.json", "eval/results.json",
+            "eval/summary.md"} <= set(seen)
+    data_paths = {str(server.data), str(Path(server.data).resolve())}
+    root_paths = {str(model_root), str(Path(model_root).resolve()), str(REPO)}
+    for name, blob in seen.items():
+        assert not any(p.encode() in blob for p in data_paths), name
+        if name not in PEFT_FILES:
+            assert not any(p.encode() in blob for p in root_paths), name
+    assert json.loads(seen["eval/results.json"])["target"] == "final"
+    assert json.loads(seen["merged/merge.json"])["base_model"] == "demo"
+    events = list(server.client(alice).fine_tuning.jobs.list_events(job.id, limit=100))
+    assert not any(p in e.message for e in events for p in data_paths | root_paths)
 
 
 def test_fine_tuned_model_is_a_model_for_the_next_job(live, jobs, training_file):
