@@ -80,7 +80,7 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     app = create_app(config)
     sessions = app.state.ctx.sessions
     with sessions() as db:
-        (alice, akey), (bob, _bkey) = create_key(db, "alice"), create_key(db, "bob")
+        (_alice, akey), (bob, _bkey) = create_key(db, "alice"), create_key(db, "bob")
         job = JobRow(id=new_id("ftjob"), owner=bob.id, status="running", model="demo", training_file="file-x",
                      seed=1, method={"type": "dpo"}, request={}, created_at=now(), result_files=[])
         db.add(job)
