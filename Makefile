@@ -22,6 +22,7 @@ install: $(VENV)/.installed
 
 quickstart: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hdpo-tune run examples/quickstart.yaml
+	@echo "Watch it in the console (curves, eval, exports): $(VENV)/bin/hdpo-tune ui runs/quickstart"
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

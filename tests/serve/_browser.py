@@ -1,5 +1,6 @@
 """Headless Chromium for the console tests: the Debian ``chromium`` package driven by Playwright (never a
-browser Playwright downloads). Without chromium the tests skip, except under CI (``CI`` set), where they fail."""
+browser Playwright downloads). Without chromium the tests skip, except under CI (``CI`` or
+``HDPO_REQUIRE_BROWSER`` set, as ``.ci/run`` does), where they fail."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ XSS = '<img src=x onerror="window.__xss=1">'
 def require_chromium() -> str:
     if not Path(CHROMIUM).is_file():
         reason = f"no Chromium at {CHROMIUM} (apt-get install -y chromium chromium-driver)"
-        if os.environ.get("CI"):
+        if os.environ.get("CI") or os.environ.get("HDPO_REQUIRE_BROWSER"):
             pytest.fail(reason + "; CI must run the browser tests (.ci/run installs it)")
         pytest.skip(reason)
     pytest.importorskip("playwright", reason="pip install -e .[browser]")
