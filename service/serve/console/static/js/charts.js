@@ -1,5 +1,5 @@
 // Charts with uPlot (vendored, MIT): one chart per metric, several runs overlaid on shared x values.
-import { h, tick } from "./dom.js";
+import { h, ticks } from "./dom.js";
 
 export const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
 
@@ -44,8 +44,8 @@ export function chart(parent, name, lines, { xLabel = "step", points = false, he
     state.u = new window.uPlot({
       width, height, series, legend: { live: true },
       scales: { x: { time: false } }, cursor: { drag: { x: true, y: false } },
-      axes: [{ label: xLabel, size: 40, labelSize: 18, values: (u, splits) => splits.map(tick) },
-        { size: 64, values: (u, splits) => splits.map(tick) }],
+      axes: [{ label: xLabel, size: 40, labelSize: 18, values: (u, splits) => ticks(splits, xLabel === "step" || xLabel === "k") },
+        { size: 64, values: (u, splits) => ticks(splits) }],
     }, data, box);
   };
   draw();

@@ -67,12 +67,20 @@ export function errorBox(err) {
   return h("div", { class: "error", role: "alert", text: err && err.message ? err.message : String(err) });
 }
 
-// Axis tick labels that stay readable for learning rates (1e-5) and token counts alike.
-export function tick(v) {
-  if (v === null || v === undefined) return "";
-  const a = Math.abs(v);
-  if (a === 0) return "0";
-  if (a < 1e-2 || a >= 1e6) return v.toExponential(1);
-  if (a >= 1000) return Math.round(v).toLocaleString("en-US");
-  return String(+v.toPrecision(3));
+// Axis tick labels: as many decimals as the tick spacing needs, exponents for learning rates (1e-5) and
+// huge counts, thousands separated.
+export function ticks(splits, integer = false) {
+  const inc = splits.length > 1 ? Math.abs(splits[1] - splits[0]) : 0;
+  return splits.map((v) => {
+    if (v === null || v === undefined) return "";
+    if (integer) return Number.isInteger(v) ? v.toLocaleString("en-US") : "";
+    const a = Math.abs(v);
+    if (a === 0) return "0";
+    if ((a < 1e-2 || a >= 1e6)) {
+      return v.toExponential(inc ? Math.min(6, Math.max(1, Math.ceil(Math.log10(a / inc)))) : 2);
+    }
+    let dec = 0;  // the decimals the tick spacing needs (0.25 -> 2, 0.5 -> 1, 5 -> 0)
+    while (inc && dec < 8 && Math.abs(inc * 10 ** dec - Math.round(inc * 10 ** dec)) > 1e-6 * 10 ** dec) dec += 1;
+    return a >= 1000 ? v.toLocaleString("en-US", { maximumFractionDigits: dec }) : v.toFixed(dec);
+  });
 }

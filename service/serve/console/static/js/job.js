@@ -32,7 +32,7 @@ function confirmCancel(job, onYes) {
 }
 
 function header(job, session, refresh) {
-  const facts = [["Model", job.model], ["α", alphaText(job)], ["β", num(job.beta, 2)],
+  const facts = [["Model", job.model], ["Alpha (α)", alphaText(job)], ["Beta (β)", num(job.beta, 2)],
     ["Method", job.lora ? "LoRA" : "full"], ["Stage", job.stage || "–"], ["Tokens/s", job.tokens_per_s ? num(Math.round(job.tokens_per_s)) : "–"],
     ["Fine-tuned model", job.fine_tuned_model || "–"], ["Created", when(job.created_at)]];
   if (job.quantization) facts.splice(4, 0, ["Quantized base", JSON.stringify(job.quantization)]);
@@ -50,7 +50,7 @@ function header(job, session, refresh) {
     h("div", { class: "page-head" }, h("div", {}, h("a", { href: "/", class: "muted small", text: "← all jobs" }),
       h("h1", { id: "job-name" }, h("span", { text: job.name }), " ", badge(job.status))), actions),
     h("div", { class: "card facts" }, progressBar(job),
-      h("dl", {}, facts.map(([k, v]) => [h("dt", { text: k }), h("dd", { class: "mono", text: v ?? "–" })])),
+      h("dl", {}, facts.map(([k, v]) => h("div", { class: "fact" }, h("dt", { text: k }), h("dd", { class: "mono", text: v ?? "–" })))),
       job.error ? h("div", { class: "error", text: job.error }) : null));
 }
 
