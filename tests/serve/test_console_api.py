@@ -174,3 +174,26 @@ def test_the_arrow_reader_equals_the_python_reader(records: list[dict], after: i
     assert sorted(fast.values) == sorted(simple.values)
     for key, col in simple.values.items():
         np.testing.assert_array_equal(fast.values[key], col)
+
+
+def test_ui_on_a_folder_without_runs_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    for args in (["ui", str(tmp_path / "missing")], ["ui", str(empty)]):
+        out = CliRunner().invoke(app, args)
+        assert out.exit_code == 2 and out.output.count("\n") == 1 and out.output.startswith("error: ui: ")
+
+
+def test_a_revoked_key_ends_its_sessions(served) -> None:  # type: ignore[no-untyped-def]
+    from service.serve.keys import find_key, revoke_key
+
+    client, key, _ = served
+    client.post("/console/api/session", json={"key": key}, headers=H)
+    assert client.get("/console/api/jobs").status_code == 200
+    with client.app.state.ctx.sessions() as db:
+        revoke_key(db, find_key(db, key).id)
+    assert client.get("/console/api/jobs").status_code == 401

@@ -141,6 +141,9 @@ def test_compare_two_finished_jobs_with_different_alphas(browser, site: dict, tm
     page.wait_for_selector("#eval .chart-card")
     page.wait_for_selector("#artifacts a.btn")
     shoot(page, tmp_path, "job-finished")
+    href = page.locator("#artifacts a.btn", has_text="final.tar").get_attribute("href")
+    tar = page.request.get(site["base"] + href)  # the page's cookie, as a click would send it
+    assert tar.status == 200 and tar.headers["content-type"] == "application/x-tar" and len(tar.body()) > 10_000
     page.goto(f"{site['base']}/compare?ids={site['low']},{site['high']}&select=accuracy@t1.0")
     page.wait_for_selector("#paper-views .chart-card")
     rows = page.locator("#compare-table tbody tr")
@@ -244,6 +247,8 @@ def _local_runs(site: dict, root: Path) -> Path:
     (evil / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5, XSS: 1.0}) + "\n")
     (evil / "eval").mkdir()
     (evil / "eval" / "results.json").write_text(json.dumps({XSS: {XSS: XSS}}))
+    (evil / "onnx").mkdir()
+    (evil / "onnx" / "validation.json").write_text(json.dumps({"passed": True, "max_abs_diff": 1e-5, "note": XSS}))
     return root
 
 
@@ -288,6 +293,7 @@ def test_read_only_ui_over_a_run_and_a_sweep(browser, site: dict, tmp_path: Path
         page.goto(base + "/")
         page.click(f"text={XSS}")
         expect(page.locator("#main")).to_contain_text(f"Results: {XSS}")
+        expect(page.locator("#reports")).to_contain_text("ONNX parity")
         assert page.evaluate("window.__xss") is None and page.locator("img[src='x']").count() == 0
         assert not [e for e in errors if "pageerror" in e or "dialog" in e], errors
         page.close()

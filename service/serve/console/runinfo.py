@@ -15,6 +15,8 @@ REPORTS = {"onnx": "onnx/validation.json", "quantization": "onnx/quantization.js
 #: run sub-folders a user can download (as a tar stream)
 PARTS = ("final", "merged", "onnx", "gguf", "eval")
 TAIL_BYTES = 16384
+SPEC_CACHE = 1024
+_specs: dict[tuple[str, int, int], dict[str, Any]] = {}
 
 
 def inside(run_dir: Path, rel: str) -> Path | None:
@@ -41,10 +43,25 @@ def read_json(run_dir: Path, rel: str) -> Any:
 
 
 def read_spec(run_dir: Path) -> dict[str, Any]:
-    """``job.resolved.yaml`` as a dict (empty when absent or unreadable)."""
-    path = inside(run_dir, "job.resolved.yaml")
+    """``job.resolved.yaml`` (or, before the run starts, the served job's ``job.yaml``) as a dict; empty when
+    absent or unreadable. Parsed once per file version: the jobs list reads every job's spec on each refresh,
+    and a spec changes only when its run starts."""
+    path = inside(run_dir, "job.resolved.yaml") or inside(run_dir, "job.yaml")
     if path is None:
         return {}
+    try:
+        st = path.stat()
+    except OSError:
+        return {}
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _specs:
+        if len(_specs) >= SPEC_CACHE:
+            _specs.pop(next(iter(_specs)))
+        _specs[key] = _parse_spec(path)
+    return _specs[key]
+
+
+def _parse_spec(path: Path) -> dict[str, Any]:
     try:
         from service.spec_yaml import load_yaml
 

@@ -45,7 +45,8 @@ export function chart(parent, name, lines, { xLabel = "step", points = false, he
       width, height, series, legend: { live: true },
       scales: { x: { time: false } }, cursor: { drag: { x: true, y: false } },
       axes: [{ label: xLabel, size: 40, labelSize: 18, values: (u, splits) => ticks(splits, xLabel === "step" || xLabel === "k") },
-        { size: 64, values: (u, splits) => ticks(splits) }],
+        { size: (u, values) => 18 + 7 * Math.max(3, ...(values || []).map((v) => String(v).length)),
+          values: (u, splits) => ticks(splits) }],
     }, data, box);
   };
   draw();

@@ -5,6 +5,9 @@ import { alphaText, badge, clear, errorBox, h, num, progressBar, when } from "./
 
 const STATES = ["all", "running", "queued", "succeeded", "failed", "cancelled"];
 
+// A quantized base (QLoRA): "4-bit" from {bits: 4} or a string setting, else "quantized".
+const quantTag = (q) => (typeof q === "string" ? q : q && q.bits ? `${q.bits}-bit` : "quantized");
+
 function row(job, selected, onPick) {
   const box = h("input", { type: "checkbox", "aria-label": `select ${job.name}`, checked: selected.has(job.id) });
   box.addEventListener("change", () => onPick(job.id, box.checked));
@@ -15,7 +18,7 @@ function row(job, selected, onPick) {
       h("div", { class: "muted small", text: job.where ? job.where : job.id })),
     h("td", {}, badge(job.status)),
     h("td", { class: "mono small", text: job.model || "–" },
-      job.quantization ? h("span", { class: "tag", text: String(job.quantization.bits ?? job.quantization.load_in ?? "4-bit") }) : null),
+      job.quantization ? h("span", { class: "tag", title: JSON.stringify(job.quantization), text: quantTag(job.quantization) }) : null),
     h("td", { class: "num", text: alphaText(job) }),
     h("td", { class: "num", text: num(job.beta, 2) }),
     h("td", { class: "small", text: method }),
