@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import runinfo
+from .runinfo import details, last_metrics, progress, read_json, summary
 from .view import NotFound, numeric_alpha
 
 RUN_MARKERS = ("status.json", "job.resolved.yaml", "metrics.jsonl")
@@ -76,8 +76,8 @@ class LocalView:
         return self.runs[job_id]
 
     def _row(self, job_id: str, path: Path) -> dict[str, Any]:
-        row = runinfo.summary(path)
-        alpha = numeric_alpha(row, runinfo.last_metrics(path, 1))
+        row = summary(path)
+        alpha = numeric_alpha(row, last_metrics(path, 1))
         return {**row, "id": job_id, "name": path.name, "where": path.parent.name, "status": row["state"],
                 "fine_tuned_model": None, "suffix": None, "metadata": None, "alpha_value": alpha,
                 "created_at": int(path.stat().st_mtime)}
@@ -88,11 +88,11 @@ class LocalView:
 
     def job(self, job_id: str) -> dict[str, Any]:
         path = self.run_dir(job_id)
-        return {**self._row(job_id, path), **runinfo.details(path)}
+        return {**self._row(job_id, path), **details(path)}
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         """A run folder has no event log; its stages and last error read as events."""
-        status = runinfo.progress(self.run_dir(job_id))
+        status = progress(self.run_dir(job_id))
         out = [{"level": "info", "message": f"Stage {s} done", "created_at": None} for s in status["stages_done"]]
         if status["state"]:
             out.append({"level": "error" if status["error"] else "info", "created_at": None,
@@ -103,7 +103,7 @@ class LocalView:
     def sweeps(self) -> list[dict[str, Any]]:
         out = []
         for sweep_id, path in self.sweep_dirs.items():
-            report = runinfo.read_json(path, "sweep.json") or {}
+            report = read_json(path, "sweep.json") or {}
             members = [i for i, p in self.runs.items() if p.parent == path]
             out.append({"id": sweep_id, "name": f"{path.parent.name}/{path.name}", "select": report.get("metric"),
                         "winner": report.get("winner"), "jobs": members})

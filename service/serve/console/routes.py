@@ -16,8 +16,8 @@ from sqlalchemy import select
 
 from ..db import ApiKey
 from ..errors import ApiError
-from . import runinfo
 from .local import Catalogue, LocalView
+from .runinfo import inside
 from .series import DEFAULT_POINTS, series_payload
 from .session import COOKIE, cookie_args, cross_site, make_token, read_token
 from .view import NotFound, View, compare
@@ -163,7 +163,7 @@ def metrics(view: ViewDep, job_id: str, after: int | None = None, points: int = 
         run = view.run_dir(job_id)
     except NotFound:
         raise ApiError(404, f"No such job: {job_id[:80]}", param="id", code="not_found") from None
-    path = runinfo.inside(run, "metrics.jsonl")
+    path = inside(run, "metrics.jsonl")
     if path is None:
         return {"rows": 0, "last_step": after, "downsampled": False, "curves": {}}
     return series_payload(path, after, points)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from ..config import ServeConfig
 from ..db import ApiKey, EventRow, JobRow
-from . import runinfo
+from .runinfo import details, last_metrics, summary
 from .view import NotFound, numeric_alpha, scrub
 
 LIST_LIMIT = 200
@@ -38,7 +38,7 @@ class ServedView:
 
     def _row(self, job: JobRow) -> dict[str, Any]:
         path = self.config.runs_dir / job.id
-        row = runinfo.summary(path)
+        row = summary(path)
         hp = (job.method.get("dpo") or {}).get("hyperparameters", {}) if isinstance(job.method, dict) else {}
         if row["beta"] is None:
             row["beta"] = hp.get("beta")
@@ -49,7 +49,7 @@ class ServedView:
                       "model": job.model, "fine_tuned_model": job.fine_tuned_model, "suffix": job.suffix,
                       "metadata": job.job_metadata, "created_at": job.created_at, "finished_at": job.finished_at,
                       "cancel_requested": job.cancel_requested, "error": error or row["error"],
-                      "alpha_value": numeric_alpha(row, runinfo.last_metrics(path, 1))}, self.paths)
+                      "alpha_value": numeric_alpha(row, last_metrics(path, 1))}, self.paths)
 
     def jobs(self) -> list[dict[str, Any]]:
         rows = self.db.scalars(select(JobRow).where(JobRow.owner == self.key.id)
@@ -58,8 +58,8 @@ class ServedView:
 
     def job(self, job_id: str) -> dict[str, Any]:
         job = self._owned(job_id)
-        details = runinfo.details(self.config.runs_dir / job.id)
-        return {**self._row(job), **scrub(details, self.paths)}
+        extra = details(self.config.runs_dir / job.id)
+        return {**self._row(job), **scrub(extra, self.paths)}
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         self._owned(job_id)

@@ -13,8 +13,6 @@ from typing import Any, Protocol
 
 from service.sweep import METRIC_HELP, parse_metric
 
-from . import runinfo
-
 
 class NotFound(Exception):
     """No such job for this caller (a missing job and another key's job look the same)."""
@@ -77,4 +75,4 @@ def scrub(value: Any, secret_paths: tuple[str, ...]) -> Any:
     return value
 
 
-__all__ = ["NotFound", "View", "compare", "numeric_alpha", "runinfo", "scrub"]
+__all__ = ["NotFound", "View", "compare", "numeric_alpha", "scrub"]
