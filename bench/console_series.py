@@ -9,7 +9,9 @@ grad norm, tokens/s, memory, ...), then times, median of ``--reps``:
 * console open: ``GET /console/api/jobs/RUN/metrics`` through the ``hdpo-tune ui`` app (one parse of the file,
   min/max-per-bucket downsampling to 1,000 points per curve, JSON response);
 * console reopen: the same request again (the parsed columns are cached per file version);
-* console live poll: the same route with ``after=`` the step before the last 10 (reads the file's tail only).
+* console live poll: the same route with ``after=`` the step before the last 10 (reads the file's tail only);
+* with ``--browser``: the job page of that run in headless Chromium (Debian's, through Playwright), from
+  navigation until every chart is drawn, first open and reload.
 
 Prints a markdown table and writes ``bench/results/console_series.json``.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -49,6 +52,40 @@ def write_run(folder: Path, rows: int) -> Path:
     return folder
 
 
+def browser_times(run: Path, job: str, curves: int) -> dict[str, dict[str, float]]:
+    """Seconds from navigation to every chart drawn (canvas present), in a real browser: first open, reload."""
+    import threading
+
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from service.serve.console.ui import create_ui_app
+    from tests.serve._browser import CHROMIUM, FLAGS
+
+    server = uvicorn.Server(uvicorn.Config(create_ui_app([run]), host="127.0.0.1", port=6091, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    out = {}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            for name in ("browser: job page, first open", "browser: job page, reload"):
+                t0 = time.perf_counter()
+                page.goto(f"http://127.0.0.1:6091/jobs/{job}")
+                # the note is written right after the last chart is built (job.js drawCurves)
+                page.wait_for_selector("#curve-note:has-text('points drawn')", timeout=120_000)
+                assert page.locator("#curves .chart-card canvas").count() >= curves // 2
+                out[name] = {"seconds": time.perf_counter() - t0, "bytes": 0}
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return out
+
+
 def median_s(fn, reps: int) -> tuple[float, object]:  # type: ignore[no-untyped-def]
     times, out = [], None
     for _ in range(reps):
@@ -62,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--browser", action="store_true", help="also time the page in headless Chromium")
     args = parser.parse_args()
     from fastapi.testclient import TestClient
 
@@ -95,16 +133,22 @@ def main() -> None:
             seconds, body = median_s(fn, args.reps)
             results[name] = {"seconds": seconds, "bytes": len(body)}  # type: ignore[arg-type]
         opened = json.loads(console_open())
+        if args.browser:
+            series._cache.clear()
+            results.update(browser_times(run, job, len(opened["curves"])))
     base = results["simple (parse every line, send every row)"]
-    print(f"{args.rows:,} rows, metrics.jsonl {size_mb:.1f} MiB, {len(opened['curves'])} curves, "
+    print(f"load average {os.getloadavg()[0]:.1f}; {args.rows:,} rows, metrics.jsonl {size_mb:.1f} MiB, {len(opened['curves'])} curves, "
           f"{max(len(c['x']) for c in opened['curves'].values())} points per curve at most; median of {args.reps}\n")
     print("| path | server time | response | vs simple |\n|---|---|---|---|")
     for name, r in results.items():
+        if not r["bytes"]:  # a browser timing: navigation to every chart drawn
+            print(f"| {name} | {r['seconds'] * 1000:.0f} ms (wall, in the browser) | | |")
+            continue
         print(f"| {name} | {r['seconds'] * 1000:.0f} ms | {r['bytes'] / 1024:.0f} KiB | "
               f"{base['seconds'] / r['seconds']:.1f}x faster, {base['bytes'] / r['bytes']:.0f}x smaller |")
     out = ROOT / "bench" / "results" / "console_series.json"
-    out.write_text(json.dumps({"rows": args.rows, "file_mib": size_mb, "reps": args.reps, "results": results},
-                              indent=1))
+    out.write_text(json.dumps({"rows": args.rows, "file_mib": size_mb, "reps": args.reps,
+                               "load_average_1m": os.getloadavg()[0], "results": results}, indent=1))
 
 
 if __name__ == "__main__":
