@@ -77,7 +77,6 @@ export function jobPage(main, session, jobId) {
   const renderInfo = async (job) => {
     const events = (await api.get(`/jobs/${encodeURIComponent(jobId)}/events`)).data;
     const evalBox = h("section", { id: "eval" }, h("h2", { text: "Evaluation" }));
-    evalSection(evalBox, job.eval);
     const reports = h("section", { id: "reports" }, h("h2", { text: "Export reports" }));
     const rs = Object.entries(job.reports || {});
     if (!rs.length) reports.append(h("p", { class: "muted", text: "No export reports (ONNX / quantization / GGUF) yet." }));
@@ -92,6 +91,7 @@ export function jobPage(main, session, jobId) {
     const ev = h("section", { id: "events" }, h("h2", { text: "Events" }), h("ol", { class: "events" }, events.map((e) =>
       h("li", { class: `lvl-${String(e.level).replace(/[^a-z]/g, "")}` }, h("span", { class: "muted small", text: e.created_at ? when(e.created_at) : "" }), " ", h("span", { class: "msg", text: e.message })))));
     clear(info).append(h("div", { class: "two-col" }, h("div", {}, evalBox, reports), h("div", {}, ckpts, files, ev)));
+    evalSection(evalBox, job.eval);  // once in the page, so the charts take the column's width
   };
   const refresh = async () => {
     try {
