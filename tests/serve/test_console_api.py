@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,17 @@ def test_a_revoked_key_ends_its_sessions(served) -> None:  # type: ignore[no-unt
     with client.app.state.ctx.sessions() as db:
         revoke_key(db, find_key(db, key).id)
     assert client.get("/console/api/jobs").status_code == 401
+
+
+def test_the_pages_never_write_markup_from_data() -> None:
+    """The console's scripts build the DOM with textContent/attributes only: no HTML sinks, no eval, no inline
+    script or style in the page (the CSP would refuse them anyway)."""
+    from service.serve.console.routes import STATIC
+
+    for js in (STATIC / "js").glob("*.js"):
+        text = js.read_text(encoding="utf-8")
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            assert sink not in text, f"{js.name}: {sink}"
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    assert "<style" not in page and " style=" not in page and re.search(r"\son[a-z]+\s*=", page) is None
+    assert all('src="/console/static/' in line for line in page.splitlines() if "<script" in line)
