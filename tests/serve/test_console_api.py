@@ -212,3 +212,27 @@ def test_the_pages_never_write_markup_from_data() -> None:
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     assert "<style" not in page and " style=" not in page and re.search(r"\son[a-z]+\s*=", page) is None
     assert all('src="/console/static/' in line for line in page.splitlines() if "<script" in line)
+
+
+def test_jobs_sharing_metadata_sweep_form_a_sweep_and_a_bad_metric_is_a_400(served) -> None:  # type: ignore[no-untyped-def]
+    client, key, _ = served
+    client.post("/console/api/session", json={"key": key}, headers=H)
+    with client.app.state.ctx.sessions() as db:
+        from service.serve.keys import find_key
+
+        owner = find_key(db, key).id
+        ids = []
+        for alpha in (0.8, 1.2):
+            job = JobRow(id=new_id("ftjob"), owner=owner, status="succeeded", model="demo", training_file="file-x",
+                         seed=1, method={"type": "dpo", "hdpo_tune": {"alpha": alpha}}, request={}, created_at=now(),
+                         result_files=[], job_metadata={"sweep": "s1", "select": "accuracy@t1.0"})
+            db.add(job)
+            ids.append(job.id)
+        db.commit()
+    sweeps = client.get("/console/api/sweeps").json()["data"]
+    assert sweeps == [{"id": "sweep:s1", "name": "s1", "select": "accuracy@t1.0", "winner": None,
+                       "jobs": ids[::-1]}]
+    cmp = client.get(f"/console/api/compare?ids={','.join(ids)}&select=accuracy@t1.0").json()
+    assert [r["alpha_value"] for r in cmp["runs"]] == [0.8, 1.2] and cmp["best"] is None  # no eval results yet
+    bad = client.get(f"/console/api/compare?ids={ids[0]}&select=<b>")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "select"

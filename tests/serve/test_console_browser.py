@@ -111,10 +111,14 @@ def test_a_running_jobs_curves_gain_points_then_cancel(browser, site: dict, tmp_
     wait_for(site["client"], site["long"], until=lambda j: (j.hdpo_tune or {}).get("step", 0) >= 2, timeout=300)
     page.goto(f"{site['base']}/jobs/{site['long']}")
     page.wait_for_selector("#curves .chart-card")
-    first = int(page.text_content("#curve-note").split()[0])
+    def drawn() -> int:  # "N points drawn · last step S" (0 before the first draw)
+        words = (page.text_content("#curve-note") or "").split()
+        return int(words[0]) if words and words[0].isdigit() else 0
+
+    first = drawn()
     # the page's CSP forbids eval, so Playwright's wait_for_function cannot run: poll from here
     deadline = time.monotonic() + 120
-    while int(page.text_content("#curve-note").split()[0]) <= first:
+    while drawn() <= first:
         assert time.monotonic() < deadline, "the running job's curves gained no points"
         page.wait_for_timeout(500)
     assert page.locator("#curves .chart-card").count() >= 6  # loss, reward accuracy, entropy, alpha, lr, ...
