@@ -28,6 +28,7 @@ install: $(VENV)/.installed
 
 quickstart: $(VENV)/.runtime
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hdpo-tune run examples/quickstart.yaml
+	@echo "Watch it in the console (curves, eval, exports): $(VENV)/bin/hdpo-tune ui runs/quickstart"
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -203,6 +203,17 @@ def sweep(
     guarded(lambda: run_sweep(job, alphas=parse_alphas(alpha), select=select, force=force))
 
 
+@app.command()
+def ui(
+    paths: Annotated[list[Path], typer.Argument(help="Run folders, sweep folders, or folders holding them.")],
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 6007,
+) -> None:
+    """Open the web console, read-only, over local runs and sweeps (http://127.0.0.1:PORT/)."""
+    from service.serve.console.ui import run_ui
+
+    guarded(lambda: run_ui(paths, port))
+
+
 from service.serve.cli import serve_app  # noqa: E402  (typer only; FastAPI loads when `serve` runs)
 
 app.add_typer(serve_app, name="serve")

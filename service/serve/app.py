@@ -105,6 +105,10 @@ def create_app(config: ServeConfig, executor: Executor | None = None) -> FastAPI
     for router in (files_api.router, jobs_api.router, native_api.router):
         app.include_router(router, prefix="/v1")
 
+    from .console import install as install_console
+
+    install_console(app, data_dir=config.data_dir)  # the web console at / (docs/console.md)
+
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         return {"ok": True, "workers": scheduler.workers, "running": len(scheduler.running)}
