@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .inputs import check_folder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,6 +45,21 @@ class LoraOptions:
     target_modules: str | tuple[str, ...] = "all-linear"
 
 
+CONFIG_BYTES = 4 << 20  # config.json & co. are kilobytes in every model seen; 100 MB of one array hung the loader
+FILE_BYTES = 256 << 20  # any other JSON/text file (tokenizer.json is up to ~35 MB, a shard index ~10 MB)
+FOLDER_LIMITS = {"config.json": CONFIG_BYTES, "generation_config.json": CONFIG_BYTES,
+                 "adapter_config.json": CONFIG_BYTES, "*.jinja": CONFIG_BYTES,
+                 **{f"*.{ext}": FILE_BYTES for ext in ("json", "txt", "model", "tiktoken", "py")}}
+
+
+def check_model_folder(path: str | os.PathLike[str]) -> None:
+    """Before transformers/peft read a local model or adapter folder: every entry is a regular file or a folder
+    (a FIFO would block the loader forever, ``/dev/zero`` never ends) and the JSON/text files are within
+    :data:`FOLDER_LIMITS` (weights are memory-mapped, not capped). Raises :class:`InputError` naming the file."""
+    check_folder(path, "model folder", limits=FOLDER_LIMITS,
+                 fix="is this a Hugging Face model folder (save_pretrained output)?")
+
+
 def has_tokenizer_files(folder: Path) -> bool:
     """Whether ``folder`` holds a saved tokenizer (``tokenizer.json`` or ``tokenizer_config.json``)."""
     return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
@@ -53,6 +69,8 @@ def _check_local_folder(opts: ModelOptions) -> None:
     path = Path(opts.name_or_path)
     if not path.exists():
         return
+    if path.is_dir():
+        check_model_folder(path)
     if not (path / "config.json").exists():
         raise InputError(f"model.name_or_path: {path} has no config.json; point it at a Hugging Face model folder")
     has_safe = any(path.glob("*.safetensors"))

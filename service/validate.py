@@ -122,7 +122,13 @@ def _check_model(m: ModelSpec, report: Report) -> Any:
                                "save_pretrained) or a Hub id")
         return None
     from hdpo_core.export.merge import is_bare_adapter
+    from hdpo_core.model import check_model_folder
 
+    try:
+        check_model_folder(p)
+    except InputError as exc:
+        report.problems.append(f"model.name_or_path: {exc.message}")
+        return None
     if is_bare_adapter(p):
         return _check_adapter(m, p, report)
     if not (p / "config.json").is_file():
@@ -278,7 +284,7 @@ def _read_rows(name: str, path: str, split: str, d: DataSpec, report: Report) ->
     rows: list[PreferenceRow] = []
     bad: list[str] = []
     try:
-        for location, raw in iter_raw_rows(path, split=split):
+        for location, raw in iter_raw_rows(path, split=split, max_row_bytes=d.max_row_bytes):
             try:
                 rows.append(normalise_row(location, raw))
             except InputError as exc:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from hdpo_core.errors import InputError
-from hdpo_core.model import has_tokenizer_files
+from hdpo_core.model import check_model_folder, has_tokenizer_files
 
 Kind = Literal["hf", "peft", "onnx"]
 
@@ -84,6 +84,7 @@ def load_causal_lm(folder: Path, kind: Kind, *, device: str = "cpu", dtype: torc
 
     if kind == "onnx":
         raise InputError(f"{folder}: an ONNX export has no torch model; use the ONNX generator backend")
+    check_model_folder(folder)
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     base_dir: Path | None = None
     try:
