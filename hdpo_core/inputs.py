@@ -169,9 +169,10 @@ def iter_jsonl(path: str | os.PathLike[str], what: str, *, max_row_bytes: int,
     with a bound of ``max_row_bytes`` and checked by :func:`check_text`."""
     p = Path(path)
     with open_file(p, what) as fh:
-        for lineno, raw in enumerate(iter(lambda: fh.readline(max_row_bytes + 1), b""), start=1):
+        for lineno, raw in enumerate(iter(lambda: fh.readline(max_row_bytes + 2), b""), start=1):
             loc = f"{p}:{lineno}"
-            if len(raw.rstrip(b"\r\n")) > max_row_bytes:
+            body = raw[:-1] if raw.endswith(b"\n") else raw  # + 2: room for a CRLF after a line at the limit
+            if len(body[:-1] if body.endswith(b"\r") else body) > max_row_bytes:
                 raise InputError(row_too_long(loc, None, max_row_bytes, setting))
             if not raw.strip():
                 continue
