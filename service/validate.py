@@ -32,6 +32,7 @@ from .spec import DataSpec, JobSpec, ModelSpec, load_spec, redact_secrets, spec_
 from .tracking import missing_packages
 
 MAX_ROW_PROBLEMS = 20
+SAFETENSORS_HEADER_BYTES = 100 << 20  # the safetensors library's own limit on a header
 
 
 @dataclass
@@ -187,6 +188,8 @@ def _safetensors_params(files: list[Path]) -> int | None:
         for f in files:
             with f.open("rb") as fh:
                 (n,) = struct.unpack("<Q", fh.read(8))
+                if n > SAFETENSORS_HEADER_BYTES:  # a damaged length would make read(n) allocate n bytes
+                    return None
                 header = json.loads(fh.read(n))
             total += sum(prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
     except (OSError, ValueError, KeyError, TypeError, struct.error):

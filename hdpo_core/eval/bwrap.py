@@ -18,6 +18,8 @@ What the command built here gives the program (each point is tried by an attack 
   1.2 GB to ``/dev/shm`` in 3 s), so both are remounted read-only (``--remount-ro``) once everything is
   mounted; ``/dev``'s device nodes stay usable (they are bind mounts of their own). ``/dev/mqueue`` is not
   mounted, and POSIX message queues get no memory (``RLIMIT_MSGQUEUE`` 0, set by the sandbox's prelude).
+* **no memory that no cap counts**: a seccomp filter (:mod:`hdpo_core.eval.seccomp`, ``--seccomp``) makes
+  ``memfd_create`` and System V ``shmget`` fail with ``EPERM``.
 * **no environment** (``--clearenv``): ``PATH``, ``HOME``, ``TMPDIR``, ``LANG``, ``PYTHONHASHSEED`` only.
 * **lifetime**: ``--die-with-parent`` and ``--new-session``; bwrap's own pid 1 reaps the program, and when it
   dies (program exit, or bwrap killed at the timeout) the kernel kills every process of the pid namespace,
