@@ -196,3 +196,18 @@ def check_line(location: str, raw: bytes, *, max_row_bytes: int, setting: str | 
                          "object") from None
     check_text(location, row, max_bytes=max_row_bytes, setting=setting)
     return row
+
+
+CONFIG_BYTES = 4 << 20  # config.json & co. are kilobytes in every model seen; 100 MB of one array hung the loader
+FILE_BYTES = 256 << 20  # any other JSON/text file (tokenizer.json is up to ~35 MB, a shard index ~10 MB)
+FOLDER_LIMITS = {"config.json": CONFIG_BYTES, "generation_config.json": CONFIG_BYTES,
+                 "adapter_config.json": CONFIG_BYTES, "*.jinja": CONFIG_BYTES,
+                 **{f"*.{ext}": FILE_BYTES for ext in ("json", "txt", "model", "tiktoken", "py")}}
+
+
+def check_model_folder(path: str | os.PathLike[str]) -> None:
+    """Before transformers/peft read a local model or adapter folder: every entry is a regular file or a folder
+    (a FIFO would block the loader forever, ``/dev/zero`` never ends) and the JSON/text files are within
+    :data:`FOLDER_LIMITS` (weights are memory-mapped, not capped). Raises :class:`InputError` naming the file."""
+    check_folder(path, "model folder", limits=FOLDER_LIMITS,
+                 fix="is this a Hugging Face model folder (save_pretrained output)?")

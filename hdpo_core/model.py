@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .inputs import check_folder
+from .inputs import check_model_folder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,21 +43,6 @@ class LoraOptions:
     alpha: float = 32.0
     dropout: float = 0.05
     target_modules: str | tuple[str, ...] = "all-linear"
-
-
-CONFIG_BYTES = 4 << 20  # config.json & co. are kilobytes in every model seen; 100 MB of one array hung the loader
-FILE_BYTES = 256 << 20  # any other JSON/text file (tokenizer.json is up to ~35 MB, a shard index ~10 MB)
-FOLDER_LIMITS = {"config.json": CONFIG_BYTES, "generation_config.json": CONFIG_BYTES,
-                 "adapter_config.json": CONFIG_BYTES, "*.jinja": CONFIG_BYTES,
-                 **{f"*.{ext}": FILE_BYTES for ext in ("json", "txt", "model", "tiktoken", "py")}}
-
-
-def check_model_folder(path: str | os.PathLike[str]) -> None:
-    """Before transformers/peft read a local model or adapter folder: every entry is a regular file or a folder
-    (a FIFO would block the loader forever, ``/dev/zero`` never ends) and the JSON/text files are within
-    :data:`FOLDER_LIMITS` (weights are memory-mapped, not capped). Raises :class:`InputError` naming the file."""
-    check_folder(path, "model folder", limits=FOLDER_LIMITS,
-                 fix="is this a Hugging Face model folder (save_pretrained output)?")
 
 
 def has_tokenizer_files(folder: Path) -> bool:

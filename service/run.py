@@ -9,6 +9,7 @@ either entry point.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,22 @@ class Run:
     def mark(self, stage: str, state: State, done: set[str], **extra: Any) -> None:
         """Record ``stage``'s ``state`` and the finished stages in ``status.json``."""
         self.folder.write_status(stage, state, stages_done=sorted(done), **extra)
+
+
+def check_input_kinds(spec: JobSpec) -> None:
+    """Before the run folder is touched: every local input file is a regular file and every model folder holds
+    only regular files and folders (a FIFO would block the stage that opens it forever; ``/dev/zero`` never
+    ends). Hub ids, absent paths and the cache folder are left to the stage that uses them."""
+    from hdpo_core.inputs import check_file, check_model_folder
+
+    for field, value in input_paths(spec).items():
+        if value is None or field == "train.ref_cache_dir" or not os.path.lexists(value):
+            continue
+        if os.path.isdir(value):
+            if field == "model.name_or_path":
+                check_model_folder(value)
+        else:
+            check_file(value, field)
 
 
 def input_paths(spec: JobSpec) -> dict[str, str | None]:

@@ -268,7 +268,7 @@ def start_model(spec: JobSpec, rd: RunDir, accelerator: Accelerator) -> ModelOpt
     Policy and reference both start from that folder, so the reference IS the SFT model, also under LoRA
     (adapter-off gives the SFT model, not the raw base: TRL's issue #1340)."""
     from hdpo_core.export import merge
-    from hdpo_core.model import check_model_folder
+    from hdpo_core.inputs import check_model_folder
 
     mopts = model_options(spec)
     src = Path(mopts.name_or_path)

@@ -123,7 +123,7 @@ def _check_model(m: ModelSpec, report: Report) -> Any:
                                "save_pretrained) or a Hub id")
         return None
     from hdpo_core.export.merge import is_bare_adapter
-    from hdpo_core.model import check_model_folder
+    from hdpo_core.inputs import check_model_folder
 
     try:
         check_model_folder(p)

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import torch
 
 from hdpo_core.errors import InputError
-from hdpo_core.model import check_model_folder, has_tokenizer_files
+from hdpo_core.inputs import check_model_folder
+from hdpo_core.model import has_tokenizer_files
 
 Kind = Literal["hf", "peft", "onnx"]
 

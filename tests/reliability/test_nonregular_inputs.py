@@ -84,8 +84,12 @@ def test_a_job_file_that_is_not_a_regular_file(tmp_path: Path, kind: str) -> Non
 # --- data files ---------------------------------------------------------------------------------------------
 
 def test_a_data_file_that_is_a_fifo(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``run`` checks every input's kind before it touches the run folder: refused at once, nothing written."""
     data = fifo(tmp_path / "prefs.jsonl")
-    both(write_job(tmp_path, tiny_model_dir, data), f"{data}: data file is a FIFO (named pipe), not a regular file")
+    job = write_job(tmp_path, tiny_model_dir, data)
+    check(hdpo("validate", str(job), timeout=TIMEOUT), f"{data}: data file is a FIFO (named pipe), not a regular file")
+    check(hdpo("run", str(job), timeout=TIMEOUT), f"{data}: data.train is a FIFO (named pipe), not a regular file")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_data_file_that_is_a_socket(tmp_path: Path, tiny_model_dir: Path, unix_socket: Path) -> None:
@@ -151,6 +155,7 @@ def test_a_tokenizer_file_that_is_a_fifo(tmp_path: Path, tiny_model_dir: Path, t
     fifo(model / "tokenizer.json")
     check(hdpo("run", str(write_job(tmp_path, model, tiny_pairs)), timeout=TIMEOUT),
           f"{model}/tokenizer.json: model folder entry is a FIFO")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_task_file_that_is_a_fifo(tmp_path: Path, tiny_model_dir: Path) -> None:
