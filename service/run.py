@@ -62,20 +62,35 @@ class Run:
         self.folder.write_status(stage, state, stages_done=sorted(done), **extra)
 
 
+LATER_INPUTS = ("eval.tasks", "eval.eval_pairs", "distributed.accelerate_config")  # read after training
+
+
 def check_input_kinds(spec: JobSpec) -> None:
     """Before the run folder is touched: every local input file is a regular file and every model folder holds
     only regular files and folders (a FIFO would block the stage that opens it forever; ``/dev/zero`` never
     ends). Hub ids, absent paths and the cache folder are left to the stage that uses them."""
+    problems = input_kind_problems(spec)
+    if problems:
+        raise InputError(problems[0])
+
+
+def input_kind_problems(spec: JobSpec, fields: tuple[str, ...] | None = None) -> list[str]:
+    """One line per input of ``fields`` (default: all) that is not a regular file (see above)."""
     from hdpo_core.inputs import check_file, check_model_folder
 
+    problems = []
     for field, value in input_paths(spec).items():
-        if value is None or field == "train.ref_cache_dir" or not os.path.lexists(value):
+        if value is None or field == "train.ref_cache_dir" or not os.path.lexists(value) or \
+                fields is not None and field not in fields:
             continue
-        if os.path.isdir(value):
-            if field == "model.name_or_path":
+        try:
+            if not os.path.isdir(value):
+                check_file(value, field)
+            elif field == "model.name_or_path":
                 check_model_folder(value)
-        else:
-            check_file(value, field)
+        except InputError as exc:
+            problems.append(exc.message)
+    return problems
 
 
 def input_paths(spec: JobSpec) -> dict[str, str | None]:

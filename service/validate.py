@@ -27,6 +27,7 @@ from hdpo_core.data import PreferenceRow, iter_raw_rows, normalise_row
 from hdpo_core.errors import HdpoError, InputError
 from hdpo_core.tokenize import tokenize_rows
 
+from .run import LATER_INPUTS, input_kind_problems
 from .rundir import RunDir
 from .spec import DataSpec, JobSpec, ModelSpec, load_spec, redact_secrets, spec_to_dict, valid_sections
 from .tracking import missing_packages
@@ -65,6 +66,7 @@ def check_job(path: str | os.PathLike[str]) -> Report:
     _check_tokenizer(tokenizer, formats, report)
     _check_token_ids(tokenizer, report)
     if spec is not None:
+        report.problems.extend(input_kind_problems(spec, LATER_INPUTS))  # data and model are read below
         _check_run_folder(spec, report)
         _check_sandbox(spec, report)
         if spec.tracking is not None:

@@ -158,11 +158,15 @@ def test_a_tokenizer_file_that_is_a_fifo(tmp_path: Path, tiny_model_dir: Path, t
     assert not (tmp_path / "run").exists()
 
 
-def test_a_task_file_that_is_a_fifo(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_a_task_file_that_is_a_fifo(tmp_path: Path, tiny_model_dir: Path, tiny_pairs: Path) -> None:
+    """Read only after training, yet refused by ``validate`` and at the start of ``run`` (nothing written)."""
     tasks = fifo(tmp_path / "tasks.jsonl")
     proc = hdpo("eval", str(tiny_model_dir), "--tasks", str(tasks), "--verifier", "exact", "--n", "1",
                 "--out", str(tmp_path / "eval"), timeout=TIMEOUT)
     check(proc, f"{tasks}: task file is a FIFO (named pipe), not a regular file")
+    job = write_job(tmp_path, tiny_model_dir, tiny_pairs, extra={"eval": {"tasks": str(tasks), "verifier": "exact"}})
+    both(job, f"{tasks}: eval.tasks is a FIFO (named pipe), not a regular file")
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_accelerate_config_that_is_a_fifo(tmp_path: Path, tiny_model_dir: Path, tiny_pairs: Path) -> None:
