@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InputError
+from .inputs import check_file, check_folder, check_text, iter_jsonl, open_file, read_file
 from .openai_format import is_openai_row, openai_to_conversational
 
-MAX_ROW_BYTES = 64 << 20  # one JSONL row; a preference pair is kilobytes, so this only stops a runaway line
+MAX_ROW_BYTES = 1 << 20  # default of data.max_row_bytes: a preference pair is kilobytes; see iter_raw_rows
+MAX_JSON_FILE_BYTES = 256 << 20  # a .json file is parsed whole; bigger datasets belong in JSONL or Parquet
+ROW_SETTING = "data.max_row_bytes"
 Format = Literal["standard", "conversational"]
 
 
@@ -58,53 +61,74 @@ class RowProblems:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def iter_raw_rows(path: str, *, split: str = "train") -> Iterator[tuple[str, Any]]:
+def iter_raw_rows(path: str, *, split: str = "train", max_row_bytes: int = MAX_ROW_BYTES) -> Iterator[tuple[str, Any]]:
     """Yield ``(location, row)`` from a local JSONL/JSON/Parquet file, a ``save_to_disk`` folder, or a
-    Hub dataset id. Raises :class:`InputError` for unreadable input."""
+    Hub dataset id. Raises :class:`InputError` for unreadable input.
+
+    No row may hold more than ``max_row_bytes`` of text (``data.max_row_bytes``) or a lone surrogate: a
+    tokenizer spends time quadratic in a long word (a 4 MiB one took 28 s here) and aborted the whole process on
+    a 50 MB one, with no error line. A JSONL line is refused before it is parsed, other rows right after."""
     p = Path(path)
     if p.is_dir():
-        if not (p / "dataset_info.json").exists() and not (p / "dataset_dict.json").exists():
-            raise InputError(f"{path}: folder is not a dataset saved with datasets' save_to_disk "
-                             "(no dataset_info.json); point data.train at a .jsonl/.json/.parquet file or such a folder")
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(p))
-        except Exception as exc:  # datasets/pyarrow/json raise many types for a damaged folder
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise InputError(f"{path}: cannot read the save_to_disk dataset folder ({type(exc).__name__}: "
-                             f"{first}); save it again with save_to_disk or export it to .jsonl") from None
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise InputError(f"{path}: DatasetDict has splits {sorted(ds)}, not '{split}'")
-            ds = ds[split]
-        for i, row in enumerate(ds):
-            yield f"{path}:{i + 1}", row
+        yield from _checked_rows(_iter_saved(p, path, split), max_row_bytes)
         return
-    if p.exists():
+    if os.path.lexists(p):
         suffix = p.suffix.lower()
         if suffix == ".jsonl":
-            yield from _iter_jsonl(p)
+            yield from iter_jsonl(p, "data file", max_row_bytes=max_row_bytes, setting=ROW_SETTING)
         elif suffix == ".json":
-            yield from _iter_json(p)
+            yield from _checked_rows(_iter_json(p), max_row_bytes)
         elif suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            try:
-                table = pq.read_table(p)
-            except Exception as exc:  # pyarrow raises many types
-                raise InputError(f"{path}: cannot read Parquet file ({type(exc).__name__}: {exc})") from None
-            for i, row in enumerate(table.to_pylist()):
-                yield f"{path}:{i + 1}", row
+            yield from _checked_rows(_iter_parquet(p), max_row_bytes)
         else:
             raise InputError(f"{path}: unsupported data file type '{suffix}'; use .jsonl, .json, .parquet "
                              "or a datasets save_to_disk folder")
         return
     if _looks_like_hub_id(path):
-        yield from _iter_hub(path, split)
+        yield from _checked_rows(_iter_hub(path, split), max_row_bytes)
         return
     raise InputError(f"{path}: data file not found; check the path (relative paths are resolved "
                      "from the job file's folder)")
+
+
+def _checked_rows(rows: Iterator[tuple[str, Any]], max_row_bytes: int) -> Iterator[tuple[str, Any]]:
+    for location, row in rows:
+        check_text(location, row, max_bytes=max_row_bytes, setting=ROW_SETTING)
+        yield location, row
+
+
+def _iter_saved(p: Path, path: str, split: str) -> Iterator[tuple[str, Any]]:
+    if not (p / "dataset_info.json").exists() and not (p / "dataset_dict.json").exists():
+        raise InputError(f"{path}: folder is not a dataset saved with datasets' save_to_disk "
+                         "(no dataset_info.json); point data.train at a .jsonl/.json/.parquet file or such a folder")
+    for folder in (p, *(d for d in p.iterdir() if d.is_dir())):
+        check_folder(folder, "dataset folder")
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except Exception as exc:  # datasets/pyarrow/json raise many types for a damaged folder
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: cannot read the save_to_disk dataset folder ({type(exc).__name__}: "
+                         f"{first}); save it again with save_to_disk or export it to .jsonl") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise InputError(f"{path}: DatasetDict has splits {sorted(ds)}, not '{split}'")
+        ds = ds[split]
+    for i, row in enumerate(ds):
+        yield f"{path}:{i + 1}", row
+
+
+def _iter_parquet(p: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    check_file(p, "data file")
+    try:
+        table = pq.read_table(p)
+    except Exception as exc:  # pyarrow raises many types
+        raise InputError(f"{p}: cannot read Parquet file ({type(exc).__name__}: {exc})") from None
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{p}:{i + 1}", row
 
 
 def _looks_like_hub_id(path: str) -> bool:
@@ -127,37 +151,11 @@ def _iter_hub(repo_id: str, split: str) -> Iterator[tuple[str, Any]]:
         yield f"{repo_id}:{i + 1}", row
 
 
-def _iter_jsonl(p: Path) -> Iterator[tuple[str, Any]]:
-    """Rows of a JSONL file; a line is read with a size bound so a file without newlines cannot fill memory."""
-    with p.open("rb") as fh:
-        for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_ROW_BYTES + 1), b""), start=1):
-            if len(raw) > MAX_ROW_BYTES:
-                raise InputError(f"{p}:{lineno}: line is longer than {MAX_ROW_BYTES >> 20} MiB; each line must be "
-                                 "one preference row (is this file JSONL?)")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{p}:{lineno}: not UTF-8 text (byte offset {exc.start} in the line); save the file "
-                                 "as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
-                                 "each line must be one JSON object") from None
-            except RecursionError:
-                raise InputError(f"{p}:{lineno}: JSON nested too deeply; each line must be one flat row "
-                                 "object") from None
-            except ValueError as exc:  # e.g. an integer of more than 4300 digits
-                raise InputError(f"{p}:{lineno}: invalid JSON value ({str(exc)[:80]}); each line must be one "
-                                 "JSON object") from None
-            yield f"{p}:{lineno}", row
-
-
 def _iter_json(p: Path) -> Iterator[tuple[str, Any]]:
+    raw = read_file(p, "data file", max_bytes=MAX_JSON_FILE_BYTES,
+                    fix="a .json file is read whole: save the rows as JSONL (one per line) or Parquet")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}:{exc.lineno}: invalid JSON ({exc.msg}); the file must hold a list of objects") from None
     except UnicodeDecodeError as exc:
@@ -269,8 +267,8 @@ def _split_common_prefix_messages(a: list[dict], b: list[dict]) -> tuple[list[di
     return a[:n], a[n:], b[n:]
 
 
-def load_preference_rows(path: str, *, on_bad_row: Literal["error", "skip"] = "error",
-                         split: str = "train") -> tuple[list[PreferenceRow], RowProblems]:
+def load_preference_rows(path: str, *, on_bad_row: Literal["error", "skip"] = "error", split: str = "train",
+                         max_row_bytes: int = MAX_ROW_BYTES) -> tuple[list[PreferenceRow], RowProblems]:
     """Load and normalise every row of ``path``.
 
     With ``on_bad_row="error"`` the first bad row raises :class:`InputError`; with ``"skip"`` bad rows are
@@ -279,7 +277,7 @@ def load_preference_rows(path: str, *, on_bad_row: Literal["error", "skip"] = "e
     rows: list[PreferenceRow] = []
     problems = RowProblems()
     formats: set[str] = set()
-    for location, raw in iter_raw_rows(path, split=split):
+    for location, raw in iter_raw_rows(path, split=split, max_row_bytes=max_row_bytes):
         try:
             row = normalise_row(location, raw)
         except InputError as exc:
@@ -301,15 +299,15 @@ def file_fingerprint(path: str) -> str:
     """sha256 of a data file (or of every file in a folder, in name order); the Hub id for remote data."""
     p = Path(path)
     h = hashlib.sha256()
-    if p.is_file():
-        files = [p]
-    elif p.is_dir():
+    if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file())
+    elif os.path.lexists(p):
+        files = [p]
     else:
         return "hub:" + path
     for f in files:
         h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
+        with open_file(f, "data file") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()

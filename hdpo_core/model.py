@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .inputs import check_model_folder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -53,6 +54,8 @@ def _check_local_folder(opts: ModelOptions) -> None:
     path = Path(opts.name_or_path)
     if not path.exists():
         return
+    if path.is_dir():
+        check_model_folder(path)
     if not (path / "config.json").exists():
         raise InputError(f"model.name_or_path: {path} has no config.json; point it at a Hugging Face model folder")
     has_safe = any(path.glob("*.safetensors"))

@@ -28,6 +28,7 @@ from torch import nn
 
 from .batching import TokenBatch, to_device
 from .forward import SequenceScorer, SequenceScores, score
+from .inputs import check_file
 from .tokenize import TokenizedPair
 
 
@@ -138,8 +139,10 @@ def cache_path(cache_dir: Path, key: str) -> Path:
 
 def load_cached(path: Path, num_pairs: int) -> RefLogps | None:
     """The cached tensors if ``path`` holds a complete cache for ``num_pairs`` pairs, else None."""
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
+    check_file(path, "reference log-prob cache file", max_bytes=num_pairs * 64 + (1 << 20),
+               fix="delete it (it is recomputed)")
     try:
         t = load_file(str(path))
         if t["logps"].shape == (num_pairs, 2):

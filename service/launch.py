@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hdpo_core.errors import InputError
+from hdpo_core.inputs import check_file
 
 #: deploy/accelerate/ file per backend (multi-node FSDP has its own file).
 CONFIG_FILES = {"ddp": "ddp.yaml", "fsdp": "fsdp2.yaml", "deepspeed": "zero3.yaml"}
@@ -75,9 +76,9 @@ def build_command(job: Path, *, num_processes: int | None = None, config_file: P
         config = config_file or (Path(dist.accelerate_config) if dist.accelerate_config else None)
         if config is None and backend != "none":
             config = default_config(backend, dist.num_machines)
-        if config is not None and not Path(config).is_file():
-            raise InputError(f"accelerate config {config} does not exist; fix distributed.accelerate_config or "
-                             "--config-file")
+        if config is not None:
+            check_file(config, "accelerate config", max_bytes=1 << 20, fix="an accelerate config is a few lines",
+                       missing="fix distributed.accelerate_config or --config-file")
         if config is not None:
             cmd += ["--config_file", str(config)]
         cmd += ["--num_processes", str(n), "--num_machines", str(dist.num_machines)]

@@ -21,7 +21,7 @@ from hdpo_core.errors import HdpoError, InputError, Interrupted
 
 from . import ownership
 from .faults import fault_error
-from .run import Run, input_paths
+from .run import Run, check_input_kinds, input_paths
 from .rundir import State
 from .runtime import is_main_process, wait_for_everyone
 from .stages import NAMES, STAGES, Stage, StageResult, stage_named
@@ -81,6 +81,7 @@ def open_run_folder(run: Run, *, force: bool) -> None:
 def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> dict[str, StageResult]:
     """Run every enabled stage of ``job``; returns per-stage results. Raises :class:`HdpoError`."""
     run = Run.from_job(job)
+    check_input_kinds(run.spec)
     unknown = [s for s in only if s not in NAMES]
     if unknown:
         raise InputError(f"--only: unknown stage {', '.join(unknown)}; choose from {', '.join(NAMES)}")

@@ -9,6 +9,7 @@ either entry point.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,37 @@ class Run:
     def mark(self, stage: str, state: State, done: set[str], **extra: Any) -> None:
         """Record ``stage``'s ``state`` and the finished stages in ``status.json``."""
         self.folder.write_status(stage, state, stages_done=sorted(done), **extra)
+
+
+LATER_INPUTS = ("eval.tasks", "eval.eval_pairs", "distributed.accelerate_config")  # read after training
+
+
+def check_input_kinds(spec: JobSpec) -> None:
+    """Before the run folder is touched: every local input file is a regular file and every model folder holds
+    only regular files and folders (a FIFO would block the stage that opens it forever; ``/dev/zero`` never
+    ends). Hub ids, absent paths and the cache folder are left to the stage that uses them."""
+    problems = input_kind_problems(spec)
+    if problems:
+        raise InputError(problems[0])
+
+
+def input_kind_problems(spec: JobSpec, fields: tuple[str, ...] | None = None) -> list[str]:
+    """One line per input of ``fields`` (default: all) that is not a regular file (see above)."""
+    from hdpo_core.inputs import check_file, check_model_folder
+
+    problems = []
+    for field, value in input_paths(spec).items():
+        if value is None or field == "train.ref_cache_dir" or not os.path.lexists(value) or \
+                fields is not None and field not in fields:
+            continue
+        try:
+            if not os.path.isdir(value):
+                check_file(value, field)
+            elif field == "model.name_or_path":
+                check_model_folder(value)
+        except InputError as exc:
+            problems.append(exc.message)
+    return problems
 
 
 def input_paths(spec: JobSpec) -> dict[str, str | None]:

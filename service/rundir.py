@@ -63,6 +63,8 @@ def _training_view(spec_dict: dict[str, Any]) -> dict[str, Any]:
     view = {s: spec_dict.get(s) for s in TRAINING_SECTIONS}
     if isinstance(view["train"], dict):
         view["train"] = {k: v for k, v in view["train"].items() if k not in CADENCE_FIELDS}
+    if isinstance(view.get("data"), dict):  # a limit on the input, not the job: runs from before it still resume
+        view["data"] = {k: v for k, v in view["data"].items() if k != "max_row_bytes"}
     return view
 
 

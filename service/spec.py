@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from hdpo_core.choices import OnNonfinite, Scheduler, batch_split_problem
+from hdpo_core.data import MAX_ROW_BYTES
 from hdpo_core.errors import InputError
 
 from .spec_base import StrictModel
@@ -91,6 +92,10 @@ class DataSpec(StrictModel):
     on_bad_row: Literal["error", "skip"] = Field(
         "error", description="Rows with missing/ill-typed fields, empty completions or chosen == rejected: stop "
         "with file:row, or skip them and report the count.")
+    max_row_bytes: int = Field(MAX_ROW_BYTES, gt=0, le=1 << 30, description="Largest row accepted, in bytes of "
+                               "text (a JSONL line, or a row's strings): a longer row is refused with file:row before "
+                               "it is parsed or tokenized (a tokenizer's time grows fast with a long word, and a "
+                               "50 MB one aborted the process). 1 MiB is far more than data.max_length tokens.")
     train_split: str = Field("train", min_length=1, description="Split read from a Hub dataset or DatasetDict folder.")
     eval_split: str = Field("test", min_length=1, description="Split read for data.eval from a Hub dataset or "
                             "DatasetDict folder.")

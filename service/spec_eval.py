@@ -31,7 +31,9 @@ class EvalSpec(StrictModel):
                                     "change made by training is visible.")
     max_eval_pairs: int | None = Field(512, ge=1, description="Use at most this many held-out pairs; None = all.")
     timeout_s: float = Field(5.0, gt=0, le=600, description="Code verifier: wall-clock limit per sample, seconds.")
-    memory_mb: int = Field(512, ge=64, description="Code verifier: address-space limit per sample, MiB.")
+    memory_mb: int = Field(512, ge=64, description="Code verifier: memory budget per sample, MiB: the sandbox's "
+                           "/tmp (1/8, at most 64 MiB) and /dev/shm (1/32, at most 16 MiB) plus the address-space "
+                           "limit (the rest).")
     allow_unsandboxed_code: bool = Field(
         False, description="Code verifier: run model-written programs even where the bubblewrap sandbox cannot "
         "start (then only an audit hook and resource limits stand between them and this machine). Off: eval "

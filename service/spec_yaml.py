@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from hdpo_core.errors import InputError
+from hdpo_core.inputs import read_file
 
 MAX_JOB_BYTES = 1 << 20
 MAX_EXPANDED_NODES = 100_000  # a real job spec has a few hundred values; aliases may not blow it up past this
@@ -117,21 +118,14 @@ def loads(text: str) -> Any:
 
 def load_yaml(path: Path) -> Any:
     """Parse ``path``; raise :class:`InputError` with ``file:line:col`` for syntax errors."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path}: job file not found; check the path or create one with `hdpo-tune init`") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read job file ({exc.strerror}); check the path and permissions") from None
-    if len(raw) > MAX_JOB_BYTES:
-        raise InputError(f"{path}: job file is {len(raw)} bytes, over the {MAX_JOB_BYTES} byte limit; a job spec "
-                         "is a few dozen lines")
+    raw = read_file(path, "job file", max_bytes=MAX_JOB_BYTES, fix="a job spec is a few dozen lines",
+                    missing="check the path or create one with `hdpo-tune init`")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: job file is not UTF-8 text (byte offset {exc.start}); save it as UTF-8") from None
     try:
-        return loads(text)
+        data = loads(text)
     except _AliasBomb as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -149,3 +143,28 @@ def load_yaml(path: Path) -> Any:
         raise InputError(f"{where}: invalid YAML ({reason}); fix the file") from None
     except RecursionError:
         raise InputError(f"{path}: YAML nesting is too deep; a job spec has two levels") from None
+    _refuse_bad_strings(path, data)
+    return data
+
+
+def _refuse_bad_strings(path: Path, data: Any) -> None:
+    """A NUL byte (``"\\0"``) cuts a path short in every system call, and a lone surrogate (``"\\ud800"``) is no
+    text any file system or tokenizer accepts: both are refused here, naming the field, before any value is
+    used. Runs after the alias check, so the walk is bounded."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in node.items())
+            stack.extend((where or "<top level>", k) for k in node if isinstance(k, str))
+        elif isinstance(node, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(node))
+        elif isinstance(node, str):
+            if "\0" in node:
+                raise InputError(f"{path}: {where}: the value holds a NUL byte (\\0), which no path or name may "
+                                 "contain; remove it")
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(f"{path}: {where}: the value holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                                 "escape), which is not valid Unicode; remove it") from None

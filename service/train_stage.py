@@ -72,7 +72,7 @@ def prepare_data(spec: JobSpec, tokenizer: Any) -> PreparedData:
     Memoised per process on everything the result depends on (files' fingerprints, tokenizer, limits), so
     the variants of a sweep tokenise once."""
     d = spec.data
-    key = (d.train, d.eval, d.train_split, d.eval_split, d.max_length, d.overlong, d.on_bad_row,
+    key = (d.train, d.eval, d.train_split, d.eval_split, d.max_length, d.overlong, d.on_bad_row, d.max_row_bytes,
            spec.model.name_or_path, spec.model.revision,
            *(file_fingerprint(str(p)) for p in (d.train, d.eval) if p is not None))
     if key not in _PREPARED:
@@ -88,7 +88,8 @@ def _prepare_data(spec: JobSpec, tokenizer: Any) -> PreparedData:
     for name, path, split in (("train", d.train, d.train_split), ("eval", d.eval, d.eval_split)):
         if path is None:
             continue
-        rows, problems = load_preference_rows(path, on_bad_row=d.on_bad_row, split=split)
+        rows, problems = load_preference_rows(path, on_bad_row=d.on_bad_row, split=split,
+                                             max_row_bytes=d.max_row_bytes)
         pairs, problems = tokenize_rows(rows, tokenizer, max_length=d.max_length, overlong=d.overlong,
                                         on_bad_row=d.on_bad_row, problems=problems)
         for msg in problems.messages[:5]:
@@ -267,9 +268,12 @@ def start_model(spec: JobSpec, rd: RunDir, accelerator: Accelerator) -> ModelOpt
     Policy and reference both start from that folder, so the reference IS the SFT model, also under LoRA
     (adapter-off gives the SFT model, not the raw base: TRL's issue #1340)."""
     from hdpo_core.export import merge
+    from hdpo_core.inputs import check_model_folder
 
     mopts = model_options(spec)
     src = Path(mopts.name_or_path)
+    if src.is_dir():
+        check_model_folder(src)  # before anything reads adapter_config.json or hashes the folder
     if not merge.is_bare_adapter(src):
         return mopts
     base = merge.base_model_of(src)

@@ -27,11 +27,13 @@ from hdpo_core.data import PreferenceRow, iter_raw_rows, normalise_row
 from hdpo_core.errors import HdpoError, InputError
 from hdpo_core.tokenize import tokenize_rows
 
+from .run import LATER_INPUTS, input_kind_problems
 from .rundir import RunDir
 from .spec import DataSpec, JobSpec, ModelSpec, load_spec, redact_secrets, spec_to_dict, valid_sections
 from .tracking import missing_packages
 
 MAX_ROW_PROBLEMS = 20
+SAFETENSORS_HEADER_BYTES = 100 << 20  # the safetensors library's own limit on a header
 
 
 @dataclass
@@ -64,6 +66,7 @@ def check_job(path: str | os.PathLike[str]) -> Report:
     _check_tokenizer(tokenizer, formats, report)
     _check_token_ids(tokenizer, report)
     if spec is not None:
+        report.problems.extend(input_kind_problems(spec, LATER_INPUTS))  # data and model are read below
         _check_run_folder(spec, report)
         _check_sandbox(spec, report)
         if spec.tracking is not None:
@@ -122,7 +125,13 @@ def _check_model(m: ModelSpec, report: Report) -> Any:
                                "save_pretrained) or a Hub id")
         return None
     from hdpo_core.export.merge import is_bare_adapter
+    from hdpo_core.inputs import check_model_folder
 
+    try:
+        check_model_folder(p)
+    except InputError as exc:
+        report.problems.append(f"model.name_or_path: {exc.message}")
+        return None
     if is_bare_adapter(p):
         return _check_adapter(m, p, report)
     if not (p / "config.json").is_file():
@@ -181,6 +190,8 @@ def _safetensors_params(files: list[Path]) -> int | None:
         for f in files:
             with f.open("rb") as fh:
                 (n,) = struct.unpack("<Q", fh.read(8))
+                if n > SAFETENSORS_HEADER_BYTES:  # a damaged length would make read(n) allocate n bytes
+                    return None
                 header = json.loads(fh.read(n))
             total += sum(prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
     except (OSError, ValueError, KeyError, TypeError, struct.error):
@@ -278,7 +289,7 @@ def _read_rows(name: str, path: str, split: str, d: DataSpec, report: Report) ->
     rows: list[PreferenceRow] = []
     bad: list[str] = []
     try:
-        for location, raw in iter_raw_rows(path, split=split):
+        for location, raw in iter_raw_rows(path, split=split, max_row_bytes=d.max_row_bytes):
             try:
                 rows.append(normalise_row(location, raw))
             except InputError as exc:

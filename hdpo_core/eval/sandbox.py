@@ -3,10 +3,11 @@
 A hang, crash, memory blow-up or escape attempt must score as a failure and never stop the evaluation, and the
 program must not reach anything of the evaluator's. The boundary is the operating system's: every program runs
 under bubblewrap (:mod:`hdpo_core.eval.bwrap`: unprivileged uid, new pid/mount/net/ipc/uts namespaces, read-only
-system, private size-capped ``/tmp``, empty environment, the whole pid namespace killed at the timeout).
+system, private ``/tmp`` and ``/dev/shm`` whose sizes come out of the sample's memory budget, empty environment,
+the whole pid namespace killed at the timeout).
 Inside it, before the program, a prelude sets resource limits that hold because the sandbox is not root:
 ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (16 MiB files), ``RLIMIT_NPROC`` (16 tasks: a fork
-bomb stops there), ``RLIMIT_NOFILE`` and ``RLIMIT_CORE``; output is read with a cap (1 MiB, then the run is
+bomb stops there), ``RLIMIT_NOFILE``, ``RLIMIT_CORE`` and ``RLIMIT_MSGQUEUE`` (0: no POSIX message queue memory); output is read with a cap (1 MiB, then the run is
 killed and fails; the last 4000 characters are kept).
 
 The prelude also installs an audit hook refusing fork/exec/sockets/kill and writes outside the working folder.
@@ -45,7 +46,7 @@ _root = os.path.realpath(os.getcwd())
 _mem = {mem}
 for _lim, _val in ((resource.RLIMIT_AS, _mem), (resource.RLIMIT_CPU, {cpu}),
                    (resource.RLIMIT_FSIZE, 16 << 20), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, {nproc}),
-                   (resource.RLIMIT_NOFILE, 256)):
+                   (resource.RLIMIT_NOFILE, 256), (resource.RLIMIT_MSGQUEUE, 0)):
     try:
         resource.setrlimit(_lim, (_val, _val))
     except (ValueError, OSError):
@@ -131,24 +132,23 @@ def run_python(program: str, *, timeout_s: float = 5.0, memory_mb: int = 512,
     Args:
         program: the full program (e.g. prompt + completion + test + ``check(entry_point)``).
         timeout_s: wall-clock limit; CPU time is limited to ``int(timeout_s) + 1`` seconds.
-        memory_mb: address-space limit of each process (``RLIMIT_AS``).
+        memory_mb: the sample's memory budget: the sizes of the sandbox's writable RAM file systems plus the
+            address-space limit of each process (``RLIMIT_AS``); see :class:`bwrap.MemoryBudget`.
         allow_unsandboxed: run without OS isolation when bubblewrap is unavailable (else
             :class:`SandboxUnavailable` is raised).
     """
     iso, _ = bwrap.isolation()
+    budget = bwrap.MemoryBudget.of(memory_mb)
     # unsandboxed, RLIMIT_NPROC counts every process of the evaluator's user: 0 (no new process) is the only
     # safe value there; in the sandbox it counts the sandbox's own tasks
-    prelude = _PRELUDE.format(mem=int(memory_mb) << 20, cpu=int(timeout_s) + 1, nproc=_NPROC if iso else 0)
+    prelude = _PRELUDE.format(mem=budget.address_space if iso else budget.total, cpu=int(timeout_s) + 1,
+                              nproc=_NPROC if iso else 0)
     source = prelude + "\n" + program + "\n"
     if iso is None:
         require_sandbox(allow_unsandboxed)
         return _run_unsandboxed(source, timeout_s)
-    with tempfile.TemporaryFile() as fh:
-        fh.write(source.encode("utf-8"))
-        fh.flush()
-        fh.seek(0)
-        return _run(bwrap.command(iso, fh.fileno()), timeout_s, cwd="/", env={}, pass_fds=(fh.fileno(),),
-                    **bwrap.popen_user(iso))
+    with bwrap.prepared(iso, source.encode("utf-8"), budget) as (cmd, fds):
+        return _run(cmd, timeout_s, cwd="/", env={}, pass_fds=fds, **bwrap.popen_user(iso))
 
 
 def _run_unsandboxed(source: str, timeout_s: float) -> SandboxResult:

@@ -6,7 +6,6 @@ The core only recognises a run folder by its files; reading the run's job spec i
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Literal
 import torch
 
 from hdpo_core.errors import InputError
+from hdpo_core.inputs import CONFIG_BYTES, check_model_folder, read_json
 from hdpo_core.model import has_tokenizer_files
 
 Kind = Literal["hf", "peft", "onnx"]
@@ -84,13 +84,15 @@ def load_causal_lm(folder: Path, kind: Kind, *, device: str = "cpu", dtype: torc
 
     if kind == "onnx":
         raise InputError(f"{folder}: an ONNX export has no torch model; use the ONNX generator backend")
+    check_model_folder(folder)
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     base_dir: Path | None = None
     try:
         if kind == "peft":
             import peft
 
-            base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+            config = read_json(folder / "adapter_config.json", "adapter config", max_bytes=CONFIG_BYTES)
+            base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
             if not base:
                 raise InputError(f"{folder}/adapter_config.json: no base_model_name_or_path; cannot load the base")
             base_dir = Path(base) if Path(base).is_dir() else None

@@ -7,34 +7,30 @@ string (tokenised with the tokenizer's special tokens, as training's standard fo
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
 from hdpo_core.errors import InputError
+from hdpo_core.inputs import iter_jsonl
 
 from .verifiers import Verifier
+
+MAX_TASK_BYTES = 1 << 20  # one task line (prompt + test): kilobytes in every benchmark
 
 
 def load_tasks(path: str | Path, verifier: Verifier) -> list[dict[str, Any]]:
     """Read and check every task; raises :class:`InputError` naming ``file:line``."""
     p = Path(path)
-    if not p.is_file():
+    if not os.path.lexists(p):
         raise InputError(f"{p}: task file not found; pass a JSONL file with one task per line (--tasks / eval.tasks)")
     tasks: list[dict[str, Any]] = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") from None
-            missing = [f for f in verifier.fields if not isinstance(row, dict) or row.get(f) in (None, "")]
-            if missing:
-                raise InputError(f"{p}:{lineno}: missing field(s) {missing}; the '{verifier.name}' verifier needs "
-                                 f"{list(verifier.fields)}")
-            tasks.append(row)
+    for loc, row in iter_jsonl(p, "task file", max_row_bytes=MAX_TASK_BYTES):
+        missing = [f for f in verifier.fields if not isinstance(row, dict) or row.get(f) in (None, "")]
+        if missing:
+            raise InputError(f"{loc}: missing field(s) {missing}; the '{verifier.name}' verifier needs "
+                             f"{list(verifier.fields)}")
+        tasks.append(row)
     if not tasks:
         raise InputError(f"{p}: task file is empty")
     return tasks

@@ -191,7 +191,8 @@ def test_tmp_is_size_capped() -> None:
             "            f.write(b'x' * (8 << 20))\n        n += 1\nexcept OSError as e:\n"
             "    print('full after', n, e.errno)\n", timeout_s=20.0)
     assert "full after" in r.output, r
-    assert int(r.output.split("full after")[1].split()[0]) * 8 <= bwrap.TMP_BYTES >> 20
+    cap_mib = bwrap.MemoryBudget.of(256).tmp_bytes >> 20  # run()'s budget; every writable place: test_sandbox_memory
+    assert int(r.output.split("full after")[1].split()[0]) * 8 <= cap_mib
 
 
 TASK = {"prompt": "from typing import List\nimport math\n\ndef norm(xs: List[float]) -> float:\n",

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import hdpo_core.data as data_mod
 from hdpo_core.data import iter_raw_rows
 from hdpo_core.errors import InputError
 from service.spec_yaml import MAX_EXPANDED_NODES, loads
@@ -81,15 +80,14 @@ def test_ordinary_aliases_still_load() -> None:
     assert len(doc["y"]) == n // 2
 
 
-def test_a_jsonl_line_over_the_row_limit_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_jsonl_line_over_the_row_limit_is_one_line(tmp_path: Path) -> None:
     """A file without newlines is read in bounded pieces (limit lowered here so the file stays small)."""
-    monkeypatch.setattr(data_mod, "MAX_ROW_BYTES", 1000)
     f = tmp_path / "prefs.jsonl"
     ok = json.dumps({"prompt": "Q", "chosen": " a", "rejected": " b"})
     f.write_text(ok + "\n" + json.dumps({"prompt": "x" * 5000, "chosen": " a", "rejected": " b"}) + "\n")
-    rows = iter_raw_rows(str(f))
+    rows = iter_raw_rows(str(f), max_row_bytes=1000)
     assert next(rows)[0] == f"{f}:1"
-    with pytest.raises(InputError, match=rf"{f}:2: line is longer than"):
+    with pytest.raises(InputError, match=rf"{f}:2: row is longer than data.max_row_bytes \(1000 bytes\)"):
         next(rows)
 
 
