@@ -178,10 +178,10 @@ def _inherited(folder: Path) -> int | None:
     return fd
 
 
-def lock_fd(folder: Path, *, inherit: bool = False) -> int:
+def lock_fd(folder: Path, *, inherit: bool = False, name_holder: bool = True) -> int:
     """Take ``folder``'s lock on a new descriptor and write this pid into it; returns the descriptor.
-    Raises :class:`InUse` naming the holder's pid, :class:`InputError` for a lock file that is not a regular
-    file or cannot be created."""
+    Raises :class:`InUse` naming the holder's pid (``name_holder``: waiting up to :data:`PID_WAIT_S` for it),
+    :class:`InputError` for a lock file that is not a regular file or cannot be created."""
     path = folder / LOCK
     fd = _inherited(folder) if inherit else None
     if fd is None:
@@ -194,7 +194,7 @@ def lock_fd(folder: Path, *, inherit: bool = False) -> int:
     try:
         _ofd(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
     except OSError as exc:
-        owner = _holder(fd) if exc.errno in (errno.EAGAIN, errno.EACCES) else None
+        owner = _holder(fd) if name_holder and exc.errno in (errno.EAGAIN, errno.EACCES) else None
         os.close(fd)
         if exc.errno in (errno.EAGAIN, errno.EACCES):
             who = f"pid {owner}" if owner else "another process"

@@ -72,7 +72,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def _lock(run_dir: Path) -> int:
     """The run folder's lock on a new descriptor (for the job process); :class:`Busy` while it is held."""
     try:
-        return lock_fd(run_dir.resolve())
+        return lock_fd(run_dir.resolve(), name_holder=False)  # a scheduler tick never waits
     except InUse:
         raise Busy(str(run_dir)) from None
     except InputError as exc:  # the lock file is a link or cannot be created: the job cannot start
@@ -107,7 +107,8 @@ class LocalExecutor:
             env = {**os.environ, FD_ENV: str(fd)}  # the job takes this descriptor's lock as its own
             if self.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
-            with (run_dir / LOG).open("ab") as log:
+            log_fd = os.open(run_dir / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with os.fdopen(log_fd, "ab") as log:
                 log.write(f"--- {job_id} attempt {attempt}\n".encode())
                 log.flush()
                 popen = subprocess.Popen([*hdpo_tune_command(), "run", "job.yaml"], cwd=run_dir, env=env,

@@ -15,6 +15,9 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from service.runlock import InUse
 from tests.reliability._jobs import write_job
 from tests.reliability._lockrace import contender
 from tests.reliability._proc import HDPO_TUNE, env
@@ -57,3 +60,33 @@ def test_two_real_runs_started_together(tmp_path: Path, tiny_model_dir: Path, ti
         assert len(lines) == 1 and f"in use by pid {procs[winner].pid}" in lines[0], errs[loser]
     else:  # the second started after the first had finished: it found every stage done
         assert codes == [0, 0] and any("already done" in e for e in errs), (codes, errs)
+
+
+def test_the_lock_handed_to_a_job_process_is_its_own(tmp_path: Path) -> None:
+    """``hdpo-tune serve`` takes the folder's lock and hands the descriptor to the job process: the job takes it
+    as its own (while the server still holds its copy, so a new lock would fail), holds it after the server
+    closes its copy, and the kernel frees it when the job dies."""
+    import os
+    import signal
+    import sys
+
+    from service import ownership
+    from service.runlock import FD_ENV, lock_fd, lock_held, read_pid
+
+    run = ownership.open_folder(tmp_path / "run")
+    ownership.RunLock(run).release()
+    fd = lock_fd(run)
+    code = ("import sys, time; from pathlib import Path; from service.ownership import RunLock; "
+            "RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(600)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(run)], env={**env(), FD_ENV: str(fd)},
+                             pass_fds=(fd,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "held", child.communicate()[1]
+        os.close(fd)  # the server's copy goes; the job's stays
+        assert lock_held(run) is True and read_pid(run) == child.pid
+        with pytest.raises(InUse, match=f"in use by pid {child.pid}"):
+            lock_fd(run)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.communicate()
+    assert lock_held(run) is False
