@@ -11,6 +11,7 @@ sections (model, lora, data, hdpo, train minus logging/checkpoint cadence) are c
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -162,7 +163,8 @@ class RunDir:
         ``running`` is gone) as ``interrupted``, so every later reader sees what happened."""
         data = self._status_file()
         if data is not None and data.get("state") == "running":
-            atomic_write_json(self.path / STATUS, {**_died(data), "updated_at": _now()})
+            with contextlib.suppress(OSError):  # readers see it as interrupted anyway; the stage's own write names a fault
+                atomic_write_json(self.path / STATUS, {**_died(data), "updated_at": _now()})
 
     def _status_file(self) -> dict[str, Any] | None:
         try:
