@@ -33,7 +33,7 @@ FD_ENV = "HDPO_TUNE_LOCK_FD"
 #: Linux ``struct flock`` on 64-bit machines: l_type, l_whence, l_start, l_len, l_pid (and padding).
 _FLOCK = struct.Struct("@hhqqi4x")
 #: How long a refused run waits for the winner to write its pid into the lock file (it does so at once).
-PID_WAIT_S = 5.0
+PID_WAIT_S = 30.0
 
 _HELD: dict[Path, int] = {}  # folder -> descriptor of its held lock (kept open for the life of the process)
 
