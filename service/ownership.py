@@ -40,6 +40,7 @@ __all__ = ["LOCK", "MARKER", "OUTPUTS", "RunLock", "check_entries", "claim", "op
            "remove", "remove_written"]
 
 MARKER = ".hdpo-tune.json"
+RESOLVED_SPEC = "job.resolved.yaml"
 #: The most a marker (a short JSON list of names) may hold; a bigger one is not hdpo-tune's.
 MARKER_MAX_BYTES = 1 << 20
 
@@ -150,6 +151,8 @@ def open_existing(folder: Path, field: str = "RUN_DIR") -> Path:
     checked, its lock taken. Returns the resolved path."""
     root = check_location(folder, field)
     check_entries(root, field)
+    if not is_owned(root) and not (root / RESOLVED_SPEC).is_file():  # nothing is created in someone else's folder
+        raise InputError(f"{root / RESOLVED_SPEC} not found: {field} must be a run folder written by `hdpo-tune run`")
     RunLock(root).acquire()
     with contextlib.suppress(OSError, ValueError):  # a folder without the marker (a run of an old version)
         record(root, [LOCK])

@@ -141,3 +141,13 @@ def test_removal_never_follows_a_link(tmp_path: Path) -> None:
 
     remove_temporaries(run)
     assert not (run / "merged.tmp").is_symlink() and snapshot(outside) == stamps
+
+
+def test_a_folder_that_is_not_a_run_is_left_untouched(tmp_path: Path) -> None:
+    """``merge|export|push RUN`` on someone else's folder: one line, and not even a lock file is created."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    for cmd in ("merge", "export", "push"):
+        result = run_cli(cmd, str(tmp_path / "mine"))
+        assert result.exit_code == 2 and "must be a run folder" in result.stderr, result.stderr
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
