@@ -34,6 +34,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .errors import InputError
+
 PREFIX = "step-"
 MANIFEST = "checksums.json"
 _REQUIRED = ("trainable.safetensors", "scheduler.pt", "rng.pt", "state.json")
@@ -115,6 +117,9 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, op
     (FSDP/DeepSpeed; ``optimizer_state`` may be None). ``rng_states`` holds one entry per rank.
     """
     root.mkdir(parents=True, exist_ok=True)
+    if root.is_symlink():  # never write (or prune) checkpoints through a link out of the run folder
+        raise InputError(f"{root} is a symbolic link; checkpoints are written only into a real folder: remove "
+                         "the link")
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
     if tmp.exists():
@@ -278,7 +283,8 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints (those with ``state.json``), oldest first. Leftover temp folders are ignored."""
     if not root.exists():
         return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").exists()]
+    done = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.is_dir() and not p.is_symlink()
+            and (p / "state.json").exists()]
     return sorted(done, key=lambda p: p.name)
 
 
@@ -291,7 +297,9 @@ def clean_partial(root: Path) -> None:
     """Remove temp folders left by a kill during a write."""
     if root.exists():
         for p in root.iterdir():
-            if p.name.startswith(".tmp-"):
+            if p.name.startswith(".tmp-") and p.is_symlink():
+                p.unlink()  # the link itself, never what it points to
+            elif p.name.startswith(".tmp-"):
                 shutil.rmtree(p, ignore_errors=True)
 
 

@@ -128,9 +128,14 @@ def push(
 ) -> None:
     """Push RUN/merged/ (and RUN/onnx/ under onnx/) to hub.repo_id. Token from HF_TOKEN only."""
     if dry_run:
+        from service import ownership
         from service.ship import push_run
 
-        guarded(lambda: push_run(run_dir, dry_run=True, log=typer.echo))
+        def listing() -> object:  # reads only, but never through a link inside the run folder
+            ownership.check_entries(ownership.check_location(run_dir, "RUN_DIR"), "RUN_DIR")
+            return push_run(run_dir, dry_run=True, log=typer.echo)
+
+        guarded(listing)
         return
     from service.pipeline import run_folder_stage
 

@@ -211,6 +211,10 @@ def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict
                     ref: str | None = None, out: str | None = None) -> dict[str, Any]:
     """``hdpo-tune eval``: evaluate a model/adapter/ONNX/run folder. CLI options in ``overrides`` win over the
     job's ``eval:`` section, which wins over the defaults."""
+    if out is None and (Path(target_path) / "job.resolved.yaml").exists():  # a run folder: writes RUN/eval
+        from . import ownership
+
+        ownership.open_existing(Path(target_path))  # its lock, and no link where its own entries are
     target = resolve_target(target_path)
     ctx = _job_context(job, target)
     section = ctx.eval.model_dump() if ctx.eval else {}

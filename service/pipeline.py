@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from hdpo_core.errors import HdpoError, InputError, Interrupted
 from . import ownership
 from .faults import fault_error
 from .run import Run, check_input_kinds, input_paths
-from .rundir import State
+from .rundir import RunDir, State
 from .runtime import is_main_process, wait_for_everyone
 from .stages import NAMES, STAGES, Stage, StageResult, stage_named
 
@@ -55,14 +56,16 @@ def _terminate_raises() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def open_run_folder(run: Run, *, force: bool) -> None:
+def open_run_folder(run: Run, *, force: bool) -> Run:
     """Make ``run``'s folder ready to write, before any stage runs (main process only): the folder is hdpo-tune's
-    (new, empty or marked), no input is one of its outputs, this process holds its lock, and it holds this job
-    (or ``force``). Then the resolved spec and versions are written."""
+    (new, empty or marked), no input is one of its outputs, this process holds its lock, no entry where
+    hdpo-tune keeps its own is a link or special file, and it holds this job (or ``force``). Then the resolved
+    spec and versions are written. Returns the run bound to the folder's resolved path (resolved once here:
+    nothing later follows a link the user gave as ``output.dir`` again)."""
     ownership.check_location(run.path)
     ownership.check_inputs_not_outputs(run.path, input_paths(run.spec))
-    ownership.claim(run.path)
-    ownership.RunLock(run.path).acquire()
+    run = replace(run, folder=RunDir(ownership.open_folder(run.path)))
+    run.folder.settle_dead_run()
     resolved = run.resolved()
     run.folder.check_compatible(resolved, force=force)
     before = ownership.listing(run.path)
@@ -76,6 +79,7 @@ def open_run_folder(run: Run, *, force: bool) -> None:
         raise error from None
     finally:
         ownership.record_new(run.path, before)
+    return run
 
 
 def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> dict[str, StageResult]:
@@ -87,7 +91,7 @@ def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> di
         raise InputError(f"--only: unknown stage {', '.join(unknown)}; choose from {', '.join(NAMES)}")
     main = is_main_process()
     if main:
-        open_run_folder(run, force=force)
+        run = open_run_folder(run, force=force)
     wait_for_everyone()  # every rank reads status.json only after the main process has checked the folder
     done = set() if force else run.stages_done()
     results: dict[str, StageResult] = {}
@@ -153,9 +157,8 @@ def run_stage(stage: Stage, run: Run, *, force: bool, main: bool = True, done: s
 def run_folder_stage(folder: Path, name: str, *, force: bool) -> StageResult:
     """``hdpo-tune merge|export|push RUN``: one stage on an existing run folder, the same :class:`Run` and
     the same bookkeeping as inside ``hdpo-tune run`` (the folder's lock, status.json, one-line faults)."""
-    run = Run.from_folder(folder)
-    ownership.check_location(run.path, "RUN_DIR")
-    ownership.RunLock(run.path).acquire()
+    run = Run.from_folder(ownership.open_existing(folder))
+    run.folder.settle_dead_run()
     done = run.stages_done()
     result = run_stage(stage_named(name), run, force=force, done=done)
     with contextlib.suppress(OSError):
@@ -164,12 +167,12 @@ def run_folder_stage(folder: Path, name: str, *, force: bool) -> StageResult:
 
 
 def remove_temporaries(folder: Path) -> None:
-    """What an interrupted write of hdpo-tune leaves: ``*.tmp`` output folders and checkpoint temp folders."""
-    import shutil
-
+    """What an interrupted write of hdpo-tune leaves: ``*.tmp`` output folders and checkpoint temp folders.
+    Removed without following links (a link there is removed itself, never what it points to)."""
     for name in ("final.tmp", "merged.tmp", "start_model.tmp", "eval.tmp"):
-        shutil.rmtree(folder / name, ignore_errors=True)
-    if (folder / "checkpoints").is_dir():
+        with contextlib.suppress(OSError):
+            ownership.remove(folder, name)
+    if (folder / "checkpoints").is_dir() and not (folder / "checkpoints").is_symlink():
         from hdpo_core.checkpoint import clean_partial
 
         clean_partial(folder / "checkpoints")

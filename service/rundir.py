@@ -11,11 +11,13 @@ sections (model, lora, data, hdpo, train minus logging/checkpoint cadence) are c
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
 import os
 import platform
+import stat
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any, Literal
 from hdpo_core.errors import InputError
 from hdpo_core.io import atomic_write_json, atomic_write_text
 
+from .runlock import lock_held
 from .spec import dump_yaml, redact_secrets
 from .spec_yaml import load_yaml
 
@@ -32,6 +35,8 @@ STATES: tuple[str, ...] = ("running", "succeeded", "failed", "interrupted")
 RESOLVED_SPEC = "job.resolved.yaml"
 STATUS = "status.json"
 VERSIONS = "versions.json"
+#: status.json is a few hundred bytes; a bigger file is not one hdpo-tune wrote.
+STATUS_MAX_BYTES = 1 << 20
 
 #: Sections whose change makes a different run; within ``train`` these fields do not count.
 TRAINING_SECTIONS = ("model", "lora", "data", "hdpo", "train")
@@ -136,18 +141,43 @@ class RunDir:
 
     def write_status(self, stage: str, state: State, step: int | None = None, total_steps: int | None = None,
                      error: str | None = None, **extra: Any) -> Path:
-        """Write ``status.json`` atomically: ``{stage, state, step, total_steps, updated_at, error, ...extra}``."""
+        """Write ``status.json`` atomically: ``{stage, state, step, total_steps, updated_at, error, pid, ...extra}``
+        (``pid``: the process that wrote it, named when it dies without writing its end)."""
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, got {state!r}")
         self._prepare()
         status = {"stage": stage, "state": state, "step": step, "total_steps": total_steps,
-                  "updated_at": _now(), "error": None if error is None else redact_secrets(error), **extra}
+                  "updated_at": _now(), "error": None if error is None else redact_secrets(error),
+                  "pid": os.getpid(), **extra}
         return atomic_write_json(self.path / STATUS, status)
 
     def read_status(self) -> dict[str, Any] | None:
-        """The last ``status.json``, or None when absent or unreadable."""
+        """``status.json`` as a reader should see it, or None when absent or unreadable. A ``running`` whose
+        process is gone (the folder's lock is free: it was killed by a signal or aborted, and could not write
+        its end) reads ``interrupted``, with a line saying so."""
+        data = self._status_file()
+        if data is not None and data.get("state") == "running" and lock_held(self.path) is False:
+            return _died(data)
+        return data
+
+    def settle_dead_run(self) -> None:
+        """Rewrite a ``running`` left by a process that died (call holding the folder's lock: whoever wrote
+        ``running`` is gone) as ``interrupted``, so every later reader sees what happened."""
+        data = self._status_file()
+        if data is not None and data.get("state") == "running":
+            with contextlib.suppress(OSError):  # readers see it as interrupted anyway; the stage's own write names a fault
+                atomic_write_json(self.path / STATUS, {**_died(data), "updated_at": _now()})
+
+    def _status_file(self) -> dict[str, Any] | None:
         try:
-            data = json.loads((self.path / STATUS).read_text(encoding="utf-8"))
+            fd = os.open(self.path / STATUS, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                    return None
+                data = json.loads(fh.read(STATUS_MAX_BYTES))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -156,6 +186,15 @@ class RunDir:
         """Write ``versions.json``: python, key package versions and the git commit of the working folder."""
         self._prepare()
         return atomic_write_json(self.path / VERSIONS, collect_versions())
+
+
+def _died(status: dict[str, Any]) -> dict[str, Any]:
+    pid = status.get("pid")
+    who = f"pid {pid}" if isinstance(pid, int) else "the process that ran it"
+    return {**status, "state": "interrupted",
+            "error": f"{status.get('stage')}: the hdpo-tune process ({who}) ended without recording its end "
+                     "(killed by a signal such as SIGKILL or out of memory, or aborted); rerun the same command "
+                     "to continue (finished stages are skipped)"}
 
 
 def collect_versions() -> dict[str, Any]:

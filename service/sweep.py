@@ -97,8 +97,7 @@ def variant_jobs(job: Path, alphas: list[float]) -> tuple[Path, list[tuple[float
         raise InputError("eval.tasks: a sweep picks its winner from the eval stage; give eval.tasks (and "
                          "eval.n_samples/temperatures for the metric)")
     base = spec_to_dict(spec)
-    owner = Path(spec.output.dir)
-    ownership.claim(owner)  # the sweep's folder is hdpo-tune's like a run folder; its variants are run folders
+    owner = ownership.open_folder(Path(spec.output.dir))  # hdpo-tune's, like a run folder: locked, no links inside
     ownership.record(owner, ["sweep"])
     root = owner / "sweep"
     root.mkdir(parents=True, exist_ok=True)

@@ -398,6 +398,8 @@ def _check_run_folder(spec: JobSpec, report: Report) -> None:
     try:
         ownership.check_location(out)
         ownership.check_inputs_not_outputs(out, input_paths(spec))
+        if out.is_dir():
+            ownership.check_entries(out)  # a link where the run writes is refused by `run`: say so here
     except InputError as exc:
         report.problems.extend(exc.message.splitlines())
         return

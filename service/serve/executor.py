@@ -6,8 +6,9 @@ Kubernetes Jobs would implement the same two methods (start a pod running the sa
 folder, read the same files back); none is built here, since there is no cluster to test one on.
 
 "No job runs twice at the same time" is kept by the run folder, not by the database alone: the local
-executor takes an exclusive ``flock`` on ``RUN/.lock`` and hands the locked file to the job process, which
-holds it until it exits, even if the server dies first. A restarted server that finds the lock held waits.
+executor takes the run folder's own lock (:mod:`service.runlock`, the same lock and file as ``hdpo-tune run``)
+and hands the locked descriptor to the job process, which holds it until it exits, even if the server dies
+first. A restarted server that finds the lock held waits.
 The job process gets SIGTERM when the server's scheduler thread dies (``PR_SET_PDEATHSIG``): it writes a
 checkpoint and exits, and the restarted server resumes it from there.
 """
@@ -15,7 +16,7 @@ checkpoint and exits, and the restarted server resumes it from there.
 from __future__ import annotations
 
 import ctypes
-import fcntl
+import errno
 import os
 import signal
 import subprocess
@@ -23,7 +24,10 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-LOCK = ".lock"
+from hdpo_core.errors import InputError
+
+from ..runlock import FD_ENV, InUse, lock_fd, lock_held
+
 LOG = "job.log"
 _PR_SET_PDEATHSIG = 1
 
@@ -66,13 +70,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def _lock(run_dir: Path) -> int:
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    """The run folder's lock on a new descriptor (for the job process); :class:`Busy` while it is held."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        return lock_fd(run_dir.resolve(), name_holder=False)  # a scheduler tick never waits
+    except InUse:
         raise Busy(str(run_dir)) from None
-    return fd
+    except InputError as exc:  # the lock file is a link or cannot be created: the job cannot start
+        raise OSError(errno.EPERM, exc.message) from None
 
 
 class LocalProcess:
@@ -95,20 +99,16 @@ class LocalExecutor:
         self.gpus = gpus or []
 
     def busy(self, run_dir: Path) -> bool:
-        try:
-            fd = _lock(run_dir)
-        except Busy:
-            return True
-        os.close(fd)
-        return False
+        return lock_held(run_dir) is True
 
     def start(self, job_id: str, run_dir: Path, *, attempt: int, slot: int) -> JobProcess:
         fd = _lock(run_dir)
         try:
-            env = dict(os.environ)
+            env = {**os.environ, FD_ENV: str(fd)}  # the job takes this descriptor's lock as its own
             if self.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
-            with (run_dir / LOG).open("ab") as log:
+            log_fd = os.open(run_dir / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            with os.fdopen(log_fd, "ab") as log:
                 log.write(f"--- {job_id} attempt {attempt}\n".encode())
                 log.flush()
                 popen = subprocess.Popen([*hdpo_tune_command(), "run", "job.yaml"], cwd=run_dir, env=env,

@@ -140,7 +140,7 @@ def write_spec(config: ServeConfig, job_id: str, spec: dict[str, Any]) -> JobSpe
     On a bad spec the folder is removed and the pipeline's own messages come back as a 400."""
     run_dir = config.runs_dir / job_id
     run_dir.mkdir(parents=True, exist_ok=False)
-    claim(run_dir)  # a run folder carries hdpo-tune's marker, so `hdpo-tune run` accepts job.yaml, .lock, job.log
+    claim(run_dir)  # a run folder carries hdpo-tune's marker, so `hdpo-tune run` accepts job.yaml and job.log
     job_file = run_dir / JOB_FILE
     job_file.write_text(dump_yaml({**spec, "output": {"dir": "."}}), encoding="utf-8")
     try:

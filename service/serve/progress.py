@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..rundir import RunDir
+
 #: metrics copied into an event's data (TRL's names), plus OpenAI's own keys step/total_steps/train_loss/valid_loss
 EVENT_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "entropy",
                  "ref_entropy", "alpha", "learning_rate", "grad_norm", "tokens", "tokens_per_s", "eval/loss",
@@ -20,11 +22,9 @@ EVENT_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins"
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """The run's ``status.json`` as ``hdpo-tune`` itself reads it: a ``running`` left by a process that died
+    (killed, aborted) reads ``interrupted`` with a line saying so."""
+    return RunDir(run_dir).read_status()
 
 
 def metric_event(rec: dict[str, Any], total_steps: int | None) -> tuple[str, dict[str, Any]]:
