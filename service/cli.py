@@ -165,7 +165,7 @@ def eval_(
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens per sample.")] = None,
-    verifier: Annotated[str | None, typer.Option("--verifier", help="math | code | exact | regex")] = None,
+    verifier: Annotated[str | None, typer.Option("--verifier", help="math | math_verify | code | exact | regex | choice | ifeval")] = None,
     eval_pairs: Annotated[str | None, typer.Option("--eval-pairs", help="Held-out preference pairs (TRL format).")] = None,
     reference: Annotated[bool | None, typer.Option("--reference/--no-reference",
                                                    help="Also sample the reference model (default: the job's eval.compare_reference).")] = None,

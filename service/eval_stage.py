@@ -135,9 +135,10 @@ def headline_lines(results: dict[str, Any]) -> list[str]:
     """The eval stage's one-line summaries (the pipeline prints them)."""
     head = results.get("headline", {})
     lines = []
+    chance = f" (chance {head['chance_accuracy']:.3f})" if head.get("chance_accuracy") is not None else ""
     for name, accs in head.get("accuracy", {}).items():
         per_t = ", ".join(f"T={t} {a:.3f}" for t, a in accs.items())
-        lines.append(f"{name} accuracy: {per_t}")
+        lines.append(f"{name} accuracy: {per_t}{chance}")
     for key, label in (("entropy_chosen", "entropy on held-out chosen"), ("entropy_sampled", "entropy on own samples")):
         if head.get(key):
             lines.append(f"{label} (nats/token): " + ", ".join(f"{k} {v:.4f}" for k, v in head[key].items()))

@@ -16,9 +16,11 @@ class EvalSpec(StrictModel):
     enabled: bool = Field(True, description="Run the eval stage after training (hdpo-tune run).")
     tasks: str | None = Field(None, description="Task file (JSONL): prompt + answer (math/exact/regex) or prompt + "
                               "test + entry_point (code). None = no sampling evaluation.")
-    verifier: Literal["math", "code", "exact", "regex"] = Field(
-        "math", description="How a sample is checked: math (final number), code (HumanEval tests in a sandbox), "
-        "exact (string match) or regex (answer is a pattern).")
+    verifier: Literal["math", "math_verify", "code", "exact", "regex", "choice", "ifeval"] = Field(
+        "math", description="How a sample is checked: math (final number), math_verify (Hugging Face's math-verify: "
+        "LaTeX and expressions, symbolically; GSM8K's #### N kept), code (HumanEval tests in a sandbox), "
+        "exact (string match), regex (answer is a pattern), choice (multiple choice, MMLU-Pro's answer "
+        "extraction) or ifeval (IFEval's verifiable instructions, lm-evaluation-harness's checker).")
     n_samples: int = Field(8, ge=1, le=1024, description="Samples per prompt at each temperature (pass@k for k=1..n).")
     temperatures: list[float] = Field([0.25, 0.5, 1.0], min_length=1, description="Sampling temperatures; 0 = greedy.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold; None = off.")
