@@ -26,8 +26,6 @@ from typing import Any
 
 from hdpo_core.errors import InputError
 
-from .verifiers import Tally
-
 EXTRA = "eval"
 #: keys an instruction's ``build_description`` accepts but a task row need not give
 _FILLED_IN = {"prompt_to_repeat", "prompt"}
@@ -127,8 +125,8 @@ def row_problem(task: dict[str, Any]) -> str | None:
     return None
 
 
-def judge_ifeval(task: dict[str, Any], completion: str) -> Tally:
-    """IFEval's four accuracies for one response, as ``(hits, out_of)`` tallies."""
+def judge_ifeval(task: dict[str, Any], completion: str) -> dict[str, tuple[float, float]]:
+    """IFEval's four accuracies for one response, as ``(hits, out_of)`` tallies (``verifiers.Tally``)."""
     _, utils = _lm_eval_ifeval()
     ids = list(task["instruction_id_list"])
     example = utils.InputExample(key=0, instruction_id_list=ids, prompt=_prompt_text(task["prompt"]),
