@@ -9,6 +9,22 @@ from pydantic import Field, field_validator
 from .spec_base import StrictModel
 
 
+class LmEvalSpec(StrictModel):
+    """lm-evaluation-harness on the evaluated model (docs/eval.md); results land in RUN/eval/ beside ours."""
+
+    tasks: list[str] = Field(..., min_length=1, description="lm-eval task (or group) names, e.g. [gsm8k, ifeval, "
+                             "mmlu_pro], or custom tasks from include_path.")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples per prompt; None = each task's default.")
+    limit: float | None = Field(None, gt=0, description="Documents per task: a count (>= 1) or a fraction (< 1); "
+                                "None = all.")
+    batch_size: int = Field(8, ge=1, description="lm-eval's batch size.")
+    include_path: str | None = Field(None, description="Folder of custom lm-eval task YAML files (local data files).")
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="lm-eval model backend: hf (transformers), vllm, or auto (vllm when installed and a "
+        "GPU is present, else hf).")
+    apply_chat_template: bool = Field(False, description="Render prompts with the tokenizer's chat template.")
+
+
 class EvalSpec(StrictModel):
     """How the evaluation stage samples, verifies and measures (docs/eval.md)."""
 
@@ -38,6 +54,9 @@ class EvalSpec(StrictModel):
         False, description="Code verifier: run model-written programs even where the bubblewrap sandbox cannot "
         "start (then only an audit hook and resource limits stand between them and this machine). Off: eval "
         "refuses in one line instead. Only for code you trust (docs/eval.md).")
+
+    lm_eval: LmEvalSpec | None = Field(None, description="Also run EleutherAI's lm-evaluation-harness on the model "
+                                       "(tasks, few-shot, limit, batch size); None = off.")
 
     @field_validator("temperatures")
     @classmethod

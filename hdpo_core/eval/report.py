@@ -51,6 +51,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
     if pref:
         lines += ["", "## Preference metrics (held-out pairs)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v, 4)} |" for k, v in pref.items()]
+    lines += _lm_eval_table(results.get("lm_eval"))
     ent = results.get("headline", {})
     if ent.get("entropy_chosen") or ent.get("entropy_sampled"):
         lines += ["", "## Entropy (mean per token, nats)", "", "| model | chosen completions (teacher-forced) | "
@@ -60,6 +61,23 @@ def summary_markdown(results: dict[str, Any]) -> str:
             if a is not None or b is not None:
                 lines.append(f"| {name} | {_fmt(a, 4)} | {_fmt(b, 4)} |")
     return "\n".join(lines) + "\n"
+
+
+def _lm_eval_table(harness: dict[str, Any] | None) -> list[str]:
+    """lm-evaluation-harness's numbers, with lm-eval's own metric names (``metric,filter``) and stderr."""
+    if not harness:
+        return []
+    lines = ["", f"## lm-evaluation-harness {harness.get('lm_eval_version') or ''} ({harness.get('backend')} backend)",
+             "", "| task | metric | value | stderr | documents |", "|---|---|---|---|---|"]
+    for task, metrics in harness.get("tasks", {}).items():
+        for name, value in metrics.items():
+            if "_stderr" in name:
+                continue
+            metric, _, flt = name.partition(",")
+            stderr = metrics.get(f"{metric}_stderr,{flt}" if flt else f"{metric}_stderr")
+            lines.append(f"| {task} | {name} | {_fmt(value, 4)} | {_fmt(stderr, 4)} | "
+                         f"{harness.get('n_samples', {}).get(task, 'n/a')} |")
+    return lines
 
 
 def _verifier_metrics_table(sampling: dict[str, Any]) -> list[str]:
