@@ -30,6 +30,7 @@ from hdpo_core.tokenize import tokenize_rows
 from .rundir import RunDir
 from .spec import DataSpec, JobSpec, ModelSpec, load_spec, redact_secrets, spec_to_dict, valid_sections
 from .tracking import missing_packages
+from .validate_eval import eval_task_problems
 
 MAX_ROW_PROBLEMS = 20
 
@@ -66,7 +67,7 @@ def check_job(path: str | os.PathLike[str]) -> Report:
     if spec is not None:
         _check_run_folder(spec, report)
         _check_sandbox(spec, report)
-        _check_eval_tasks(spec, report)
+        report.problems.extend(eval_task_problems(spec, report.summary))
         if spec.tracking is not None:
             report.problems.extend(missing_packages(spec.tracking))
     report.problems = [redact_secrets(p) for p in report.problems]
@@ -83,26 +84,6 @@ def _check_sandbox(spec: JobSpec, report: Report) -> None:
             require_sandbox(ev.allow_unsandboxed_code)
         except SandboxUnavailable as exc:
             report.problems.append(exc.message)
-
-
-def _check_eval_tasks(spec: JobSpec, report: Report) -> None:
-    """Every bad row of ``eval.tasks`` for its verifier (one line each, ``file:row`` and the fix)."""
-    from hdpo_core.eval.tasks import load_tasks
-    from hdpo_core.eval.verifiers import get_verifier
-
-    ev = spec.eval
-    if ev is None or not ev.enabled or not ev.tasks:
-        return
-    rows: list[str] = []
-    try:
-        tasks = load_tasks(ev.tasks, get_verifier(ev.verifier), problems=rows)
-    except HdpoError as exc:
-        report.problems.append(f"eval.tasks: {exc.message}")
-        return
-    report.problems.extend(rows[:MAX_ROW_PROBLEMS])
-    if len(rows) > MAX_ROW_PROBLEMS:
-        report.problems.append(f"eval.tasks: {len(rows) - MAX_ROW_PROBLEMS} more bad rows not listed")
-    report.summary.append(f"eval tasks: {len(tasks)} usable for verifier '{ev.verifier}'")
 
 
 def run_validate(path: str | os.PathLike[str]) -> int:

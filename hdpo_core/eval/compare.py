@@ -33,8 +33,9 @@ def _policy(results: dict[str, Any]) -> dict[str, Any]:
 
 def compare_table(runs: list[dict[str, Any]]) -> str:
     temps = sorted({k for r in runs for k in _policy(r)}, key=float)
+    harness = sorted({k for r in runs for k in r.get("headline", {}).get("lm_eval", {})})
     head = ["run", "alpha", *[f"acc T={t}" for t in temps], *[f"pass@n T={t}" for t in temps],
-            "entropy chosen", "entropy samples", "reward acc."]
+            "entropy chosen", "entropy samples", "reward acc.", *[f"lm-eval {k}" for k in harness]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         pol, h = _policy(r), r.get("headline", {})
@@ -43,6 +44,7 @@ def compare_table(runs: list[dict[str, Any]]) -> str:
         cells += [_fmt(pol[t]["pass_at_k"][-1]) if t in pol else "n/a" for t in temps]
         cells += [_fmt(h.get("entropy_chosen", {}).get("policy"), 4), _fmt(h.get("entropy_sampled", {}).get("policy"), 4),
                   _fmt(h.get("reward_accuracy"))]
+        cells += [_fmt(h.get("lm_eval", {}).get(k)) for k in harness]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -128,10 +128,13 @@ def run_harness(model_dir: Path, kind: str, s: HarnessSettings, *, device: str) 
                                   device=device, task_manager=manager, log_samples=False,
                                   apply_chat_template=s.apply_chat_template)
     results = out["results"] if out else {}
+    better = (out or {}).get("higher_is_better", {})
     return {"backend": backend, "lm_eval_version": getattr(lm_eval, "__version__", None),
             "settings": {**s.__dict__, "tasks": list(s.tasks)},
             "tasks": {name: _numbers(r) for name, r in results.items()},
-            "n_samples": {name: int(r["sample_len"]) for name, r in results.items() if "sample_len" in r}}
+            "n_samples": {name: int(r["sample_len"]) for name, r in results.items() if "sample_len" in r},
+            "higher_is_better": {name: {m: bool(v) for m, v in better.get(name, {}).items() if v is not None}
+                                 for name in results}}
 
 
 def headline_numbers(harness: dict[str, Any]) -> dict[str, float]:

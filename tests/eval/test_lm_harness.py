@@ -66,6 +66,19 @@ def test_lm_eval_custom_tasks_offline(offline_ws):
     summary = (out / "summary.md").read_text()
     assert "## lm-evaluation-harness" in summary and "| hdpo_choice | acc,none |" in summary
     assert "lm-eval: hdpo_arith/exact_match,none" in result.output
+    # the sweep can select by it, compare shows it
+    from hdpo_core.eval.compare import compare_table, load_run
+    from service.sweep import parse_metric
+
+    acc = harness["tasks"]["hdpo_choice"]["acc,none"]
+    assert parse_metric("lm_eval:hdpo_choice/acc,none").score(results) == acc
+    from hdpo_core.export.modelcard import build_card
+
+    card = build_card({"hdpo": {"alpha": 0.9, "beta": 0.1}}, base_model=None, eval_results=results, repo_id=None,
+                      onnx=False)
+    assert f"| hdpo_choice | acc,none | {acc:.4f} |" in card
+    table = compare_table([load_run(out, 0.9)])
+    assert "lm-eval hdpo_choice/acc,none" in table.splitlines()[0] and f"| {acc:.3f} |" in table.splitlines()[2]
 
 
 def test_unreachable_data_and_unknown_task_are_one_line(offline_ws):

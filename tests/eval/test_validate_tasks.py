@@ -33,7 +33,12 @@ def test_validate_lists_each_bad_task_row(tmp_path: Path, tiny_model_dir: Path, 
     assert lines[1].startswith(f"{tasks}:3: kwargs[0] for 'keywords:existence': unknown argument(s) ['keyword']")
     assert not (tmp_path / "run").exists()
 
-    spec["eval"] = {"tasks": str(tasks), "verifier": "choice"}
+    lm_tasks = Path(__file__).parent / "data" / "lm_eval"
+    spec["eval"] = {"tasks": str(tasks), "verifier": "choice",
+                    "lm_eval": {"tasks": ["hdpo_choice", "hdpo_choise"], "include_path": str(lm_tasks)}}
     job.write_text(yaml.safe_dump(spec))
     result = runner.invoke(app, ["validate", str(job)])
     assert result.exit_code == 2 and result.output.count("missing field(s) ['options', 'answer']") == 3
+    assert (f"eval.lm_eval.tasks: 'hdpo_choise' is not an lm-evaluation-harness task or in {lm_tasks}; list them "
+            "with `lm-eval ls tasks`") in result.output
+    assert "'hdpo_choice' is not" not in result.output
