@@ -123,6 +123,10 @@ def run_harness(model_dir: Path, kind: str, s: HarnessSettings, *, device: str) 
     backend = _backend(s, device)
     args = model_args(model_dir, kind, backend, device)
     tasks = load_task_data(s, manager)
+    unsafe = [name for name, task in tasks.items() if getattr(task, "UNSAFE_CODE", False)]
+    if unsafe:  # lm-eval would exec model-written code unsandboxed; hdpo-tune's code verifier sandboxes it
+        raise InputError(f"eval.lm_eval.tasks: '{unsafe[0]}' runs model-written code outside any sandbox; use "
+                         "hdpo-tune's verifier: code (bubblewrap) for code tasks instead")
     out = lm_eval.simple_evaluate(model=backend, model_args=args, tasks=list(tasks.values()),
                                   num_fewshot=s.num_fewshot, limit=s.limit, batch_size=s.batch_size,
                                   device=device, task_manager=manager, log_samples=False,

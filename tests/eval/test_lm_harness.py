@@ -89,6 +89,11 @@ def test_unreachable_data_and_unknown_task_are_one_line(offline_ws):
     lines = result.output.strip().splitlines()
     assert lines[-1].startswith("error: eval.lm_eval.tasks: 'hdpo_unreachable': its data cannot be loaded (")
     assert lines[-1].endswith("or point the task at a local file")
+    result = runner.invoke(app, ["eval", model, "--lm-eval", "hdpo_unsafe", "--lm-eval-include", str(TASKS),
+                                 "--out", str(offline_ws / "o2")])
+    assert result.exit_code == 2 and result.output.strip().splitlines()[-1] == (
+        "error: eval.lm_eval.tasks: 'hdpo_unsafe' runs model-written code outside any sandbox; use hdpo-tune's "
+        "verifier: code (bubblewrap) for code tasks instead")
     result = runner.invoke(app, ["eval", model, "--lm-eval", "hdpo_no_such_task", "--out", str(offline_ws / "o3")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == (
