@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .spec_base import StrictModel
 
@@ -25,8 +25,27 @@ class LmEvalSpec(StrictModel):
     apply_chat_template: bool = Field(False, description="Render prompts with the tokenizer's chat template.")
 
 
+#: ``preset: paper``: the H-DPO paper's layout (accuracy at four temperatures, pass@k up to 16, diversity);
+#: fields the job sets itself win.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"temperatures": [0.25, 0.5, 0.75, 1.0], "n_samples": 16, "compare_reference": True},
+}
+
+
 class EvalSpec(StrictModel):
     """How the evaluation stage samples, verifies and measures (docs/eval.md)."""
+
+    preset: Literal["paper"] | None = Field(
+        None, description="Defaults for a known layout; 'paper' = temperatures [0.25, 0.5, 0.75, 1.0], n_samples 16, "
+        "compare_reference true (the H-DPO paper's accuracy-vs-temperature, pass@k and diversity per alpha). Fields "
+        "set in the job win.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in PRESETS:
+            return {**PRESETS[data["preset"]], **{k: v for k, v in data.items() if v is not None or k == "preset"}}
+        return data
 
 
     enabled: bool = Field(True, description="Run the eval stage after training (hdpo-tune run).")
