@@ -11,8 +11,9 @@ Selection metrics (read from each variant's ``eval/results.json``):
 * ``pass@K`` or ``pass@K@tT`` — unbiased pass@K at temperature T (default 1.0), e.g. ``pass@8``;
 * ``entropy~X`` — policy entropy on held-out chosen completions closest to X nats/token;
 * ``reward_accuracy`` (higher) and ``loss`` (lower) — held-out preference metrics;
-* ``lm_eval:TASK/METRIC`` — an lm-evaluation-harness number (``eval.lm_eval``), e.g.
-  ``lm_eval:gsm8k/exact_match,strict-match``; lower wins where lm-eval says lower is better (perplexity).
+* ``lm_eval:TASK/METRIC[/FILTER]`` — an lm-evaluation-harness number (``eval.lm_eval``) as the eval headline
+  names it, e.g. ``lm_eval:gsm8k/exact_match/strict-match``, ``lm_eval:arc_easy/acc``; lower wins where
+  lm-eval says lower is better (perplexity).
 """
 
 from __future__ import annotations
@@ -65,10 +66,9 @@ class Metric:
 
 
 def _lm_eval_score(results: dict[str, Any], name: str) -> float:
-    task, _, metric = name.partition("/")
-    value = float(results["lm_eval"]["tasks"][task][metric])
-    metric_name = metric.split(",")[0]
-    higher = results["lm_eval"].get("higher_is_better", {}).get(task, {}).get(metric_name, True)
+    value = float(results["headline"]["lm_eval"][name])
+    task, metric = name.split("/")[:2]
+    higher = results["lm_eval"].get("higher_is_better", {}).get(task, {}).get(metric, True)
     return value if higher else -value
 
 

@@ -141,7 +141,15 @@ def run_harness(model_dir: Path, kind: str, s: HarnessSettings, *, device: str) 
                                  for name in results}}
 
 
+def headline_key(task: str, metric_key: str) -> str:
+    """``gsm8k/exact_match/strict-match`` for lm-eval's ``exact_match,strict-match``; ``task/acc`` for
+    ``acc,none``: names every tracker accepts (MLflow refuses commas)."""
+    metric, _, flt = metric_key.partition(",")
+    return f"{task}/{metric}" + (f"/{flt}" if flt and flt != "none" else "")
+
+
 def headline_numbers(harness: dict[str, Any]) -> dict[str, float]:
-    """``{"task/metric": value}`` without standard errors: the lm-eval numbers the pipeline prints."""
-    return {f"{task}/{metric}": v for task, metrics in harness.get("tasks", {}).items()
+    """``{headline_key: value}`` without standard errors: the lm-eval numbers the pipeline prints, the model
+    card, ``compare`` and the sweep's ``lm_eval:`` selection use."""
+    return {headline_key(task, metric): v for task, metrics in harness.get("tasks", {}).items()
             for metric, v in metrics.items() if "_stderr" not in metric}

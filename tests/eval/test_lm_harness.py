@@ -61,24 +61,24 @@ def test_lm_eval_custom_tasks_offline(offline_ws):
     assert harness["backend"] == "hf" and harness["n_samples"] == {"hdpo_arith": 8, "hdpo_choice": 8}
     assert harness["tasks"]["hdpo_choice"]["acc,none"] == pytest.approx(_expected_choice_accuracy(offline_ws / "model"))
     assert 0.0 <= harness["tasks"]["hdpo_arith"]["exact_match,none"] <= 1.0
-    assert set(results["headline"]["lm_eval"]) == {"hdpo_arith/exact_match,none", "hdpo_choice/acc,none"}
+    assert set(results["headline"]["lm_eval"]) == {"hdpo_arith/exact_match", "hdpo_choice/acc"}
     assert "sampling" not in results  # no task file: only lm-eval ran
     summary = (out / "summary.md").read_text()
     assert "## lm-evaluation-harness" in summary and "| hdpo_choice | acc,none |" in summary
-    assert "lm-eval: hdpo_arith/exact_match,none" in result.output
+    assert "lm-eval: hdpo_arith/exact_match" in result.output
     # the sweep can select by it, compare shows it
     from hdpo_core.eval.compare import compare_table, load_run
     from service.sweep import parse_metric
 
     acc = harness["tasks"]["hdpo_choice"]["acc,none"]
-    assert parse_metric("lm_eval:hdpo_choice/acc,none").score(results) == acc
+    assert parse_metric("lm_eval:hdpo_choice/acc").score(results) == acc
     from hdpo_core.export.modelcard import build_card
 
     card = build_card({"hdpo": {"alpha": 0.9, "beta": 0.1}}, base_model=None, eval_results=results, repo_id=None,
                       onnx=False)
-    assert f"| hdpo_choice | acc,none | {acc:.4f} |" in card
+    assert f"| hdpo_choice | acc | {acc:.4f} |" in card
     table = compare_table([load_run(out, 0.9)])
-    assert "lm-eval hdpo_choice/acc,none" in table.splitlines()[0] and f"| {acc:.3f} |" in table.splitlines()[2]
+    assert "lm-eval hdpo_choice/acc" in table.splitlines()[0] and f"| {acc:.3f} |" in table.splitlines()[2]
 
 
 def test_unreachable_data_and_unknown_task_are_one_line(offline_ws):
