@@ -95,6 +95,10 @@ def resolve_refs(config: ServeConfig, db: Session, owner: str, spec: dict[str, A
         if isinstance(out.get(section), dict) and out[section].get(key):
             raise ApiError(400, f"{section}.{key}: not allowed in a served job (it would run code from the model "
                            "repository on the server); remove it", param=f"{section}.{key}", code="forbidden_field")
+    if isinstance(out.get("eval"), dict) and out["eval"].get("lm_eval") is not None:
+        raise ApiError(400, "eval.lm_eval: not allowed in a served job (lm-evaluation-harness imports task code from "
+                       "its task folders and downloads data sets on the server); run `hdpo-tune eval --lm-eval` on "
+                       "the downloaded model instead", param="eval.lm_eval", code="forbidden_field")
     for section, key, kind in PATH_FIELDS:
         sec = out.get(section)
         if not isinstance(sec, dict) or sec.get(key) is None:
