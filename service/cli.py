@@ -170,17 +170,21 @@ def eval_(
     top_p: Annotated[float | None, typer.Option("--top-p", help="Nucleus sampling mass.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Tokens per sample.")] = None,
-    verifier: Annotated[str | None, typer.Option("--verifier", help="math | code | exact | regex")] = None,
+    verifier: Annotated[str | None, typer.Option("--verifier", help="math | math_verify | code | exact | regex | choice | ifeval")] = None,
     eval_pairs: Annotated[str | None, typer.Option("--eval-pairs", help="Held-out preference pairs (TRL format).")] = None,
     reference: Annotated[bool | None, typer.Option("--reference/--no-reference",
                                                    help="Also sample the reference model (default: the job's eval.compare_reference).")] = None,
+    lm_eval: Annotated[str | None, typer.Option("--lm-eval", help="lm-evaluation-harness tasks, e.g. gsm8k,ifeval.")] = None,
+    lm_eval_include: Annotated[str | None, typer.Option("--lm-eval-include", help="Folder of custom lm-eval task YAMLs.")] = None,
+    lm_eval_limit: Annotated[float | None, typer.Option("--lm-eval-limit", help="lm-eval documents per task (count or fraction).")] = None,
 ) -> None:
-    """Evaluate a model: accuracy and pass@k per temperature, diversity, entropy, preference metrics."""
+    """Evaluate a model: accuracy and pass@k per temperature, diversity, entropy, preference metrics, lm-eval."""
     from service.eval_stage import evaluate_cli
 
+    harness = {"tasks": lm_eval.split(",") if lm_eval else None, "include_path": lm_eval_include, "limit": lm_eval_limit}
     guarded(lambda: evaluate_cli(target, job=job, tasks=tasks, ref=ref, out=out, n=n, temperatures=temperatures,
                                  top_p=top_p, seed=seed, max_new_tokens=max_new_tokens, verifier=verifier,
-                                 eval_pairs=eval_pairs, compare_reference=reference, log=typer.echo))
+                                 eval_pairs=eval_pairs, compare_reference=reference, lm_eval=harness, log=typer.echo))
 
 
 @app.command()

@@ -93,16 +93,24 @@ def evaluate(target: ResolvedTarget, spec: EvalSpec, *, out_dir: Path, reference
     if sandbox and sandbox.startswith("UNSANDBOXED"):
         print(f"warning: eval: model-written code runs {sandbox}", file=sys.stderr)
     pairs_path = spec.eval_pairs or eval_pairs_path
-    if tasks is None and not pairs_path:
-        raise InputError("eval: nothing to evaluate; give a task file (--tasks / eval.tasks) and/or held-out "
-                         "preference pairs (eval.eval_pairs / data.eval)")
-    policy, reference, tokenizer = _load_sides(target, reference_dir, spec.compare_reference or bool(pairs_path))
-    pairs = _pairs(pairs_path, tokenizer, max_length, spec.max_eval_pairs) if policy.model is not None else None
-    results, samples = run_evaluation(policy, reference, tokenizer, tasks=tasks, verifier=verifier,
-                                      settings=_settings(spec), pairs=pairs, alpha=alpha, beta=beta,
-                                      sample_reference=spec.compare_reference)
-    where = {"target": str(target.model_dir), "reference": str(reference_dir) if reference_dir else
-             ("adapter disabled" if reference else None), "tasks": spec.tasks, "eval_pairs": pairs_path}
+    if tasks is None and not pairs_path and spec.lm_eval is None:
+        raise InputError("eval: nothing to evaluate; give a task file (--tasks / eval.tasks), held-out "
+                         "preference pairs (eval.eval_pairs / data.eval) and/or lm-eval tasks (--lm-eval / "
+                         "eval.lm_eval)")
+    harness = _harness_settings(spec)
+    if harness is not None:  # names checked before any model loads: a typo costs nothing
+        _check_harness_tasks(harness)
+    results, samples = {"alpha": alpha, "beta": beta, "headline": {}}, []
+    if tasks is not None or pairs_path:
+        results, samples = _ours(target, spec, tasks=tasks, verifier_name=verifier.name, reference_dir=reference_dir,
+                                 alpha=alpha, beta=beta, pairs_path=pairs_path, max_length=max_length)
+    if harness is not None:  # after ours, whose models are freed by then
+        from hdpo_core.eval.lm_harness import headline_numbers, run_harness
+
+        results["lm_eval"] = run_harness(target.model_dir, target.kind, harness, device=_device()[0])
+        results["headline"]["lm_eval"] = headline_numbers(results["lm_eval"])
+    where = {"target": str(target.model_dir), "reference": results.pop("reference", None), "tasks": spec.tasks,
+             "eval_pairs": pairs_path}
     # the report is shared: paths relative to the run folder (out_dir's parent) or by name, never the machine's
     where = public_paths(where, out_dir.parent)
     results = {"target": where["target"], "kind": target.kind, "reference": where["reference"],
@@ -110,6 +118,38 @@ def evaluate(target: ResolvedTarget, spec: EvalSpec, *, out_dir: Path, reference
                **results}
     results["files"] = [str(p) for p in write_report(results, samples, out_dir)]
     return results
+
+
+def _ours(target: ResolvedTarget, spec: EvalSpec, *, tasks: list | None, verifier_name: str,
+          reference_dir: Path | None, alpha: float, beta: float, pairs_path: str | None,
+          max_length: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """hdpo-tune's own evaluation (sampling + held-out pairs); the models are freed when it returns."""
+    policy, reference, tokenizer = _load_sides(target, reference_dir, spec.compare_reference or bool(pairs_path))
+    pairs = _pairs(pairs_path, tokenizer, max_length, spec.max_eval_pairs) if policy.model is not None else None
+    results, samples = run_evaluation(policy, reference, tokenizer, tasks=tasks, verifier=get_verifier(verifier_name),
+                                      settings=_settings(spec), pairs=pairs, alpha=alpha, beta=beta,
+                                      sample_reference=spec.compare_reference)
+    ref = str(reference_dir) if reference_dir else ("adapter disabled" if reference else None)
+    return {"reference": ref, **results}, samples
+
+
+def _harness_settings(spec: EvalSpec) -> Any:
+    if spec.lm_eval is None:
+        return None
+    from hdpo_core.eval.lm_harness import HarnessSettings
+
+    lm = spec.lm_eval
+    return HarnessSettings(tasks=tuple(lm.tasks), num_fewshot=lm.num_fewshot, limit=lm.limit,
+                           batch_size=lm.batch_size, include_path=lm.include_path, backend=lm.backend,
+                           apply_chat_template=lm.apply_chat_template)
+
+
+def _check_harness_tasks(settings: Any) -> None:
+    from hdpo_core.eval.lm_harness import task_manager, unknown_tasks
+
+    problems = unknown_tasks(settings, task_manager(settings))
+    if problems:
+        raise InputError(problems[0])
 
 
 def run_eval_stage(run_dir: Path, eval_spec: EvalSpec, *, model_dir: Path, reference_dir: Path | None,
@@ -140,12 +180,15 @@ def headline_lines(results: dict[str, Any]) -> list[str]:
     """The eval stage's one-line summaries (the pipeline prints them)."""
     head = results.get("headline", {})
     lines = []
+    chance = f" (chance {head['chance_accuracy']:.3f})" if head.get("chance_accuracy") is not None else ""
     for name, accs in head.get("accuracy", {}).items():
         per_t = ", ".join(f"T={t} {a:.3f}" for t, a in accs.items())
-        lines.append(f"{name} accuracy: {per_t}")
+        lines.append(f"{name} accuracy: {per_t}{chance}")
     for key, label in (("entropy_chosen", "entropy on held-out chosen"), ("entropy_sampled", "entropy on own samples")):
         if head.get(key):
             lines.append(f"{label} (nats/token): " + ", ".join(f"{k} {v:.4f}" for k, v in head[key].items()))
+    if head.get("lm_eval"):
+        lines.append("lm-eval: " + ", ".join(f"{k} {v:.3f}" for k, v in head["lm_eval"].items()))
     if head.get("reward_accuracy") is not None:
         lines.append(f"held-out reward accuracy {head['reward_accuracy']:.3f}, loss {head.get('loss', float('nan')):.4f}")
     return lines
@@ -218,7 +261,11 @@ def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict
     target = resolve_target(target_path)
     ctx = _job_context(job, target)
     section = ctx.eval.model_dump() if ctx.eval else {}
-    section.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    overrides = dict(overrides or {})
+    harness = {k: v for k, v in (overrides.pop("lm_eval", None) or {}).items() if v is not None}
+    if harness:  # --lm-eval* options refine the job's eval.lm_eval section
+        section["lm_eval"] = {**(section.get("lm_eval") or {}), **harness}
+    section.update({k: v for k, v in overrides.items() if v is not None})
     try:
         spec = EvalSpec.model_validate(section)
     except ValidationError as exc:
@@ -262,7 +309,7 @@ def evaluate_cli(target: str, *, job: Any = None, tasks: str | None = None, ref:
                  out: str | None = None, n: int | None = None, temperatures: str | None = None,
                  top_p: float | None = None, seed: int | None = None, max_new_tokens: int | None = None,
                  verifier: str | None = None, eval_pairs: str | None = None, compare_reference: bool | None = None,
-                 log: Any = print) -> dict[str, Any]:
+                 lm_eval: dict[str, Any] | None = None, log: Any = print) -> dict[str, Any]:
     """``hdpo-tune eval`` options -> :func:`evaluate_target`; logs the headline and the written files."""
     temps = None
     if temperatures is not None:
@@ -277,7 +324,7 @@ def evaluate_cli(target: str, *, job: Any = None, tasks: str | None = None, ref:
                          f"{Path.cwd()}); give the held-out pairs file's path")
     overrides = {"tasks": tasks, "n_samples": n, "temperatures": temps, "top_p": top_p, "seed": seed,
                  "max_new_tokens": max_new_tokens, "verifier": verifier, "eval_pairs": eval_pairs,
-                 "compare_reference": compare_reference}
+                 "compare_reference": compare_reference, "lm_eval": lm_eval}
     results = evaluate_target(target, job=str(job) if job else None, overrides=overrides, ref=ref, out=out)
     for line in headline_lines(results):
         log(line)

@@ -44,4 +44,7 @@ def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         sec = out.get(section)
         if isinstance(sec, dict) and key in sec:
             out[section] = {**sec, key: _resolve(sec[key], base, kind=kind)}
+    lm = out.get("eval", {}).get("lm_eval") if isinstance(out.get("eval"), dict) else None
+    if isinstance(lm, dict) and isinstance(lm.get("include_path"), str):  # custom lm-eval task folder
+        out["eval"] = {**out["eval"], "lm_eval": {**lm, "include_path": _resolve(lm["include_path"], base, kind="dir")}}
     return out

@@ -10,7 +10,10 @@ Selection metrics (read from each variant's ``eval/results.json``):
 * ``accuracy@tT`` — mean accuracy of samples at temperature T (higher is better), e.g. ``accuracy@t0.5``;
 * ``pass@K`` or ``pass@K@tT`` — unbiased pass@K at temperature T (default 1.0), e.g. ``pass@8``;
 * ``entropy~X`` — policy entropy on held-out chosen completions closest to X nats/token;
-* ``reward_accuracy`` (higher) and ``loss`` (lower) — held-out preference metrics.
+* ``reward_accuracy`` (higher) and ``loss`` (lower) — held-out preference metrics;
+* ``lm_eval:TASK/METRIC[/FILTER]`` — an lm-evaluation-harness number (``eval.lm_eval``) as the eval headline
+  names it, e.g. ``lm_eval:gsm8k/exact_match/strict-match``, ``lm_eval:arc_easy/acc``; lower wins where
+  lm-eval says lower is better (perplexity).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from . import ownership
 from .spec import dump_yaml, load_spec, spec_to_dict
 from .spec_yaml import load_yaml
 
-METRIC_HELP = "accuracy@tT, pass@K[@tT], entropy~X, reward_accuracy or loss"
+METRIC_HELP = "accuracy@tT, pass@K[@tT], entropy~X, reward_accuracy, loss or lm_eval:TASK/METRIC"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Metric:
     temperature: float = 1.0
     k: int = 1
     target: float = 0.0
+    name: str = ""  # lm_eval: "TASK/METRIC"
 
     def score(self, results: dict[str, Any]) -> float:
         """Higher is better; NaN when the results lack the metric."""
@@ -52,11 +56,20 @@ class Metric:
                 return float(curve[self.k - 1])
             if self.kind == "entropy":
                 return -abs(float(results["headline"]["entropy_chosen"]["policy"]) - self.target)
+            if self.kind == "lm_eval":
+                return _lm_eval_score(results, self.name)
             if self.kind == "reward_accuracy":
                 return float(results["headline"]["reward_accuracy"])
             return -float(results["headline"]["loss"])
         except (KeyError, TypeError, ValueError):
             return math.nan
+
+
+def _lm_eval_score(results: dict[str, Any], name: str) -> float:
+    value = float(results["headline"]["lm_eval"][name])
+    task, metric = name.split("/")[:2]
+    higher = results["lm_eval"].get("higher_is_better", {}).get(task, {}).get(metric, True)
+    return value if higher else -value
 
 
 def _at_temperature(sampling: dict[str, Any], temperature: float) -> dict[str, Any]:
@@ -75,6 +88,8 @@ def parse_metric(text: str) -> Metric:
         return Metric("pass", k=int(m.group(1)), temperature=float(m.group(2) or 1.0))
     if m := re.fullmatch(r"entropy~([0-9.]+)", t):
         return Metric("entropy", target=float(m.group(1)))
+    if m := re.fullmatch(r"lm_eval:([^/\s]+/\S+)", t):
+        return Metric("lm_eval", name=m.group(1))
     if t in ("reward_accuracy", "loss"):
         return Metric(t)
     raise InputError(f"--select: unknown metric '{text}'; use {METRIC_HELP}")

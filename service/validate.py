@@ -31,6 +31,7 @@ from .run import LATER_INPUTS, input_kind_problems
 from .rundir import RunDir
 from .spec import DataSpec, JobSpec, ModelSpec, load_spec, redact_secrets, spec_to_dict, valid_sections
 from .tracking import missing_packages
+from .validate_eval import eval_task_problems
 
 MAX_ROW_PROBLEMS = 20
 SAFETENSORS_HEADER_BYTES = 100 << 20  # the safetensors library's own limit on a header
@@ -69,6 +70,7 @@ def check_job(path: str | os.PathLike[str]) -> Report:
         report.problems.extend(input_kind_problems(spec, LATER_INPUTS))  # data and model are read below
         _check_run_folder(spec, report)
         _check_sandbox(spec, report)
+        report.problems.extend(eval_task_problems(spec, report.summary))
         if spec.tracking is not None:
             report.problems.extend(missing_packages(spec.tracking))
     report.problems = [redact_secrets(p) for p in report.problems]

@@ -32,17 +32,31 @@ def _policy(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare_table(runs: list[dict[str, Any]]) -> str:
+    """One row per run (the paper's table per alpha): accuracy and pass@n per temperature, diversity and the
+    verifier's own numbers at the highest temperature, entropy, reward accuracy, chance level, lm-eval."""
     temps = sorted({k for r in runs for k in _policy(r)}, key=float)
+    top = temps[-1] if temps else None
+    vm = sorted({k for r in runs for k in _policy(r).get(top, {}).get("verifier_metrics", {})}) if top else []
+    harness = sorted({k for r in runs for k in r.get("headline", {}).get("lm_eval", {})})
+    chance = any(r.get("chance_accuracy") is not None for r in runs)
     head = ["run", "alpha", *[f"acc T={t}" for t in temps], *[f"pass@n T={t}" for t in temps],
-            "entropy chosen", "entropy samples", "reward acc."]
+            *([f"distinct-2 T={top}", f"unique answers T={top}"] if top else []), *[f"{k} T={top}" for k in vm],
+            *(["chance"] if chance else []), "entropy chosen", "entropy samples", "reward acc.",
+            *[f"lm-eval {k}" for k in harness]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         pol, h = _policy(r), r.get("headline", {})
         cells = [r["name"], _fmt(r.get("alpha"))]
         cells += [_fmt(pol[t]["accuracy"]) if t in pol else "n/a" for t in temps]
         cells += [_fmt(pol[t]["pass_at_k"][-1]) if t in pol else "n/a" for t in temps]
+        if top:
+            div = pol.get(top, {}).get("diversity", {})
+            cells += [_fmt(div.get("distinct_2")), _fmt(div.get("unique_answers"))]
+            cells += [_fmt(pol.get(top, {}).get("verifier_metrics", {}).get(k)) for k in vm]
+        cells += [_fmt(r.get("chance_accuracy"))] if chance else []
         cells += [_fmt(h.get("entropy_chosen", {}).get("policy"), 4), _fmt(h.get("entropy_sampled", {}).get("policy"), 4),
                   _fmt(h.get("reward_accuracy"))]
+        cells += [_fmt(h.get("lm_eval", {}).get(k)) for k in harness]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -18,7 +18,7 @@ from .preference import chosen_entropy, preference_metrics, score_pairs
 from .sampling import Samples, sample_batched
 from .targets import EvalSide
 from .tasks import encode_prompt
-from .verifiers import Verifier, verify_many
+from .verifiers import Verifier, judge_many, sum_tallies
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ def sample_and_score(side: EvalSide, tokenizer: Any, tasks: Sequence[dict[str, A
         seconds = time.perf_counter() - start
         texts = [tokenizer.decode(t, skip_special_tokens=True) for t in samples.tokens]
         items = [(tasks[r // s.n], texts[r]) for r in range(len(texts))]
-        ok = verify_many(verifier, items, workers=s.workers, timeout_s=s.timeout_s, memory_mb=s.memory_mb,
-                         allow_unsandboxed=s.allow_unsandboxed_code)
+        judged = judge_many(verifier, items, workers=s.workers, timeout_s=s.timeout_s, memory_mb=s.memory_mb,
+                            allow_unsandboxed=s.allow_unsandboxed_code)
+        ok = [j.correct for j in judged]
         counts, div = [], []
         for i in range(len(tasks)):
             rows = range(i * s.n, (i + 1) * s.n)
@@ -85,6 +86,8 @@ def sample_and_score(side: EvalSide, tokenizer: Any, tasks: Sequence[dict[str, A
             "diversity": {k: _mean([d[k] for d in div]) for k in div[0]},
             "samples_per_s": len(texts) / seconds if seconds > 0 else float("nan"),
         }
+        if any(j.tally for j in judged):  # e.g. IFEval's four accuracies, choice's extraction failures
+            per_temp[f"{temp:g}"]["verifier_metrics"] = sum_tallies([j.tally for j in judged])
         records.extend({"model": side.name, "temperature": temp, "task": r // s.n, "sample": r % s.n,
                         "completion": texts[r], "correct": ok[r]} for r in range(len(texts)))
     return per_temp, records
@@ -115,6 +118,8 @@ def run_evaluation(policy: EvalSide, reference: EvalSide | None, tokenizer: Any,
                                                        alpha=alpha, beta=beta)
     if tasks:
         results["num_tasks"] = len(tasks)
+        if verifier.chance is not None:  # what a random guess scores: the floor the accuracy is read against
+            results["chance_accuracy"] = _mean([verifier.chance(t) for t in tasks])
         results["sampling"] = {}
         for side in sides:
             if side.name == "reference" and not sample_reference:
@@ -136,6 +141,8 @@ def headline(results: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
         t = _entropy_temperature([v["temperature"] for v in per_temp.values()])
         out["entropy_sampled"][name] = per_temp[f"{t:g}"]["entropy_sampled"]
         out["entropy_sampled_temperature"] = t
+    if "chance_accuracy" in results:
+        out["chance_accuracy"] = results["chance_accuracy"]
     if "preference" in results:
         pref = results["preference"]
         out["reward_accuracy"] = pref.get("rewards/accuracies")

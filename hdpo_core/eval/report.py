@@ -33,8 +33,10 @@ def summary_markdown(results: dict[str, Any]) -> str:
     sampling = results.get("sampling") or {}
     if sampling:
         n = results["settings"]["n"]
+        chance = results.get("chance_accuracy")
+        acc = f"accuracy (chance {_fmt(chance)})" if chance is not None else "accuracy"
         lines += ["", f"## Sampling ({results.get('num_tasks')} tasks x {n} samples)", "",
-                  f"| model | temperature | accuracy | pass@1 | pass@{n} | entropy (nats/token) | distinct-2 | "
+                  f"| model | temperature | {acc} | pass@1 | pass@{n} | entropy (nats/token) | distinct-2 | "
                   "unique answers | pairwise similarity | mean new tokens |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for name, per_temp in sampling.items():
@@ -44,10 +46,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
                              f"{_fmt(m['pass_at_k'][-1])} | {_fmt(m['entropy_sampled'])} | {_fmt(d['distinct_2'])} | "
                              f"{_fmt(d['unique_answers'])} | {_fmt(d['pairwise_similarity'])} | "
                              f"{_fmt(m['mean_new_tokens'], 1)} |")
+        lines += _verifier_metrics_table(sampling)
     pref = results.get("preference")
     if pref:
         lines += ["", "## Preference metrics (held-out pairs)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v, 4)} |" for k, v in pref.items()]
+    lines += _lm_eval_table(results.get("lm_eval"))
     ent = results.get("headline", {})
     if ent.get("entropy_chosen") or ent.get("entropy_sampled"):
         lines += ["", "## Entropy (mean per token, nats)", "", "| model | chosen completions (teacher-forced) | "
@@ -57,6 +61,38 @@ def summary_markdown(results: dict[str, Any]) -> str:
             if a is not None or b is not None:
                 lines.append(f"| {name} | {_fmt(a, 4)} | {_fmt(b, 4)} |")
     return "\n".join(lines) + "\n"
+
+
+def _lm_eval_table(harness: dict[str, Any] | None) -> list[str]:
+    """lm-evaluation-harness's numbers, with lm-eval's own metric names (``metric,filter``) and stderr."""
+    if not harness:
+        return []
+    lines = ["", f"## lm-evaluation-harness {harness.get('lm_eval_version') or ''} ({harness.get('backend')} backend)",
+             "", "| task | metric | value | stderr | documents |", "|---|---|---|---|---|"]
+    for task, metrics in harness.get("tasks", {}).items():
+        for name, value in metrics.items():
+            if "_stderr" in name:
+                continue
+            metric, _, flt = name.partition(",")
+            stderr = metrics.get(f"{metric}_stderr,{flt}" if flt else f"{metric}_stderr")
+            lines.append(f"| {task} | {name} | {_fmt(value, 4)} | {_fmt(stderr, 4)} | "
+                         f"{harness.get('n_samples', {}).get(task, 'n/a')} |")
+    return lines
+
+
+def _verifier_metrics_table(sampling: dict[str, Any]) -> list[str]:
+    """The verifier's own numbers (IFEval's four accuracies, choice's extraction failures), one row per
+    model and temperature."""
+    keys = sorted({k for per_temp in sampling.values() for m in per_temp.values() for k in m.get("verifier_metrics", {})})
+    if not keys:
+        return []
+    lines = ["", "## Verifier metrics (fraction of samples; instruction level: of instructions)", "",
+             "| model | temperature | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for name, per_temp in sampling.items():
+        for key, m in per_temp.items():
+            vm = m.get("verifier_metrics", {})
+            lines.append(f"| {name} | {key} | " + " | ".join(_fmt(vm.get(k)) for k in keys) + " |")
+    return lines
 
 
 def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -165,6 +165,7 @@ Datasets: {", ".join(f"`{d}`" for d in datasets) or "not recorded"}.
 ## Evaluation
 
 {("| metric | value |" + chr(10) + "|---|---|" + chr(10) + evals) if evals else "No evaluation results were recorded for this run."}
+{_lm_eval_section(eval_results)}
 
 ## How to load
 
@@ -190,6 +191,15 @@ The ONNX graph is one decoder with KV cache (`past_key_values.*` in, `present.*`
 measured parity with PyTorch. Provenance (spec, package versions, git commit): `provenance.json`.
 """
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
+
+
+def _lm_eval_section(eval_results: dict | None) -> str:
+    """lm-evaluation-harness's numbers (``eval.lm_eval``) as the leaderboards name them: task, metric, value."""
+    head = (eval_results or {}).get("headline", {}).get("lm_eval") or {}
+    if not head:
+        return ""
+    rows = "\n".join(f"| {k.partition('/')[0]} | {k.partition('/')[2]} | {v:.4f} |" for k, v in head.items())
+    return f"\n### lm-evaluation-harness\n\n| task | metric | value |\n|---|---|---|\n{rows}\n"
 
 
 def load_json(path: Path) -> dict | None:

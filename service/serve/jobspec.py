@@ -46,6 +46,8 @@ FORBIDDEN_FLAGS = {
     ("model", "allow_pickle"): "it would run code from the model repository on the server",
     ("eval", "allow_unsandboxed_code"): "the code sandbox is the administrator's to weaken, for every job "
                                         "(hdpo-tune serve --allow-unsandboxed-code), never a request's",
+    ("eval", "lm_eval"): "lm-evaluation-harness imports task code from its task folders and downloads data sets on "
+                         "the server; run `hdpo-tune eval --lm-eval` on the downloaded model instead",
 }
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")

@@ -311,6 +311,7 @@ def _native(server, key, spec):  # type: ignore[no-untyped-def]
     ({"train": {"ref_cache_dir": "/tmp/c", "precompute_ref_logps": True}}, "forbidden_field", "train.ref_cache_dir"),
     ({"eval": {"tasks": "/etc/hosts"}}, "invalid_path", "eval.tasks"),
     ({"distributed": {"accelerate_config": "/etc/x.yaml"}}, "forbidden_field", "distributed.accelerate_config"),
+    ({"eval": {"lm_eval": {"tasks": ["t"], "include_path": "/tmp"}}}, "forbidden_field", "eval.lm_eval: not allowed"),
 ])
 def test_native_spec_cannot_leave_the_data_folder(live, training_file, patch, code, says):
     server, alice, _ = live
