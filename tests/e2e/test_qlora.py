@@ -168,3 +168,21 @@ def test_a_model_without_linear_layers_is_refused(tmp_path, tiny_model_dir, tiny
     monkeypatch.setattr(quant, "quantizable_layers", lambda *a, **k: 0)
     res = cli("validate", str(write_job(tmp_path, tiny_model_dir, tiny_pairs)))
     assert res.exit_code == 2 and "has no linear layers bitsandbytes can quantize" in res.output, res.output
+
+
+def test_served_job_takes_quantization_from_extra_body(tmp_path, tiny_model_dir, tiny_pairs):
+    """The jobs service: ``extra_body={"hdpo_tune": {"quantization": ...}}`` lands in the job spec and is echoed;
+    QLoRA without LoRA is the spec's own one-line refusal."""
+    from service.serve.jobs_api import CreateJob, method_echo, openai_spec
+    from service.spec import JobSpec
+
+    req = CreateJob(model="m", training_file="file-x", hdpo_tune={"quantization": {"quant_type": "fp4"}})
+    spec = openai_spec(req)
+    assert spec["quantization"] == {"quant_type": "fp4"} and spec["lora"] == {}
+    spec = {**spec, "model": {"name_or_path": str(tiny_model_dir)}, "data": {"train": str(tiny_pairs)},
+            "output": {"dir": str(tmp_path)}}
+    echo = method_echo(JobSpec.model_validate(spec))
+    assert echo["hdpo_tune"]["quantization"] == {"bits": 4, "quant_type": "fp4", "double_quant": True,
+                                                 "compute_dtype": None}
+    with pytest.raises(ValueError, match="quantization: a quantized base cannot be fully fine-tuned"):
+        JobSpec.model_validate({**spec, "lora": None})
