@@ -11,7 +11,7 @@ difference to the quantized model + adapter on the sample prompts, plus the gree
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -51,7 +51,10 @@ def merge_qlora(adapter_dir: Path, out_dir: Path, *, base_id: str, dtype: str, t
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    base = AutoModelForCausalLM.from_pretrained(base_id, dtype=torch.float32, **load_kwargs(quant))
+    # the same k-bit weights (quantization does not depend on the compute dtype) multiplied in float32, so the
+    # gate measures the merge, not bfloat16 rounding
+    exact = replace(quant, compute_dtype="float32")
+    base = AutoModelForCausalLM.from_pretrained(base_id, dtype=torch.float32, **load_kwargs(exact))
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     batch = tokenizer(list(m.SAMPLE_TEXTS), return_tensors="pt", padding=True).to(quant.device)
     m._set_generation_ids(model.get_base_model(), tokenizer)
