@@ -50,7 +50,8 @@ fi
   "${PY}" - <<'PYEOF'
 import importlib, importlib.metadata as md
 names = ["torch", "transformers", "accelerate", "peft", "huggingface-hub", "tokenizers", "trl", "datasets",
-         "pydantic", "deepspeed", "pyarrow", "fsspec", "typing-extensions", "onnx", "onnxruntime", "onnxscript"]
+         "pydantic", "deepspeed", "pyarrow", "fsspec", "typing-extensions", "onnx", "onnxruntime", "onnxscript",
+         "bitsandbytes"]
 out = []
 for n in names:
     try:

@@ -6,10 +6,12 @@ Each variant runs in its own process, one after the other, on the same random-we
 ``lora`` (LoRA on the base in its own dtype) and ``qlora`` (the same LoRA on the base loaded 4-bit nf4 with
 double quantization, bitsandbytes). Measured, per variant:
 
-* weights: memory the loaded model adds (CPU: anonymous RSS after loading minus before; GPU:
-  ``torch.cuda.memory_allocated``), and bytes per parameter of the original model;
+* weights: the bytes of every tensor the loaded model holds (parameters and buffers, packed 4-bit blocks and
+  their quantization scales included), per parameter of the original model; on a GPU also
+  ``torch.cuda.memory_allocated`` after loading (on a CPU the loader's memory-mapped files blur the RSS);
 * step peak: the highest memory during ``--steps`` optimizer steps (CPU: the kernel's peak RSS, reset with
-  ``/proc/self/clear_refs`` just before training; GPU: ``torch.cuda.max_memory_allocated`` after a reset);
+  ``/proc/self/clear_refs`` just before training, and that minus the RSS before loading; GPU:
+  ``torch.cuda.max_memory_allocated`` after a reset);
 * tokens/s of those steps (CPU 4-bit dequantizes each weight per matmul: slower, reported, not the point).
 
 On a GPU it also estimates the largest model that fits: (card memory x 0.9 - the measured per-step
@@ -42,10 +44,31 @@ def _status_kb(key: str) -> int:
 
 
 def _mem(gpu: bool) -> float:
-    """MiB in use now: GPU allocated, or the CPU process's anonymous resident memory."""
+    """MiB in use now: GPU allocated, or the CPU process's resident memory."""
     import torch
 
-    return torch.cuda.memory_allocated() / 2**20 if gpu else _status_kb("RssAnon") / 1024
+    return torch.cuda.memory_allocated() / 2**20 if gpu else _status_kb("VmRSS") / 1024
+
+
+def tensor_mb(model) -> float:  # noqa: ANN001
+    """Bytes of every distinct tensor storage of ``model``: parameters, buffers and bitsandbytes' quantization
+    state (absmax scales, nested scales, code books) of each 4-bit weight."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def add(t: object) -> None:
+        if isinstance(t, torch.Tensor):
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+
+    for t in (*model.parameters(), *model.buffers()):
+        add(t)
+        qs = getattr(t, "quant_state", None)
+        if qs is not None:
+            for v in (qs.absmax, qs.code, *((qs.state2.absmax, qs.state2.code) if qs.state2 else ())):
+                add(v)
+    return sum(seen.values()) / 2**20
 
 
 def child(cfg: dict) -> dict:
@@ -72,7 +95,8 @@ def child(cfg: dict) -> dict:
     if gpu:
         policy.to("cuda")
     gc.collect()
-    weights_mb = _mem(gpu) - before
+    loaded_mb = _mem(gpu) - before
+    weights_mb = tensor_mb(policy)
     disable_dropout(policy)
     rows = [json.loads(x) for x in Path(cfg["data"]).read_text().splitlines()]
     pairs = [TokenizedPair(tuple(r["prompt_ids"]), tuple(r["chosen_ids"]), tuple(r["rejected_ids"]), f"b:{i}")
@@ -93,7 +117,7 @@ def child(cfg: dict) -> dict:
               hooks=TrainHooks(on_metrics=lambda m: tokens.append(int(m["tokens"])), on_message=lambda s: None))
     secs = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if gpu else _status_kb("VmHWM") / 1024
-    return {"variant": cfg["variant"], "weights_mb": weights_mb, "bytes_per_param": weights_mb * 2**20 / cfg["params"],
+    return {"variant": cfg["variant"], "weights_mb": weights_mb, "loaded_mb": loaded_mb, "bytes_per_param": weights_mb * 2**20 / cfg["params"],
             "step_peak_mb": peak, "baseline_mb": before, "tokens_per_s": sum(tokens) / secs,
             "trainable": sum(p.numel() for p in policy.parameters() if p.requires_grad)}
 

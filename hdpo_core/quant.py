@@ -128,3 +128,30 @@ def quantizable_layers(model_dir: str, *, trust_remote_code: bool = False) -> in
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     head = model.get_output_embeddings()
     return sum(1 for m in model.modules() if isinstance(m, nn.Linear | Conv1D) and m is not head)
+
+
+SETTINGS_FILE = "quantization.json"
+
+
+def write_settings(model: nn.Module, folder: Path) -> None:
+    """Next to a QLoRA adapter: the base's ``BitsAndBytesConfig``, so whoever loads the adapter (``hdpo-tune
+    eval``) puts it on the same k-bit base it was trained on. Nothing for an adapter on a float base."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    qc = getattr(getattr(base, "config", None), "quantization_config", None)
+    if qc is None:
+        return
+    data = qc.to_dict() if hasattr(qc, "to_dict") else dict(qc)
+    (folder / SETTINGS_FILE).write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+
+
+def saved_load_kwargs(folder: Path, device: str) -> dict[str, Any]:
+    """``from_pretrained`` arguments that load the base of the adapter in ``folder`` as it was trained ({} when
+    the adapter was trained on a float base)."""
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    require_backend()
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    return {"quantization_config": config, "device_map": {"": device}}

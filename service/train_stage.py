@@ -26,6 +26,7 @@ from hdpo_core.model import (
     load_tokenizer,
     model_fingerprint,
 )
+from hdpo_core.quant import write_settings as write_quant_settings
 from hdpo_core.tokenize import TokenizedPair, tokenize_rows
 from hdpo_core.trainer import EvalSet, TrainHooks, TrainOptions, TrainPaths, make_batcher, train
 
@@ -173,6 +174,7 @@ def _write_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, 
     else:
         model.save_pretrained(str(tmp), state_dict=state_dict)
     tokenizer.save_pretrained(str(tmp))
+    write_quant_settings(model, tmp)  # QLoRA: final/quantization.json names the k-bit base it was trained on
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -186,3 +186,27 @@ def test_served_job_takes_quantization_from_extra_body(tmp_path, tiny_model_dir,
                                                  "compute_dtype": None}
     with pytest.raises(ValueError, match="quantization: a quantized base cannot be fully fine-tuned"):
         JobSpec.model_validate({**spec, "lora": None})
+
+
+def test_eval_loads_the_adapter_on_its_4bit_base(straight):
+    """final/quantization.json makes `hdpo-tune eval` (and the eval stage) put the adapter on the k-bit base it
+    was trained on, so the policy and its adapter-off reference are the trained ones."""
+    import bitsandbytes as bnb
+
+    from hdpo_core.eval.targets import load_causal_lm
+
+    assert json.loads((straight / "final" / "quantization.json").read_text())["bnb_4bit_quant_type"] == "nf4"
+    model, _ = load_causal_lm(straight / "final", "peft")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+
+def test_reference_cache_key_knows_the_quantization(tiny_model_dir):
+    """Sweeps share reference log-probs through the cache: a 4-bit reference never reuses float ones."""
+    from hdpo_core.model import ModelOptions, model_fingerprint
+    from hdpo_core.quant import QuantOptions
+
+    plain = model_fingerprint(ModelOptions(str(tiny_model_dir)))
+    nf4 = model_fingerprint(ModelOptions(str(tiny_model_dir), quantization=QuantOptions()))
+    fp4 = model_fingerprint(ModelOptions(str(tiny_model_dir), quantization=QuantOptions(quant_type="fp4")))
+    on_gpu = model_fingerprint(ModelOptions(str(tiny_model_dir), quantization=QuantOptions(device="cuda")))
+    assert len({plain, nf4, fp4}) == 3 and on_gpu == nf4
