@@ -36,6 +36,8 @@ class QuantOptions:
 
     def identity(self) -> str:
         """What changes the numbers (not the device): part of the model fingerprint of the reference cache."""
+        if self.bits == 8:
+            return f"bnb8:{self.compute_dtype}"
         return f"bnb{self.bits}:{self.quant_type}:{int(self.double_quant)}:{self.compute_dtype}"
 
 

@@ -21,7 +21,9 @@ class QuantizationSpec(StrictModel):
     """How the frozen base model is stored while the LoRA adapter trains (bitsandbytes)."""
 
 
-    bits: Literal[4, 8] = Field(4, description="4: QLoRA (4-bit blocks, quant_type); 8: LLM.int8 weights.")
+    bits: Literal[4, 8] = Field(4, description="4: QLoRA (4-bit blocks, quant_type); 8: LLM.int8 weights (its "
+                                "matmuls also round the activations: the merge gate then needs merge.tolerance "
+                                "near 1e-2).")
     quant_type: Literal["nf4", "fp4"] = Field(
         "nf4", description="4-bit data type: nf4 (NormalFloat, QLoRA's choice for normally distributed weights) "
         "or fp4. Ignored for bits: 8.")

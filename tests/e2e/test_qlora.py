@@ -210,3 +210,32 @@ def test_reference_cache_key_knows_the_quantization(tiny_model_dir):
     fp4 = model_fingerprint(ModelOptions(str(tiny_model_dir), quantization=QuantOptions(quant_type="fp4")))
     on_gpu = model_fingerprint(ModelOptions(str(tiny_model_dir), quantization=QuantOptions(device="cuda")))
     assert len({plain, nf4, fp4}) == 3 and on_gpu == nf4
+
+
+def test_8bit_base_trains_and_merges(tmp_path, tiny_model_dir):
+    """bits: 8 (LLM.int8): the adapter gets gradients; the merge is gated too, with the wider tolerance its
+    activation rounding needs (the default one is refused with a hint)."""
+    import bitsandbytes as bnb
+
+    from hdpo_core.errors import RunError
+    from hdpo_core.export.merge_qlora import merge_qlora
+    from hdpo_core.model import LoraOptions, ModelOptions, build_policy_and_reference
+    from hdpo_core.quant import QuantOptions
+
+    q = QuantOptions(bits=8)
+    policy, _ = build_policy_and_reference(ModelOptions(str(tiny_model_dir), quantization=q),
+                                           LoraOptions(r=4, alpha=8, dropout=0.0))
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in policy.modules())
+    torch.manual_seed(0)
+    for p in policy.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    policy(input_ids=torch.tensor([[5, 9, 17, 33]])).logits.sum().backward()
+    assert all(p.grad is not None for p in policy.parameters() if p.requires_grad)
+    policy.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(RunError, match="8-bit base needs merge.tolerance near 1e-2"):
+        merge_qlora(tmp_path / "adapter", tmp_path / "merged", base_id=str(tiny_model_dir), dtype="float32",
+                    tolerance=1e-4, quant=q)
+    info = merge_qlora(tmp_path / "adapter", tmp_path / "merged", base_id=str(tiny_model_dir), dtype="float32",
+                       tolerance=1e-2, quant=q)
+    assert info.base_quantization == "bnb8:float32" and 1e-4 < info.max_abs_logit_diff <= 1e-2
