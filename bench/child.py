@@ -79,10 +79,13 @@ def run_hdpo(cfg: dict, rows: list[dict]) -> _Clock:
 
     from hdpo_core.alpha import ScheduledAlpha
     from hdpo_core.model import LoraOptions, ModelOptions, build_policy_and_reference, disable_dropout
+    from hdpo_core.quant import QuantOptions
     from hdpo_core.tokenize import TokenizedPair
     from hdpo_core.trainer import TrainHooks, TrainOptions, TrainPaths
 
-    mopts = ModelOptions(cfg["model_dir"], dtype=cfg["dtype"], gradient_checkpointing=cfg["grad_ckpt"])
+    quant = QuantOptions(**cfg["quant"], device="cuda" if cfg["gpu"] else "cpu") if cfg.get("quant") else None
+    mopts = ModelOptions(cfg["model_dir"], dtype=cfg["dtype"], gradient_checkpointing=cfg["grad_ckpt"],
+                         quantization=quant)
     lora = LoraOptions(r=16, alpha=32, dropout=0.0) if cfg["mode"] == "lora" else None
     policy, reference = build_policy_and_reference(mopts, lora)
     disable_dropout(policy)
@@ -140,7 +143,13 @@ def run_trl(cfg: dict, rows: list[dict]) -> _Clock:
             clock.step_end()
 
     tok = AutoTokenizer.from_pretrained(cfg["model_dir"])
-    model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=getattr(torch, cfg["dtype"]))
+    extra = {}
+    if cfg.get("quant"):  # the same bitsandbytes config as hdpo's side; TRL prepares the k-bit model itself
+        from hdpo_core.quant import QuantOptions, bnb_config
+
+        extra = {"quantization_config": bnb_config(QuantOptions(**cfg["quant"])),
+                 "device_map": {"": "cuda" if cfg["gpu"] else "cpu"}}
+    model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=getattr(torch, cfg["dtype"]), **extra)
     peft_config = None
     if cfg["mode"] == "lora":
         from peft import LoraConfig

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything that needs the GPU, in ONE call of the device tool (about 7 minutes plus the machine's start),
+# Everything that needs the GPU, in ONE call of the device tool (about 9 minutes plus the machine's start),
 # from the repository root, with the wheels of .whl/ carried along:
 #
 #   bash bench/device_check.sh              # results in $OUT (device tool) or $CHECK_OUT
@@ -15,6 +15,9 @@
 #   4  memory knobs, hdpo full FT: gradient checkpointing, activation offloading, no output-layer chunking
 #                                                                               CHECK_T4=55
 #   5  largest batch (one step, doubling until out of memory) per engine, full FT   CHECK_T5=40
+#   6  QLoRA (bitsandbytes 4-bit nf4 base): tests/gpu/test_qlora_cuda.py, hdpo vs TRL with the same bnb config,
+#      hdpo QLoRA vs hdpo LoRA memory (bench/qlora_mem.py) and the largest model that fits by estimate
+#                                                                               CHECK_T6=120
 # What comes back (the device tool returns at most 8 files): summary.md (each part's verdict and tables, written
 # as it finishes), results.json (every part's numbers), logs.txt (every part's output), profile.txt (the
 # torch.profiler tables). Exit status: the number of failed parts.
@@ -47,7 +50,8 @@ fi
   "${PY}" - <<'PYEOF'
 import importlib, importlib.metadata as md
 names = ["torch", "transformers", "accelerate", "peft", "huggingface-hub", "tokenizers", "trl", "datasets",
-         "pydantic", "deepspeed", "pyarrow", "fsspec", "typing-extensions", "onnx", "onnxruntime", "onnxscript"]
+         "pydantic", "deepspeed", "pyarrow", "fsspec", "typing-extensions", "onnx", "onnxruntime", "onnxscript",
+         "bitsandbytes"]
 out = []
 for n in names:
     try:
@@ -108,6 +112,8 @@ if [ "${DRY}" = 1 ]; then
   part 3 "FSDP2 / ZeRO-3 jobs and commands" 400 "${PY}" bench/dist_check.py --dry-run --out "${SCRATCH}/res3"
   part 4 "memory knobs plan" 200 "${PY}" bench/run.py --gpu --dry-run --engines hdpo --mode full --grad-ckpt --chunk-size 1000000
   part 5 "max batch plan" 200 "${PY}" bench/run.py --gpu --dry-run --max-batch --mode full
+  part 6 "QLoRA plan" 200 bash -c "${PY} bench/run.py --gpu --qlora --mode lora --dry-run &&
+    ${PY} bench/qlora_mem.py --gpu --dry-run"
 else
   part 1 "tests/gpu" "${CHECK_T1:-50}" "${PY}" -m pytest -q -p no:cacheprovider -m gpu tests/gpu
   part 2a "hdpo vs TRL, live reference" "${CHECK_T2A:-110}" \
@@ -122,6 +128,10 @@ else
   part 5 "largest batch, full FT" "${CHECK_T5:-40}" \
     "${BENCH[@]}" --mode full --max-batch --max-batch-cap 256 --max-batch-seconds "$(( ${CHECK_T5:-40} - 15 ))" \
     --out "${SCRATCH}/res5"
+  part 6 "QLoRA: CUDA tests, hdpo vs TRL (same bnb 4-bit config), QLoRA vs LoRA memory" "${CHECK_T6:-120}" bash -c "
+    ${PY} -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_qlora_cuda.py &&
+    ${BENCH[*]} --mode lora --qlora --out ${SCRATCH}/res6 &&
+    ${PY} bench/qlora_mem.py --gpu --out ${SCRATCH}/res6"
 fi
 echo; echo "failed parts: ${failed}" | tee -a "${SUMMARY}"
 exit "${failed}"

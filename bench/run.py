@@ -64,6 +64,7 @@ class Plan:
     engines: tuple[str, ...] = ("hdpo", "trl")
     hdpo_options: dict = field(default_factory=dict)
     chunk_size: int | None = None
+    quant: dict | None = None  # --qlora: both engines load the base 4-bit nf4 with the same bitsandbytes config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--host-mem-mb", type=int, default=None,
                     help="--max-batch on a CPU: memory budget per process (RLIMIT_DATA), the CPU's 'GPU memory'")
     ap.add_argument("--budget", type=int, default=None, help="counted tokens per step for --sweep-lengths")
+    ap.add_argument("--qlora", action="store_true", help="LoRA on a 4-bit nf4 base (bitsandbytes), both engines")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit (no model, no runs)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     return ap.parse_args(argv)
@@ -129,7 +131,9 @@ def make_plan(a: argparse.Namespace) -> Plan:
                 shape=SHAPES[a.shape] if a.shape else (GPU_SHAPE if a.gpu else CPU_SHAPE),
                 lengths=GPU_LENGTHS if a.gpu else CPU_LENGTHS, engines=tuple(a.engines.split(",")),
                 hdpo_options={k: _value(v) for k, v in (o.split("=", 1) for o in a.hdpo_opt)},
-                chunk_size=a.chunk_size)
+                chunk_size=a.chunk_size,
+                quant={"bits": 4, "quant_type": "nf4", "double_quant": True,
+                       "compute_dtype": "bfloat16" if a.gpu else "float32"} if a.qlora else None)
 
 
 def versions() -> dict[str, str]:
@@ -243,7 +247,7 @@ def base_cfg(plan: Plan, model_dir: Path, data: Path) -> dict:
     return {"model_dir": str(model_dir), "data": str(data), "dtype": plan.shape.dtype, "gpu": plan.gpu,
             "warmup": plan.warmup, "steps": plan.steps, "batch": plan.batch, "micro": plan.micro, "lr": plan.lr,
             "beta": plan.beta, "grad_ckpt": plan.grad_ckpt, "threads": plan.threads, "precompute": plan.precompute,
-            "hdpo_options": plan.hdpo_options, "profile": None,
+            "hdpo_options": plan.hdpo_options, "profile": None, "quant": plan.quant,
             "train_kwargs": {"chunk_size": plan.chunk_size} if plan.chunk_size else {}}
 
 

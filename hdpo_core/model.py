@@ -2,6 +2,8 @@
 
 * LoRA (peft): the reference is the same model with the adapter switched off; no second copy.
 * Full fine-tuning: the reference is a frozen copy loaded from the same folder.
+* QLoRA (``ModelOptions.quantization``): the base is loaded k-bit (:mod:`hdpo_core.quant`), prepared as peft's
+  k-bit training does, and LoRA goes on top; the reference is still the adapter-off model.
 
 Loading is strict by default: ``trust_remote_code`` off, safetensors only (pickle ``.bin`` weights only with
 ``allow_pickle``), and a Hub id that cannot be reached is one clear :class:`InputError`.
@@ -22,6 +24,7 @@ from torch import nn
 
 from .errors import InputError
 from .inputs import check_model_folder
+from .quant import QuantOptions
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,6 +38,7 @@ class ModelOptions:
     allow_pickle: bool = False
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
+    quantization: QuantOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -97,12 +101,18 @@ def load_causal_lm(opts: ModelOptions) -> nn.Module:
     """Load a ``*ForCausalLM`` in ``opts.dtype`` (safetensors only unless ``allow_pickle``)."""
     from transformers import AutoModelForCausalLM
 
+    from . import quant
+
     _check_local_folder(opts)
+    extra: dict[str, Any] = {}
+    if opts.quantization is not None:
+        quant.check_base(opts.name_or_path, trust_remote_code=opts.trust_remote_code)
+        extra = quant.load_kwargs(opts.quantization)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             opts.name_or_path, revision=opts.revision, dtype=DTYPES[opts.dtype],
             trust_remote_code=opts.trust_remote_code, use_safetensors=None if opts.allow_pickle else True,
-            attn_implementation=opts.attn_implementation,
+            attn_implementation=opts.attn_implementation, **extra,
         )
     except Exception as exc:
         raise _load_error(opts, "model", exc) from None
@@ -126,6 +136,14 @@ def apply_lora(model: nn.Module, lora: LoraOptions) -> nn.Module:
 def build_policy_and_reference(opts: ModelOptions, lora: LoraOptions | None) -> tuple[nn.Module, nn.Module | None]:
     """Returns ``(policy, frozen_reference)``; the reference is ``None`` under LoRA (adapter-off instead)."""
     base = load_causal_lm(opts)
+    if opts.quantization is not None:
+        if lora is None:
+            raise InputError("quantization: a quantized base trains only adapters; add a lora: section")
+        from .quant import prepare_for_training
+
+        base = prepare_for_training(base, opts.gradient_checkpointing)
+        base.config.use_cache = False
+        return apply_lora(base, lora), None
     if opts.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.config.use_cache = False
@@ -147,7 +165,9 @@ def model_fingerprint(opts: ModelOptions) -> str:
     """Cheap identity of the weights: config plus name, size and head/tail bytes of each weight file
     (a Hub id is identified by id and revision)."""
     path = Path(opts.name_or_path)
-    h = hashlib.sha256(json.dumps([opts.name_or_path if not path.exists() else "", opts.revision, opts.dtype]).encode())
+    quant = opts.quantization.identity() if opts.quantization is not None else None
+    h = hashlib.sha256(json.dumps([opts.name_or_path if not path.exists() else "", opts.revision, opts.dtype]
+                                  + ([quant] if quant else [])).encode())
     if path.exists():
         for f in sorted(path.iterdir()):
             if f.suffix in {".safetensors", ".bin", ".json"} and f.is_file():

@@ -22,6 +22,7 @@ from hdpo_core.errors import InputError, RunError
 from hdpo_core.public_paths import public_paths
 
 from .run import Run
+from .spec_quant import quant_options
 from .spec_ship import ExportSpec, HubSpec, MergeSpec
 
 Log = Callable[[str], None]
@@ -72,17 +73,21 @@ def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
         )
         info = {**existing, "skipped": True}
     else:
-        result = (
-            m.merge_lora(final, out, base_id=base, dtype=dtype, tolerance=merge_spec.tolerance)
-            if lora
-            else m.copy_full(final, out, dtype=dtype)
-        )
+        quant = quant_options(run.spec.quantization, run.spec.model.dtype, _merge_device())
+        if lora and quant is not None:
+            from hdpo_core.export.merge_qlora import merge_qlora
+
+            result = merge_qlora(final, out, base_id=base, dtype=dtype, tolerance=merge_spec.tolerance, quant=quant)
+        elif lora:
+            result = m.merge_lora(final, out, base_id=base, dtype=dtype, tolerance=merge_spec.tolerance)
+        else:
+            result = m.copy_full(final, out, dtype=dtype)
         info = result.__dict__.copy()
         what = (
             f"merged LoRA into {base}, max abs logit diff {result.max_abs_logit_diff:.3g}"
             if lora
             else "copied full model"
-        )
+        ) + _qlora_note(info)
         log(f"merge: {what}; saved {dtype} to {out}")
     eval_results = load_json(run_dir / "eval" / "results.json")
     spec, info = public_paths(spec, run_dir), public_paths(info, run_dir)  # shared files: no machine paths
@@ -98,6 +103,20 @@ def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
     prov = provenance(spec, run_dir=run_dir, merge_info=info, extra=extra)
     (out / "provenance.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
     return info
+
+
+def _merge_device() -> str:
+    """bitsandbytes runs a k-bit base where it was placed: the GPU when there is one (as training did)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _qlora_note(info: dict[str, Any]) -> str:
+    if not info.get("base_quantization"):
+        return ""
+    return (f" (dequantized {info['base_quantization']} base + adapter vs the k-bit model: "
+            f"{info['greedy_identical']}/{info['greedy_tokens']} greedy tokens identical)")
 
 
 def _card_base(run: Run, base: str | None) -> str | None:

@@ -26,6 +26,7 @@ from .spec_base import StrictModel
 from .spec_distributed import DistributedSpec
 from .spec_messages import find_secrets, format_validation_error, model_of, redact_secrets
 from .spec_paths import resolve_paths
+from .spec_quant import QuantizationSpec, quantization_problems
 from .spec_yaml import load_yaml
 
 __all__ = ["JobSpec", "dump_yaml", "json_schema", "load_spec", "model_of", "redact_secrets",
@@ -197,6 +198,8 @@ class JobSpec(StrictModel):
 
     model: ModelSpec = Field(..., description="Base model.")
     lora: LoraSpec | None = Field(None, description="LoRA settings; null or absent = full fine-tuning.")
+    quantization: QuantizationSpec | None = Field(None, description="Load the base k-bit (QLoRA, bitsandbytes); "
+                                                  "needs lora:. Absent = the base in model.dtype.")
     data: DataSpec = Field(..., description="Preference data.")
     hdpo: HdpoSpec = Field(default_factory=HdpoSpec, description="H-DPO loss.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training loop.")
@@ -220,6 +223,8 @@ class JobSpec(StrictModel):
             issues.append("train.mixed_precision: fp16 with model.dtype: float16 and full fine-tuning cannot "
                           "unscale float16 gradients; use model.dtype: float32 (or bfloat16 without mixed "
                           "precision)")
+        issues += quantization_problems(self.quantization, has_lora=self.lora is not None,
+                                        backend=self.distributed.backend)
         _raise_issues(issues)
         return self
 

@@ -26,6 +26,7 @@ from hdpo_core.model import (
     load_tokenizer,
     model_fingerprint,
 )
+from hdpo_core.quant import write_settings as write_quant_settings
 from hdpo_core.tokenize import TokenizedPair, tokenize_rows
 from hdpo_core.trainer import EvalSet, TrainHooks, TrainOptions, TrainPaths, make_batcher, train
 
@@ -34,6 +35,7 @@ from .faults import fault_error
 from .run import Run
 from .rundir import RunDir
 from .spec import JobSpec
+from .spec_quant import quant_options
 from .tracking import STATE_FILE as TRACKING_STATE
 from .tracking import open_metrics_log
 
@@ -48,11 +50,14 @@ class PreparedData:
     info: dict[str, Any]
 
 
-def model_options(spec: JobSpec) -> ModelOptions:
+def model_options(spec: JobSpec, device: str = "cpu") -> ModelOptions:
+    """The core's model options; ``device`` is where a quantized base is placed (bitsandbytes quantizes there)."""
     m = spec.model
+    quant = quant_options(spec.quantization, m.dtype, device)
     return ModelOptions(name_or_path=m.name_or_path, dtype=m.dtype, revision=m.revision,
                         trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
-                        attn_implementation=m.attn_implementation, gradient_checkpointing=m.gradient_checkpointing)
+                        attn_implementation=m.attn_implementation, gradient_checkpointing=m.gradient_checkpointing,
+                        quantization=quant)
 
 
 def lora_options(spec: JobSpec) -> LoraOptions | None:
@@ -170,6 +175,7 @@ def _write_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, 
     else:
         model.save_pretrained(str(tmp), state_dict=state_dict)
     tokenizer.save_pretrained(str(tmp))
+    write_quant_settings(model, tmp)  # QLoRA: final/quantization.json names the k-bit base it was trained on
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -270,7 +276,7 @@ def start_model(spec: JobSpec, rd: RunDir, accelerator: Accelerator) -> ModelOpt
     from hdpo_core.export import merge
     from hdpo_core.inputs import check_model_folder
 
-    mopts = model_options(spec)
+    mopts = model_options(spec, str(accelerator.device))
     src = Path(mopts.name_or_path)
     if src.is_dir():
         check_model_folder(src)  # before anything reads adapter_config.json or hashes the folder
@@ -328,6 +334,9 @@ def _check_backend(spec: JobSpec, accelerator: Accelerator) -> None:
     the moment the model loads: a frozen full-weight reference copy and scoring before ``prepare``."""
     from hdpo_core.checkpoint import backend
 
+    if spec.quantization is not None and backend(accelerator) in ("deepspeed", "fsdp"):
+        raise InputError(f"quantization: not supported under {backend(accelerator)} (the accelerate config shards "
+                         "the packed k-bit weights); use DDP or one process")
     if backend(accelerator) != "deepspeed":
         return
     if spec.lora is None:

@@ -71,6 +71,7 @@ def check_job(path: str | os.PathLike[str]) -> Report:
         _check_run_folder(spec, report)
         _check_sandbox(spec, report)
         report.problems.extend(eval_task_problems(spec, report.summary))
+        _check_quantization(spec, report)
         if spec.tracking is not None:
             report.problems.extend(missing_packages(spec.tracking))
     report.problems = [redact_secrets(p) for p in report.problems]
@@ -87,6 +88,22 @@ def _check_sandbox(spec: JobSpec, report: Report) -> None:
             require_sandbox(ev.allow_unsandboxed_code)
         except SandboxUnavailable as exc:
             report.problems.append(exc.message)
+
+
+def _check_quantization(spec: JobSpec, report: Report) -> None:
+    """QLoRA: the backend is installed and the base can be quantized (no weights are loaded)."""
+    if spec.quantization is None:
+        return
+    from hdpo_core.quant import check_base
+
+    try:
+        check_base(spec.model.name_or_path, trust_remote_code=spec.model.trust_remote_code)
+    except InputError as exc:
+        report.problems.append(exc.message)
+        return
+    q = spec.quantization
+    kind = f"4-bit {q.quant_type}" if q.bits == 4 else "8-bit"
+    report.summary.append(f"quantization: base loaded {kind} (bitsandbytes), LoRA on top (QLoRA)")
 
 
 def run_validate(path: str | os.PathLike[str]) -> int:

@@ -96,7 +96,10 @@ def load_causal_lm(folder: Path, kind: Kind, *, device: str = "cpu", dtype: torc
             if not base:
                 raise InputError(f"{folder}/adapter_config.json: no base_model_name_or_path; cannot load the base")
             base_dir = Path(base) if Path(base).is_dir() else None
-            model = transformers.AutoModelForCausalLM.from_pretrained(base, **kwargs)
+            from hdpo_core.quant import saved_load_kwargs  # QLoRA: the adapter goes on its k-bit base
+
+            model = transformers.AutoModelForCausalLM.from_pretrained(base, **kwargs,
+                                                                      **saved_load_kwargs(folder, device))
             model = peft.PeftModel.from_pretrained(model, str(folder))
         else:
             model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)

@@ -143,6 +143,7 @@ def build_card(
         **_flat(spec.get("hdpo"), "hdpo"),
         **_flat(spec.get("train"), "train"),
         **_flat(spec.get("lora"), "lora"),
+        **_flat(spec.get("quantization"), "quantization"),
     }
     rows = "\n".join(f"| `{k}` | `{v}` |" for k, v in scrub(settings).items()) or "| (none recorded) | |"
     evals = "\n".join(f"| {k} | {v} |" for k, v in _flat(eval_results or {}, "eval").items())
@@ -152,7 +153,7 @@ def build_card(
 Aligned from {_base_text(base_model)} with **H-DPO** (entropy-controllable DPO,
 loss `-log sigmoid(alpha*beta*(logp(y_w)-logp(y_l)) - beta*(logp_ref(y_w)-logp_ref(y_l)))`)
 by [hdpo-tune](https://github.com/hdpo-tune). alpha = **{alpha}**, beta = **{beta}**
-(alpha < 1 sharpens the distribution, lowering entropy; alpha = 1 is plain DPO).
+(alpha < 1 sharpens the distribution, lowering entropy; alpha = 1 is plain DPO).{_quant_text(spec)}
 
 Datasets: {", ".join(f"`{d}`" for d in datasets) or "not recorded"}.
 
@@ -200,6 +201,16 @@ def _lm_eval_section(eval_results: dict | None) -> str:
         return ""
     rows = "\n".join(f"| {k.partition('/')[0]} | {k.partition('/')[2]} | {v:.4f} |" for k, v in head.items())
     return f"\n### lm-evaluation-harness\n\n| task | metric | value |\n|---|---|---|\n{rows}\n"
+
+
+def _quant_text(spec: dict) -> str:
+    """QLoRA: the adapter was trained on a k-bit base; these weights are the dequantized base plus the adapter."""
+    q = spec.get("quantization")
+    if not isinstance(q, dict):
+        return ""
+    kind = f"4-bit {q.get('quant_type', 'nf4')}" if q.get("bits", 4) == 4 else "8-bit"
+    return (f"\nThe LoRA adapter was trained on a **{kind}** (bitsandbytes) base (QLoRA); these weights are "
+            "the dequantized base plus the adapter.")
 
 
 def load_json(path: Path) -> dict | None:

@@ -3,7 +3,8 @@
 OpenAI's request fields map onto the job spec (see docs/service.md for the table): ``method.dpo.hyperparameters``
 ``beta`` -> ``hdpo.beta``, ``batch_size`` -> ``train.batch_size``, ``n_epochs`` -> ``train.epochs``,
 ``learning_rate_multiplier`` x the spec's default learning rate -> ``train.learning_rate``; ``seed`` ->
-``train.seed``. What OpenAI's shape cannot say (H-DPO's ``alpha``, ``alpha: auto``, LoRA, steps...) goes in the
+``train.seed``. What OpenAI's shape cannot say (H-DPO's ``alpha``, ``alpha: auto``, LoRA, QLoRA's
+``quantization``, steps...) goes in the
 ``hdpo_tune`` extension field (the SDK's ``extra_body``): spec sections laid over those defaults. A served job
 trains with LoRA (defaults) and merges, so ``fine_tuned_model`` names a full model.
 """
@@ -132,7 +133,8 @@ def method_echo(spec: JobSpec) -> dict[str, Any]:
           "n_epochs": int(t.epochs) if t.epochs is not None and float(t.epochs).is_integer() else (t.epochs or "auto")}
     return {"type": "dpo", "dpo": {"hyperparameters": hp},
             "hdpo_tune": {"alpha": spec.hdpo.alpha, "max_steps": t.max_steps, "learning_rate": t.learning_rate,
-                          "lora": spec.lora is not None}}
+                          "lora": spec.lora is not None,
+                          "quantization": spec.quantization.model_dump() if spec.quantization else None}}
 
 
 def job_object(job: JobRow | Row[Any]) -> dict[str, Any]:

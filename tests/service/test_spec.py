@@ -217,7 +217,7 @@ def test_redact_secrets_hides_pattern_and_env_value(monkeypatch: pytest.MonkeyPa
 def test_json_schema_documents_every_field_with_its_default() -> None:
     schema = json_schema()
     assert set(schema["properties"]) == {"model", "lora", "data", "hdpo", "train", "output", "eval", "merge",
-                                         "export", "hub", "distributed", "tracking"}
+                                         "export", "hub", "distributed", "tracking", "quantization"}
     assert set(schema["required"]) == {"model", "data", "output"}
     for name, sub in schema["$defs"].items():
         for field, node in sub["properties"].items():
