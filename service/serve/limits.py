@@ -36,6 +36,7 @@ class Limits:
     max_processes: int = 1  # distributed.num_processes x num_machines (a served job is one process)
     max_checkpoints: int = 5  # train.keep_checkpoints (disk)
     max_lora_rank: int = 256  # lora.r
+    max_row_bytes: int = 4 << 20  # data.max_row_bytes: one row's bytes (tokenizing a huge row costs minutes)
 
 
 def parse_limits(items: list[str]) -> Limits:
@@ -80,6 +81,7 @@ def check_limits(limits: Limits, spec: JobSpec, *, train_rows: int | None, task_
               ("train.row_tokens", t.row_tokens, "max_row_tokens"),
               ("train.logps_chunk_size", t.logps_chunk_size, "max_row_tokens"),
               ("train.keep_checkpoints", t.keep_checkpoints, "max_checkpoints"),
+              ("data.max_row_bytes", spec.data.max_row_bytes, "max_row_bytes"),
               ("distributed.num_processes", spec.distributed.num_processes * spec.distributed.num_machines,
                "max_processes")]
     if spec.lora is not None:

@@ -121,6 +121,7 @@ LIMITS = [  # (OpenAI hyperparameters or None, spec patch, field named, limit na
     (None, {"train": {"keep_checkpoints": 1000}}, "train.keep_checkpoints", "max_checkpoints"),
     (None, {"distributed": {"num_processes": 64}}, "distributed.num_processes", "max_processes"),
     (None, {"lora": {"r": 4096}}, "lora.r", "max_lora_rank"),
+    (None, {"data": {"max_row_bytes": 1 << 30}}, "data.max_row_bytes", "max_row_bytes"),
     (None, {"eval": {"tasks": "TASKS", "n_samples": 1024}}, "eval.n_samples", "max_eval_samples"),
 ]
 
