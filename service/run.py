@@ -58,7 +58,11 @@ class Run:
         return {s for s in done if isinstance(s, str)} if isinstance(done, list) else set()
 
     def mark(self, stage: str, state: State, done: set[str], **extra: Any) -> None:
-        """Record ``stage``'s ``state`` and the finished stages in ``status.json``."""
+        """Record ``stage``'s ``state`` and the finished stages in ``status.json``. The training length
+        (``total_steps``) stays there after the train stage: a reader that first looks during a later stage
+        (the jobs service polling a short job on a loaded machine) still learns it."""
+        if extra.get("total_steps") is None and "train" in done:
+            extra["total_steps"] = (self.folder.read_status() or {}).get("total_steps")
         self.folder.write_status(stage, state, stages_done=sorted(done), **extra)
 
 
