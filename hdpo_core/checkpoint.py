@@ -23,10 +23,8 @@ builds its fp32 master copy from them); the optimizer and scheduler after it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +32,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import artifact
+from .io import note
+
 PREFIX = "step-"
-MANIFEST = "checksums.json"
+MANIFEST = artifact.MANIFEST
 _REQUIRED = ("trainable.safetensors", "scheduler.pt", "rng.pt", "state.json")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -117,8 +107,7 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, op
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    artifact.remove_tree(tmp)
     tmp.mkdir()
     if weights is None:
         if model is None:
@@ -127,43 +116,18 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, op
     if optimizer_state is None and optimizer is not None:
         optimizer_state = optimizer.state_dict()
     save_file(weights, str(tmp / "trainable.safetensors"))
-    names = ["trainable.safetensors", "scheduler.pt", "rng.pt"]
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
-        names.append("optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     ranks = rng_states or [rng_state()]
     torch.save({**ranks[0], "ranks": ranks}, tmp / "rng.pt")
-    for name in names:
-        with open(tmp / name, "rb") as fh:
-            os.fsync(fh.fileno())
     with open(tmp / "state.json", "w", encoding="utf-8") as fh:
         json.dump({"step": step, **state}, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _write_manifest(tmp, [*names, "state.json"])
-    _fsync_dir(tmp)
-    replaced = _move_aside(final) if final.exists() else None  # the same step again (a rerun of the last)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
+    # fsync, checksums.json last, the same step again (a rerun of the last) moved aside, renamed into place
+    artifact.publish(tmp, final, required=_REQUIRED, aside=_aside_name(final))
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(_move_aside(old), ignore_errors=True)
+        artifact.remove_tree(_move_aside(old))
     return final
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _write_manifest(folder: Path, names: list[str]) -> None:
-    files = {n: {"size": (folder / n).stat().st_size, "sha256": _sha256(folder / n)} for n in names}
-    with open(folder / MANIFEST, "w", encoding="utf-8") as fh:
-        json.dump({"algorithm": "sha256", "files": files}, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 _verified: dict[tuple[str, tuple[tuple[str, int, int, int], ...]], str | None] = {}
@@ -186,23 +150,7 @@ def verify_checkpoint(path: Path) -> str | None:
 
 
 def _check_manifest(path: Path) -> str | None:
-    try:
-        files = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
-        entries = [(str(n), int(m["size"]), str(m["sha256"])) for n, m in files.items()]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return f"{MANIFEST} is unreadable"
-    missing = [n for n in _REQUIRED if n not in files]
-    if missing:
-        return f"{MANIFEST} does not list {missing[0]}"
-    for name, size, digest in entries:
-        f = path / name
-        if os.sep in name or not f.is_file():
-            return f"{name} is missing"
-        if f.stat().st_size != size:
-            return f"{name} is {f.stat().st_size} bytes, {size} were written (truncated?)"
-        if _sha256(f) != digest:
-            return f"{name} does not match its checksum"
-    return _check_state(path)
+    return artifact.verify(path, required=_REQUIRED) or _check_state(path)
 
 
 def _check_state(path: Path) -> str | None:
@@ -260,6 +208,10 @@ def usable_checkpoint(root: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
+def _aside_name(path: Path) -> Path:
+    return path.with_name(f".tmp-del-{path.name}-{os.getpid()}")
+
+
 def _move_aside(path: Path) -> Path:
     """Rename a checkpoint folder to a temp name (atomic) before deleting it; returns the new name.
 
@@ -267,10 +219,10 @@ def _move_aside(path: Path) -> Path:
     leave ``state.json`` next to a missing weights file: a folder that looks complete but cannot load. Under a
     temp name it is never taken for a checkpoint, and :func:`clean_partial` removes what a kill leaves.
     """
-    trash = path.with_name(f".tmp-del-{path.name}-{os.getpid()}")
-    if trash.exists():
-        shutil.rmtree(trash, ignore_errors=True)
+    trash = _aside_name(path)
+    artifact.remove_tree(trash)
     os.replace(path, trash)
+    note("rename", trash)
     return trash
 
 
@@ -278,8 +230,14 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints (those with ``state.json``), oldest first. Leftover temp folders are ignored."""
     if not root.exists():
         return []
-    done = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").exists()]
+    done = [p for p in root.iterdir() if _is_step_name(p.name) and artifact.is_real_dir(p)
+            and (p / "state.json").exists()]
     return sorted(done, key=lambda p: p.name)
+
+
+def _is_step_name(name: str) -> bool:
+    digits = name[len(PREFIX):]
+    return name.startswith(PREFIX) and digits.isdigit() and len(digits) >= 8
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -291,8 +249,8 @@ def clean_partial(root: Path) -> None:
     """Remove temp folders left by a kill during a write."""
     if root.exists():
         for p in root.iterdir():
-            if p.name.startswith(".tmp-"):
-                shutil.rmtree(p, ignore_errors=True)
+            if p.name.startswith(".tmp-") and artifact.is_real_dir(p):
+                artifact.remove_tree(p)
 
 
 def load_weights(path: Path, model: nn.Module, *, zero3: bool = False) -> None:
