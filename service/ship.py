@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -87,37 +88,32 @@ def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
     base = (m.base_model_of(final) or run.spec.model.name_or_path) if lora else None
     dtype = merge_spec.dtype or m.default_dtype(base if lora else str(final))
     existing = None if force else m.up_to_date(out, m.fingerprint(final, dtype))
+
+    def card_files(result: m.MergeResult | dict[str, Any]) -> dict[str, bytes]:
+        """README.md and provenance.json for the merged folder (the same text when nothing changed)."""
+        recorded = {k: v for k, v in (result if isinstance(result, dict) else asdict(result)).items()
+                    if k != "skipped"}
+        card = build_card(spec, base_model=_card_base(run, base), eval_results=load_json(run_dir / "eval" /
+                          "results.json"), repo_id=hub_spec.repo_id, onnx=export_spec.onnx.enabled)
+        extra = {"data": load_json(run_dir / "data_info.json")}  # the train stage's data files and fingerprints
+        prov = provenance(spec, run_dir=run_dir, merge_info=recorded, extra=extra)
+        return {"README.md": card.encode("utf-8"),
+                "provenance.json": (json.dumps(prov, indent=2, default=str) + "\n").encode()}
+
     if existing:
         log(
             f"merge: {out} is already up to date (same inputs, dtype {dtype}); nothing to do (use --force to redo)"
         )
-        info = {**existing, "skipped": True}
-    else:
-        result = (
-            m.merge_lora(final, out, base_id=base, dtype=dtype, tolerance=merge_spec.tolerance)
-            if lora
-            else m.copy_full(final, out, dtype=dtype)
-        )
-        info = result.__dict__.copy()
-        what = (
-            f"merged LoRA into {base}, max abs logit diff {result.max_abs_logit_diff:.3g}"
-            if lora
-            else "copied full model"
-        )
-        log(f"merge: {what}; saved {dtype} to {out}")
-    eval_results = load_json(run_dir / "eval" / "results.json")
-    card = build_card(
-        spec,
-        base_model=_card_base(run, base),
-        eval_results=eval_results,
-        repo_id=hub_spec.repo_id,
-        onnx=export_spec.onnx.enabled,
+        artifact.replace_files(out, card_files(existing))  # a new eval result changes the card: republished
+        return {**existing, "skipped": True}
+    result = (
+        m.merge_lora(final, out, base_id=base, dtype=dtype, tolerance=merge_spec.tolerance, extra=card_files)
+        if lora
+        else m.copy_full(final, out, dtype=dtype, extra=card_files)
     )
-    extra = {"data": load_json(run_dir / "data_info.json")}  # the train stage's data files and fingerprints
-    recorded = {k: v for k, v in info.items() if k != "skipped"}  # the same text on a rerun that skips
-    prov = provenance(spec, run_dir=run_dir, merge_info=recorded, extra=extra)
-    artifact.replace_files(out, {"README.md": card.encode("utf-8"),
-                                 "provenance.json": (json.dumps(prov, indent=2, default=str) + "\n").encode()})
+    what = f"merged LoRA into {base}, max abs logit diff {result.max_abs_logit_diff:.3g}" if lora else "copied full model"
+    log(f"merge: {what}; saved {dtype} to {out}")
+    info = result.__dict__.copy()
     return info
 
 
@@ -283,15 +279,20 @@ def _versions() -> dict[str, str]:
     return package_versions()
 
 
-def upload_plan(run_dir: Path) -> list:
+def upload_plan(run_dir: Path, expected: tuple[str, ...] = ()) -> list:
     """What a push uploads: ``merged/`` at the repo root, plus ``onnx/`` and ``gguf/`` when exported and
-    validated."""
+    validated. ``expected``: the exports the job enables; one of them absent (an export killed after the old
+    folder was moved aside) is refused, not silently left out."""
     from hdpo_core.export.hub import Upload
 
     merged = run_dir / "merged"
     if not os.path.lexists(merged):
         raise InputError(f"{merged} has no model: run `hdpo-tune merge {run_dir}` before pushing")
     whole(merged, run_dir, "merge")
+    missing = [sub for sub in expected if not os.path.lexists(run_dir / sub)]
+    if missing:
+        raise InputError(f"{run_dir / missing[0]} is missing but the job exports it: rerun `hdpo-tune export "
+                         f"{run_dir}` before pushing")
     return [Upload(merged, None)] + [Upload(run_dir / sub, sub) for sub in ("onnx", "gguf")
                                      if _validated(run_dir / sub, run_dir)]
 
@@ -317,7 +318,9 @@ def push(
     hub = _sections(run)[2]
     if hub.repo_id is None:
         raise InputError(f"{run_dir / SPEC_FILE}: hub.repo_id is not set; set it to 'owner/name' to push")
-    plan = upload_plan(run_dir)
+    export_spec = run.spec.export
+    expected = export_folders(export_spec) if export_spec and (export_spec.onnx.enabled or export_spec.gguf.enabled) else ()
+    plan = upload_plan(run_dir, expected)
     message = hub.commit_message or f"hdpo-tune: upload run {run_dir.resolve().name}"
     if dry_run:
         where = f"{hub.repo_id}@{hub.revision or 'main'}{' (as a PR)' if hub.create_pr else ''}"

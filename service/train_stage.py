@@ -205,7 +205,7 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     if fresh:
         if accelerator.is_main_process:
             mine = ownership.written(rd.path)
-            for name in ("final", "checkpoints"):  # whole or absent: renamed aside first, then removed
+            for name in ("checkpoints", "final"):  # checkpoints first: a killed --force never resumes the old run
                 if name in mine:
                     artifact.discard(rd.path / name)
             ownership.remove_written(rd.path, TRAINING_OUTPUTS)

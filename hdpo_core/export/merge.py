@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,10 +108,21 @@ def _logits(model, batch) -> torch.Tensor:  # noqa: ANN001
         return model(**batch).logits.float()
 
 
+#: Files the caller adds to the merged folder (model card, provenance) from the merge's result, so they are
+#: published with the weights in one rename.
+ExtraFiles = Callable[[MergeResult], dict[str, bytes]]
+
+
+def _write_extra(tmp: Path, result: MergeResult, extra: ExtraFiles | None) -> None:
+    for name, data in (extra(result) if extra else {}).items():
+        (tmp / name).write_bytes(data)
+
+
 def merge_lora(
-    adapter_dir: Path, out_dir: Path, *, base_id: str, dtype: str, tolerance: float
+    adapter_dir: Path, out_dir: Path, *, base_id: str, dtype: str, tolerance: float, extra: ExtraFiles | None = None
 ) -> MergeResult:
-    """Merge ``adapter_dir`` into ``base_id`` (folder or Hub id); write ``out_dir`` atomically (via ``.tmp``)."""
+    """Merge ``adapter_dir`` into ``base_id`` (folder or Hub id); build ``out_dir`` aside (``.tmp``) with ``extra``
+    files and rename it into place."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -142,10 +154,11 @@ def merge_lora(
         merged.to(DTYPES[dtype]).save_pretrained(tmp, max_shard_size="5GB")
         tokenizer.save_pretrained(tmp)
         (tmp / MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
+        _write_extra(tmp, result, extra)
     return result
 
 
-def copy_full(final_dir: Path, out_dir: Path, *, dtype: str) -> MergeResult:
+def copy_full(final_dir: Path, out_dir: Path, *, dtype: str, extra: ExtraFiles | None = None) -> MergeResult:
     """Full fine-tuning: nothing to merge; save the same layout (cast to ``dtype``, eos/pad set)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -158,8 +171,9 @@ def copy_full(final_dir: Path, out_dir: Path, *, dtype: str) -> MergeResult:
     with artifact.building(out_dir, required=(MARKER, "config.json")) as tmp:
         model.save_pretrained(tmp, max_shard_size="5GB")
         tokenizer.save_pretrained(tmp)
-        for extra in ("chat_template.jinja",):
-            if (final_dir / extra).exists() and not (tmp / extra).exists():
-                shutil.copy2(final_dir / extra, tmp / extra)
+        for name in ("chat_template.jinja",):
+            if (final_dir / name).exists() and not (tmp / name).exists():
+                shutil.copy2(final_dir / name, tmp / name)
         (tmp / MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
+        _write_extra(tmp, result, extra)
     return result
