@@ -1,10 +1,11 @@
 """The stage pipeline behind `hdpo-tune run`: open the run folder, then each stage of :data:`service.stages.STAGES`.
 
-Every stage is idempotent: a finished stage is recorded in ``status.json`` (``stages_done``) and skipped when the
-job is run again, unless ``force``, and only while the folders it built still verify against their manifests
-(:mod:`hdpo_core.artifact`): a record alone never makes a stage done. A failure writes ``state: failed`` with the one-line error; SIGTERM/SIGINT
-writes ``interrupted`` after the trainer's checkpoint. Only the main process writes the run folder; under a
-distributed launch the other ranks take part in training only and leave the later stages to the main process.
+Every stage is idempotent: a finished stage is recorded in ``status.json`` (``stages_done``) and skipped when
+the job is run again, unless ``force``, and only while the folders it built still verify against their
+manifests (:mod:`hdpo_core.artifact`): a record alone never makes a stage done. A failure writes
+``state: failed`` with the one-line error; SIGTERM/SIGINT writes ``interrupted`` after the trainer's checkpoint.
+Only the main process writes the run folder; under a distributed launch the other ranks take part in training
+only and leave the later stages to the main process.
 """
 
 from __future__ import annotations

@@ -202,6 +202,8 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     """
     spec, rd = run.spec, run.folder
     accelerator = make_accelerator(spec)
+    if accelerator.is_main_process:  # recorded before they exist: a SIGKILLed run's --force still removes them
+        ownership.record(rd.path, [n for n in (*TRAINING_OUTPUTS, "start_model") if not os.path.lexists(rd.path / n)])
     if fresh:
         if accelerator.is_main_process:
             mine = ownership.written(rd.path)
