@@ -1,15 +1,17 @@
 """Atomic, resumable training checkpoints.
 
 A checkpoint is a folder ``checkpoints/step-NNNNNNNN/`` holding the trainable weights (adapter only under
-LoRA), the optimizer and scheduler state, the torch RNG state and ``state.json``. It is written into a
-temporary sibling folder, fsynced, and renamed into place, and ``state.json`` is written last inside it, so a
-kill at any moment leaves either the previous complete checkpoint or the new complete one, never a torn one.
-Older checkpoints beyond ``keep`` are removed only after the new one is in place.
+LoRA), the optimizer and scheduler state, the torch RNG state and ``state.json``. It is built like every other
+artifact folder (:mod:`hdpo_core.artifact`): written into a temporary sibling, fsynced, its manifest written
+last, and renamed into place, so a kill at any moment leaves either the previous complete checkpoint or the new
+complete one, never a torn one. Older checkpoints beyond ``keep`` are renamed aside, then removed, only after
+the new one is in place.
 
-Integrity: the last file written into a checkpoint is ``checksums.json`` (size and SHA-256 of every other file,
-``state.json`` included). A resume takes the newest checkpoint that verifies (:func:`usable_checkpoint`): a
-truncated weights file, a broken ``state.json`` or a flipped byte in the optimizer state is named in one
-warning line and the previous checkpoint is used instead; none usable is one error. Checkpoints written before
+Integrity: the last file written into a checkpoint is the artifact manifest ``checksums.json`` (size and SHA-256
+of every other file, ``state.json`` included; the same format and check as every artifact folder). A resume
+takes the newest checkpoint that verifies (:func:`usable_checkpoint`): a truncated weights file, a broken
+``state.json`` or a flipped byte in the optimizer state is named in one warning line and the previous
+checkpoint is used instead; none usable is one error. Checkpoints written before
 checksums existed are verified by loading every file (catches truncation, not silent corruption).
 
 Distributed runs: only the main process writes. Under DDP every rank holds the same weights and optimizer
