@@ -202,7 +202,8 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     """
     spec, rd = run.spec, run.folder
     accelerator = make_accelerator(spec)
-    if accelerator.is_main_process:  # recorded before they exist: a SIGKILLed run's --force still removes them
+    if accelerator.is_main_process and ownership.is_owned(rd.path):
+        # recorded before they exist: a --force after a SIGKILLed run still removes them
         ownership.record(rd.path, [n for n in (*TRAINING_OUTPUTS, "start_model") if not os.path.lexists(rd.path / n)])
     if fresh:
         if accelerator.is_main_process:
