@@ -182,10 +182,10 @@ def test_merge_killed_then_push_refuses_and_rebuild(tmp_path: Path, base: Path) 
     kill(tmp_path, run, "1:write:merged.tmp/checksums.json", "merge", str(run), "--force")
     kill(tmp_path, run, "1:rename:merged.old", "merge", str(run), "--force")  # between the two renames
     assert not (run / "merged").exists() and (run / "merged.old").is_dir()
+    kill(tmp_path, run, "1:remove:merged.old", "merge", str(run))  # the next command killed cleaning leftovers
     proc = hdpo("push", str(run), HDPO_FAKE_HUB=str(hub), **HUB_ENV)
     assert proc.returncode == 2 and "has no model: run `hdpo-tune merge" in proc.stderr, proc.stderr[-2000:]
     assert not hub.exists()
-    kill(tmp_path, run, "1:remove:merged.old", "merge", str(run))  # killed cleaning the leftovers
     said = ok("merge", str(run))
     assert "already up to date" not in said and artifact.verify(run / "merged") is None
     no_leftovers(run)
