@@ -174,6 +174,9 @@ def test_eval_killed_then_rebuilt(tmp_path: Path, base: Path) -> None:
     ok(*args)
     assert artifact.verify(run / "eval") is None
     no_leftovers(run)
+    ok("eval", str(run))  # `hdpo-tune eval RUN` replaces the run's eval/ the same way
+    assert artifact.verify(run / "eval") is None
+    no_leftovers(run)
 
 
 def test_merge_killed_then_push_refuses_and_rebuild(tmp_path: Path, base: Path) -> None:
