@@ -1,15 +1,17 @@
 """Atomic, resumable training checkpoints.
 
 A checkpoint is a folder ``checkpoints/step-NNNNNNNN/`` holding the trainable weights (adapter only under
-LoRA), the optimizer and scheduler state, the torch RNG state and ``state.json``. It is written into a
-temporary sibling folder, fsynced, and renamed into place, and ``state.json`` is written last inside it, so a
-kill at any moment leaves either the previous complete checkpoint or the new complete one, never a torn one.
-Older checkpoints beyond ``keep`` are removed only after the new one is in place.
+LoRA), the optimizer and scheduler state, the torch RNG state and ``state.json``. It is built like every other
+artifact folder (:mod:`hdpo_core.artifact`): written into a temporary sibling, fsynced, its manifest written
+last, and renamed into place, so a kill at any moment leaves either the previous complete checkpoint or the new
+complete one, never a torn one. Older checkpoints beyond ``keep`` are renamed aside, then removed, only after
+the new one is in place.
 
-Integrity: the last file written into a checkpoint is ``checksums.json`` (size and SHA-256 of every other file,
-``state.json`` included). A resume takes the newest checkpoint that verifies (:func:`usable_checkpoint`): a
-truncated weights file, a broken ``state.json`` or a flipped byte in the optimizer state is named in one
-warning line and the previous checkpoint is used instead; none usable is one error. Checkpoints written before
+Integrity: the last file written into a checkpoint is the artifact manifest ``checksums.json`` (size and SHA-256
+of every other file, ``state.json`` included; the same format and check as every artifact folder). A resume
+takes the newest checkpoint that verifies (:func:`usable_checkpoint`): a truncated weights file, a broken
+``state.json`` or a flipped byte in the optimizer state is named in one warning line and the previous
+checkpoint is used instead; none usable is one error. Checkpoints written before
 checksums existed are verified by loading every file (catches truncation, not silent corruption).
 
 Distributed runs: only the main process writes. Under DDP every rank holds the same weights and optimizer
@@ -23,10 +25,8 @@ builds its fp32 master copy from them); the optimizer and scheduler after it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +34,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import artifact
 from .errors import InputError
+from .io import note
 
 PREFIX = "step-"
-MANIFEST = "checksums.json"
+MANIFEST = artifact.MANIFEST
 _REQUIRED = ("trainable.safetensors", "scheduler.pt", "rng.pt", "state.json")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -122,8 +113,7 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, op
                          "the link")
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    artifact.remove_tree(tmp)
     tmp.mkdir()
     if weights is None:
         if model is None:
@@ -132,43 +122,18 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, op
     if optimizer_state is None and optimizer is not None:
         optimizer_state = optimizer.state_dict()
     save_file(weights, str(tmp / "trainable.safetensors"))
-    names = ["trainable.safetensors", "scheduler.pt", "rng.pt"]
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / "optimizer.pt")
-        names.append("optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     ranks = rng_states or [rng_state()]
     torch.save({**ranks[0], "ranks": ranks}, tmp / "rng.pt")
-    for name in names:
-        with open(tmp / name, "rb") as fh:
-            os.fsync(fh.fileno())
     with open(tmp / "state.json", "w", encoding="utf-8") as fh:
         json.dump({"step": step, **state}, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _write_manifest(tmp, [*names, "state.json"])
-    _fsync_dir(tmp)
-    replaced = _move_aside(final) if final.exists() else None  # the same step again (a rerun of the last)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    if replaced is not None:
-        shutil.rmtree(replaced, ignore_errors=True)
+    # fsync, checksums.json last, the same step again (a rerun of the last) moved aside, renamed into place
+    artifact.publish(tmp, final, required=_REQUIRED, aside=_aside_name(final))
     for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(_move_aside(old), ignore_errors=True)
+        artifact.remove_tree(_move_aside(old))
     return final
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _write_manifest(folder: Path, names: list[str]) -> None:
-    files = {n: {"size": (folder / n).stat().st_size, "sha256": _sha256(folder / n)} for n in names}
-    with open(folder / MANIFEST, "w", encoding="utf-8") as fh:
-        json.dump({"algorithm": "sha256", "files": files}, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 _verified: dict[tuple[str, tuple[tuple[str, int, int, int], ...]], str | None] = {}
@@ -191,23 +156,7 @@ def verify_checkpoint(path: Path) -> str | None:
 
 
 def _check_manifest(path: Path) -> str | None:
-    try:
-        files = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
-        entries = [(str(n), int(m["size"]), str(m["sha256"])) for n, m in files.items()]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return f"{MANIFEST} is unreadable"
-    missing = [n for n in _REQUIRED if n not in files]
-    if missing:
-        return f"{MANIFEST} does not list {missing[0]}"
-    for name, size, digest in entries:
-        f = path / name
-        if os.sep in name or not f.is_file():
-            return f"{name} is missing"
-        if f.stat().st_size != size:
-            return f"{name} is {f.stat().st_size} bytes, {size} were written (truncated?)"
-        if _sha256(f) != digest:
-            return f"{name} does not match its checksum"
-    return _check_state(path)
+    return artifact.verify(path, required=_REQUIRED) or _check_state(path)
 
 
 def _check_state(path: Path) -> str | None:
@@ -265,6 +214,10 @@ def usable_checkpoint(root: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
+def _aside_name(path: Path) -> Path:
+    return path.with_name(f".tmp-del-{path.name}-{os.getpid()}")
+
+
 def _move_aside(path: Path) -> Path:
     """Rename a checkpoint folder to a temp name (atomic) before deleting it; returns the new name.
 
@@ -272,10 +225,10 @@ def _move_aside(path: Path) -> Path:
     leave ``state.json`` next to a missing weights file: a folder that looks complete but cannot load. Under a
     temp name it is never taken for a checkpoint, and :func:`clean_partial` removes what a kill leaves.
     """
-    trash = path.with_name(f".tmp-del-{path.name}-{os.getpid()}")
-    if trash.exists():
-        shutil.rmtree(trash, ignore_errors=True)
+    trash = _aside_name(path)
+    artifact.remove_tree(trash)
     os.replace(path, trash)
+    note("rename", trash)
     return trash
 
 
@@ -283,9 +236,14 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints (those with ``state.json``), oldest first. Leftover temp folders are ignored."""
     if not root.exists():
         return []
-    done = [p for p in root.iterdir() if p.name.startswith(PREFIX) and p.is_dir() and not p.is_symlink()
+    done = [p for p in root.iterdir() if _is_step_name(p.name) and artifact.is_real_dir(p)
             and (p / "state.json").exists()]
     return sorted(done, key=lambda p: p.name)
+
+
+def _is_step_name(name: str) -> bool:
+    digits = name[len(PREFIX):]
+    return name.startswith(PREFIX) and digits.isdigit() and len(digits) >= 8
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -297,10 +255,8 @@ def clean_partial(root: Path) -> None:
     """Remove temp folders left by a kill during a write."""
     if root.exists():
         for p in root.iterdir():
-            if p.name.startswith(".tmp-") and p.is_symlink():
-                p.unlink()  # the link itself, never what it points to
-            elif p.name.startswith(".tmp-"):
-                shutil.rmtree(p, ignore_errors=True)
+            if p.name.startswith(".tmp-"):
+                artifact.remove_tree(p)  # a link there is removed itself, never what it points to
 
 
 def load_weights(path: Path, model: nn.Module, *, zero3: bool = False) -> None:

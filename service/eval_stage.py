@@ -6,7 +6,6 @@ pipeline after training (:func:`run_eval_stage`).
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from hdpo_core import artifact
 from hdpo_core.data import load_preference_rows
 from hdpo_core.errors import InputError
 from hdpo_core.eval.evaluate import SamplingSettings, run_evaluation
@@ -159,19 +159,12 @@ def run_eval_stage(run_dir: Path, eval_spec: EvalSpec, *, model_dir: Path, refer
     ``reference_dir`` is the base model folder for full fine-tuning (``None`` for LoRA: the adapter is disabled).
     Returns the results; ``results["headline"]`` holds accuracy per temperature and entropy per model.
     """
-    import shutil
-
     target = resolve_target(model_dir)
-    out, tmp = Path(run_dir) / "eval", Path(run_dir) / "eval.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:  # written aside and swapped in whole: a failed eval leaves the previous report, never half of one
+    out = Path(run_dir) / "eval"
+    # built aside and renamed in whole (with its manifest): a failed eval leaves the previous report, never half
+    with artifact.building(out, required=("results.json",)) as tmp:
         results = evaluate(target, eval_spec, out_dir=tmp, reference_dir=reference_dir, alpha=alpha, beta=beta,
                            eval_pairs_path=eval_pairs_path, max_length=max_length)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     results["files"] = [str(out / Path(f).name) for f in results["files"]]
     return results
 
@@ -275,9 +268,15 @@ def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict
     reference = Path(ref) if ref else None
     if reference is None and target.kind != "peft" and ctx.base_model and Path(ctx.base_model).is_dir():
         reference = Path(ctx.base_model)
-    out_dir = Path(out) if out else (target.run_dir / "eval" if target.run_dir else Path("eval_results") / target.model_dir.name)
     hdpo = ctx.hdpo or HdpoSpec()
     alpha = final_alpha(hdpo.alpha if ctx.hdpo else UNKNOWN_ALPHA, target.run_dir)
+    if out is None and target.run_dir:  # the run's own eval/: replaced whole, as by the pipeline's stage
+        with artifact.building(target.run_dir / "eval", required=("results.json",)) as tmp:
+            results = evaluate(target, spec, out_dir=tmp, reference_dir=reference, alpha=alpha, beta=hdpo.beta,
+                               eval_pairs_path=ctx.eval_pairs, max_length=ctx.max_length)
+        results["files"] = [str(target.run_dir / "eval" / Path(f).name) for f in results["files"]]
+        return results
+    out_dir = Path(out) if out else Path("eval_results") / target.model_dir.name
     return evaluate(target, spec, out_dir=out_dir, reference_dir=reference, alpha=alpha, beta=hdpo.beta,
                     eval_pairs_path=ctx.eval_pairs, max_length=ctx.max_length)
 

@@ -1,9 +1,11 @@
 """The stage pipeline behind `hdpo-tune run`: open the run folder, then each stage of :data:`service.stages.STAGES`.
 
-Every stage is idempotent: a finished stage is recorded in ``status.json`` (``stages``) and skipped when the
-job is run again, unless ``force``. A failure writes ``state: failed`` with the one-line error; SIGTERM/SIGINT
-writes ``interrupted`` after the trainer's checkpoint. Only the main process writes the run folder; under a
-distributed launch the other ranks take part in training only and leave the later stages to the main process.
+Every stage is idempotent: a finished stage is recorded in ``status.json`` (``stages_done``) and skipped when
+the job is run again, unless ``force``, and only while the folders it built still verify against their
+manifests (:mod:`hdpo_core.artifact`): a record alone never makes a stage done. A failure writes
+``state: failed`` with the one-line error; SIGTERM/SIGINT writes ``interrupted`` after the trainer's checkpoint.
+Only the main process writes the run folder; under a distributed launch the other ranks take part in training
+only and leave the later stages to the main process.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from hdpo_core import artifact
 from hdpo_core.errors import HdpoError, InputError, Interrupted
 
 from . import ownership
@@ -66,6 +69,7 @@ def open_run_folder(run: Run, *, force: bool) -> Run:
     ownership.check_inputs_not_outputs(run.path, input_paths(run.spec))
     run = replace(run, folder=RunDir(ownership.open_folder(run.path)))
     run.folder.settle_dead_run()
+    remove_temporaries(run.path)  # what a killed run left, now that no other run can be writing them
     resolved = run.resolved()
     run.folder.check_compatible(resolved, force=force)
     before = ownership.listing(run.path)
@@ -100,8 +104,12 @@ def run_job(job: Path, *, force: bool = False, only: tuple[str, ...] = ()) -> di
             if only and stage.name not in only or not stage.enabled(run.spec) or stage.main_only and not main:
                 continue
             if stage.name in done:
-                print(f"{stage.name}: already done in {run.path} (use --force to redo)", file=sys.stderr)
-                continue
+                problem = artifact_problem(stage, run)
+                if problem is None:
+                    print(f"{stage.name}: already done in {run.path} (use --force to redo)", file=sys.stderr)
+                    continue
+                print(f"{stage.name}: recorded as done but {problem}; redoing it", file=sys.stderr)
+                done.discard(stage.name)
             results[stage.name] = run_stage(stage, run, force=force, main=main, done=done)
             done.add(stage.name)
             if main:
@@ -159,6 +167,7 @@ def run_folder_stage(folder: Path, name: str, *, force: bool) -> StageResult:
     the same bookkeeping as inside ``hdpo-tune run`` (the folder's lock, status.json, one-line faults)."""
     run = Run.from_folder(ownership.open_existing(folder))
     run.folder.settle_dead_run()
+    remove_temporaries(run.path)
     done = run.stages_done()
     result = run_stage(stage_named(name), run, force=force, done=done)
     with contextlib.suppress(OSError):
@@ -166,13 +175,24 @@ def run_folder_stage(folder: Path, name: str, *, force: bool) -> StageResult:
     return result
 
 
+def artifact_problem(stage: Stage, run: Run) -> str | None:
+    """What is wrong with the folders ``stage`` built (``None``: every one verifies against its manifest)."""
+    for name in stage.artifacts(run.spec):
+        problem = artifact.verify(run.path / name)
+        if problem is not None:
+            return f"{name}/ is not whole ({problem})"
+    return None
+
+
 def remove_temporaries(folder: Path) -> None:
-    """What an interrupted write of hdpo-tune leaves: ``*.tmp`` output folders and checkpoint temp folders.
-    Removed without following links (a link there is removed itself, never what it points to)."""
-    for name in ("final.tmp", "merged.tmp", "start_model.tmp", "eval.tmp"):
-        with contextlib.suppress(OSError):
-            ownership.remove(folder, name)
-    if (folder / "checkpoints").is_dir() and not (folder / "checkpoints").is_symlink():
+    """What an interrupted write of hdpo-tune leaves: the temporary and moved-aside artifact folders
+    (``NAME.tmp``, ``NAME.old``) and checkpoint temp folders. Only in a folder hdpo-tune owns, only real folders
+    of those names, never through a link."""
+    if not ownership.is_owned(folder):
+        return
+    for name in ownership.ARTIFACT_FOLDERS:
+        artifact.remove_leftovers(folder / name)
+    if artifact.is_real_dir(folder / "checkpoints"):
         from hdpo_core.checkpoint import clean_partial
 
         clean_partial(folder / "checkpoints")

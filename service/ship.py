@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hdpo_core import artifact
 from hdpo_core.errors import InputError, RunError
+from hdpo_core.io import read_json
 from hdpo_core.public_paths import public_paths
 
 from .run import Run
@@ -27,6 +29,7 @@ from .spec_ship import ExportSpec, HubSpec, MergeSpec
 
 Log = Callable[[str], None]
 SPEC_FILE = "job.resolved.yaml"
+REPORT = "validation.json"
 
 
 def _sections(run: Run) -> tuple[MergeSpec, ExportSpec, HubSpec]:
@@ -42,9 +45,27 @@ def _open(run: Run | str | Path) -> Run:
 
 def _final_dir(run_dir: Path) -> Path:
     final = run_dir / "final"
-    if not final.is_dir():
+    if not os.path.lexists(final):
         raise InputError(f"{final} not found: the training stage has not finished (no final model/adapter)")
+    problem = artifact.verify(final)
+    if problem:
+        raise InputError(f"{final} is not whole ({problem}): rerun the job (`hdpo-tune run JOB`) to rebuild it "
+                         "from the last checkpoint")
     return final
+
+
+def whole(folder: Path, run_dir: Path, command: str) -> None:
+    """Refuse (one line naming what is wrong and the command that rebuilds it) an artifact that does not verify
+    against its manifest: a push never uploads a folder a killed or damaged build left behind."""
+    problem = artifact.verify(folder)
+    if problem:
+        raise InputError(f"{folder} is not whole ({problem}): rerun `hdpo-tune {command} {run_dir}` before pushing")
+
+
+def export_folders(export_spec: ExportSpec) -> tuple[str, ...]:
+    """The folders an export writes: ``onnx`` unless only GGUF is enabled, ``gguf`` when enabled."""
+    onnx = export_spec.onnx.enabled or not export_spec.gguf.enabled
+    return (("onnx",) if onnx else ()) + (("gguf",) if export_spec.gguf.enabled else ())
 
 
 def merge_run(run_dir: Run | str | Path, force: bool = False, log: Log = print) -> dict[str, Any]:
@@ -55,7 +76,9 @@ def merge_run(run_dir: Run | str | Path, force: bool = False, log: Log = print) 
 def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
     """Merge ``final/`` into ``merged/`` (LoRA) or copy it (full FT); (re)write README.md and provenance.json.
 
-    A second call with unchanged inputs does not touch the weights and says so; ``force`` redoes it.
+    A second call with unchanged inputs (and a ``merged/`` that verifies against its manifest) does not touch the
+    weights and says so; ``force`` redoes it. The card and provenance are republished with the folder (hard
+    links for the unchanged files) only when their text changed.
     """
     from hdpo_core.export import merge as m
     from hdpo_core.export.modelcard import build_card, load_json, provenance
@@ -67,41 +90,39 @@ def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
     base = (m.base_model_of(final) or run.spec.model.name_or_path) if lora else None
     dtype = merge_spec.dtype or m.default_dtype(base if lora else str(final))
     existing = None if force else m.up_to_date(out, m.fingerprint(final, dtype))
+
+    def card_files(result: m.MergeResult | dict[str, Any]) -> dict[str, bytes]:
+        """README.md and provenance.json for the merged folder (the same text when nothing changed)."""
+        recorded = {k: v for k, v in (result if isinstance(result, dict) else asdict(result)).items()
+                    if k != "skipped"}
+        shared, recorded = public_paths(spec, run_dir), public_paths(recorded, run_dir)  # no machine paths
+        card = build_card(shared, base_model=_card_base(run, base), eval_results=load_json(run_dir / "eval" /
+                          "results.json"), repo_id=hub_spec.repo_id, onnx=export_spec.onnx.enabled)
+        # the train stage's data files and fingerprints
+        extra = {"data": public_paths(load_json(run_dir / "data_info.json"), run_dir)}
+        prov = provenance(shared, run_dir=run_dir, merge_info=recorded, extra=extra)
+        return {"README.md": card.encode("utf-8"),
+                "provenance.json": (json.dumps(prov, indent=2, default=str) + "\n").encode()}
+
     if existing:
         log(
             f"merge: {out} is already up to date (same inputs, dtype {dtype}); nothing to do (use --force to redo)"
         )
-        info = {**existing, "skipped": True}
-    else:
-        quant = quant_options(run.spec.quantization, run.spec.model.dtype, _merge_device())
-        if lora and quant is not None:
-            from hdpo_core.export.merge_qlora import merge_qlora
+        artifact.replace_files(out, card_files(existing))  # a new eval result changes the card: republished
+        return {**existing, "skipped": True}
+    quant = quant_options(run.spec.quantization, run.spec.model.dtype, _merge_device())
+    if lora and quant is not None:
+        from hdpo_core.export.merge_qlora import merge_qlora
 
-            result = merge_qlora(final, out, base_id=base, dtype=dtype, tolerance=merge_spec.tolerance, quant=quant)
-        elif lora:
-            result = m.merge_lora(final, out, base_id=base, dtype=dtype, tolerance=merge_spec.tolerance)
-        else:
-            result = m.copy_full(final, out, dtype=dtype)
-        info = result.__dict__.copy()
-        what = (
-            f"merged LoRA into {base}, max abs logit diff {result.max_abs_logit_diff:.3g}"
-            if lora
-            else "copied full model"
-        ) + _qlora_note(info)
-        log(f"merge: {what}; saved {dtype} to {out}")
-    eval_results = load_json(run_dir / "eval" / "results.json")
-    spec, info = public_paths(spec, run_dir), public_paths(info, run_dir)  # shared files: no machine paths
-    card = build_card(
-        spec,
-        base_model=_card_base(run, base),
-        eval_results=eval_results,
-        repo_id=hub_spec.repo_id,
-        onnx=export_spec.onnx.enabled,
-    )
-    (out / "README.md").write_text(card)
-    extra = {"data": public_paths(load_json(run_dir / "data_info.json"), run_dir)}  # data files, fingerprints
-    prov = provenance(spec, run_dir=run_dir, merge_info=info, extra=extra)
-    (out / "provenance.json").write_text(json.dumps(prov, indent=2, default=str) + "\n")
+        result = merge_qlora(final, out, base_id=base, dtype=dtype, tolerance=merge_spec.tolerance, quant=quant,
+                             extra=card_files)
+    elif lora:
+        result = m.merge_lora(final, out, base_id=base, dtype=dtype, tolerance=merge_spec.tolerance, extra=card_files)
+    else:
+        result = m.copy_full(final, out, dtype=dtype, extra=card_files)
+    info = result.__dict__.copy()
+    what = f"merged LoRA into {base}, max abs logit diff {result.max_abs_logit_diff:.3g}" if lora else "copied full model"
+    log(f"merge: {what + _qlora_note(info)}; saved {dtype} to {out}")
     return info
 
 
@@ -141,33 +162,35 @@ def export(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
 
     Merges first if needed (a no-op when merged/ is current). Writes ``onnx/validation.json`` either way.
     ONNX is exported unless only GGUF is enabled. Returns the ONNX report (with ``gguf`` when exported).
+    Each folder is built aside with its report and renamed into place (:mod:`hdpo_core.artifact`); one that
+    failed validation is kept whole with its report (``passed: false``) and never pushed.
     """
     run_dir, raw, export_spec = run.path, run.resolved(), _sections(run)[1]
     merge_info = merge(run, log=lambda msg: None)  # quiet when merged/ is already current
     report: dict[str, Any] = {}
-    if export_spec.onnx.enabled or not export_spec.gguf.enabled:
+    if "onnx" in export_folders(export_spec):
         report = _export_onnx(run_dir, raw, export_spec, merge_info, force=force, log=log)
     if export_spec.gguf.enabled:
         report["gguf"] = _export_gguf(run_dir, export_spec, merge_info, force=force, log=log)
     return report
 
 
-def _up_to_date(marker: Path, key: str, force: bool) -> dict | None:
-    if force or not marker.exists():
+def _up_to_date(out: Path, key: str, force: bool) -> dict | None:
+    """The report of ``out`` when it is whole (manifest), passed validation and came from ``key``."""
+    if force or artifact.verify(out, required=(REPORT,)) is not None:
         return None
-    prev = json.loads(marker.read_text())
-    return prev if prev.get("passed") and prev.get("source_key") == key else None
+    prev = read_json(out / REPORT)
+    return prev if isinstance(prev, dict) and prev.get("passed") is True and prev.get("source_key") == key else None
 
 
 def _start_export(out: Path, merge_info: dict, spec_json: str, *, force: bool, log: Log) -> tuple[str, dict | None]:
-    """``(source key, previous report)``: the previous report when ``out`` already holds a validated export of the
-    same weights and settings (nothing to do), else ``None`` after removing a stale ``out`` (hdpo-tune's own)."""
+    """``(source key, previous report)``: the previous report when ``out`` already holds a whole, validated export
+    of the same weights and settings (nothing to do), else ``None`` (the new build replaces ``out`` in one
+    rename; the stale one stays whole until then)."""
     key = hashlib.sha256((merge_info["fingerprint"] + spec_json).encode()).hexdigest()
-    prev = _up_to_date(out / "validation.json", key, force)
+    prev = _up_to_date(out, key, force)
     if prev is not None:
         log(f"export: {out} is already exported and validated from the same weights; nothing to do (use --force)")
-    elif out.exists():
-        shutil.rmtree(out)
     return key, prev
 
 
@@ -183,47 +206,45 @@ def _export_onnx(run_dir: Path, raw: dict, export_spec: ExportSpec, merge_info: 
     key, prev = _start_export(out, merge_info, onnx_spec.model_dump_json(), force=force, log=log)
     if prev is not None:
         return prev
-    marker = out / "validation.json"
     started = time.perf_counter()
-    try:  # a half-written export is never left to look like one
-        config = export_decoder(merged, out, opset=onnx_spec.opset)
+    with artifact.building(out, required=(REPORT,)) as tmp:  # a half-written export is never left in place
+        config = export_decoder(merged, tmp, opset=onnx_spec.opset)
         bits = {"int8": 8, "int4": 4}.get(onnx_spec.quantize or "")
-        quantized = quantize_weights(out, bits=bits, block_size=onnx_spec.quantize_block_size) if bits else None
+        quantized = quantize_weights(tmp, bits=bits, block_size=onnx_spec.quantize_block_size) if bits else None
         if quantized:
             config["model_file"] = quantized
-            (out / "hdpo_onnx.json").write_text(json.dumps(config, indent=2) + "\n")
+            (tmp / "hdpo_onnx.json").write_text(json.dumps(config, indent=2) + "\n")
         if onnx_spec.genai_config:
-            write_genai_config(out)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    log(f"export: wrote {out} (opset {config['opset']}) in {time.perf_counter() - started:.1f}s; validating")
-    floor = onnx_spec.int4_min_top1_agreement if bits == 4 else onnx_spec.int8_min_top1_agreement
-    report = validate_export(
-        out,
-        merged,
-        atol=onnx_spec.atol,
-        decode_steps=onnx_spec.decode_steps,
-        greedy_tokens=onnx_spec.greedy_tokens,
-        quantized_file=quantized,
-        quantized_min_top1_agreement=floor,
-        quantized_max_rel_logit_error=onnx_spec.quantized_max_rel_logit_error,
-    )
-    report.update(source_key=key, opset=config["opset"], versions=_versions())
-    _write_report(out, report)
+            write_genai_config(tmp)
+        log(f"export: wrote {out} (opset {config['opset']}) in {time.perf_counter() - started:.1f}s; validating")
+        floor = onnx_spec.int4_min_top1_agreement if bits == 4 else onnx_spec.int8_min_top1_agreement
+        report = validate_export(
+            tmp,
+            merged,
+            atol=onnx_spec.atol,
+            decode_steps=onnx_spec.decode_steps,
+            greedy_tokens=onnx_spec.greedy_tokens,
+            quantized_file=quantized,
+            quantized_min_top1_agreement=floor,
+            quantized_max_rel_logit_error=onnx_spec.quantized_max_rel_logit_error,
+        )
+        report.update(source_key=key, opset=config["opset"], versions=_versions())
+        quant = None
+        if quantized and report["passed"]:
+            from service.ship_quant import write_quantization_report
+
+            quant = write_quantization_report(tmp, quantized, raw, onnx_spec.quantized_eval_tasks, report)
+        (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")  # the report goes in with the export
     if not report["passed"]:
-        raise RunError(report["failures"][0] + f" (report: {marker})")
+        raise RunError(report["failures"][0] + f" (report: {out / REPORT})")
     log(
         f"export: validation passed, max abs logit diff {report['max_abs_logit_diff']:.3g} <= {onnx_spec.atol:g}, "
         f"{onnx_spec.greedy_tokens} greedy tokens identical"
     )
-    if quantized:
-        from service.ship_quant import write_quantization_report
-
-        q = write_quantization_report(out, quantized, raw, onnx_spec.quantized_eval_tasks, report)
-        acc = q.get("greedy_accuracy")
+    if quant:
+        acc = quant.get("greedy_accuracy")
         log(
-            f"export: {onnx_spec.quantize} {q['size_bytes']['ratio']:.0%} of float32 size, "
+            f"export: {onnx_spec.quantize} {quant['size_bytes']['ratio']:.0%} of float32 size, "
             f"top-1 agreement {report['quantized']['top1_agreement']:.1%}"
             + (f", greedy accuracy {acc['float32']:.1%} -> {acc['quantized']:.1%}" if acc else "")
             + f" ({out / 'quantization.json'})"
@@ -239,46 +260,35 @@ def _export_gguf(run_dir: Path, export_spec: ExportSpec, merge_info: dict, *, fo
     key, prev = _start_export(out, merge_info, spec.model_dump_json(), force=force, log=log)
     if prev is not None:
         return prev
-    marker = out / "validation.json"
-    out.mkdir(parents=True)
-    report = export_gguf(
-        run_dir / "merged",
-        out,
-        types=list(spec.types),
-        name=run_dir.resolve().name,
-        modelfile=spec.modelfile,
-        max_rel_logit_error={"f16": spec.f16_max_rel_logit_error, "q8_0": spec.q8_0_max_rel_logit_error},
-        min_top1_agreement=spec.min_top1_agreement,
-    )
-    report.update(source_key=key, versions=_versions())
-    _write_report(out, report)
+    with artifact.building(out, required=(REPORT,)) as tmp:
+        report = export_gguf(
+            run_dir / "merged",
+            tmp,
+            types=list(spec.types),
+            name=run_dir.resolve().name,
+            modelfile=spec.modelfile,
+            max_rel_logit_error={"f16": spec.f16_max_rel_logit_error, "q8_0": spec.q8_0_max_rel_logit_error},
+            min_top1_agreement=spec.min_top1_agreement,
+        )
+        report.update(source_key=key, versions=_versions())
+        (tmp / REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
     if not report["passed"]:
-        raise RunError(report["failures"][0] + f" (report: {marker})")
+        raise RunError(report["failures"][0] + f" (report: {out / REPORT})")
     sizes = ", ".join(f"model.{t}.gguf {r['size_bytes'] / 1e6:.1f} MB" for t, r in report["files"].items())
     log(f"export: wrote {out}: {sizes}; transformers' GGUF loader agrees with the merged model")
     return report
 
 
-def _write_report(out: Path, report: dict) -> None:
-    """Write ``out/validation.json``; if that fails (disk full), remove ``out``: an export without its report is
-    never left behind to be pushed or mistaken for a checked one."""
-    try:
-        (out / "validation.json").write_text(json.dumps(report, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
 def _validated(folder: Path, run_dir: Path) -> bool:
-    """Whether ``folder`` (``onnx/`` or ``gguf/``) holds an export to push: False when absent; an export that
-    has not passed validation is refused rather than uploaded or silently left out."""
-    if not folder.exists():
+    """Whether ``folder`` (``onnx/`` or ``gguf/``) holds an export to push: False when absent (a leftover of a
+    killed build, ``onnx.tmp``, is not an export); an export that is not whole or has not passed validation is
+    refused rather than uploaded or silently left out."""
+    if not os.path.lexists(folder):
         return False
-    marker = folder / "validation.json"
-    try:
-        passed = json.loads(marker.read_text()).get("passed") is True
-    except (OSError, ValueError):
-        passed = False
+    whole(folder, run_dir, "export")
+    marker = folder / REPORT
+    report = read_json(marker)
+    passed = isinstance(report, dict) and report.get("passed") is True
     if not passed:
         raise InputError(f"{folder} holds an export that has not passed validation (see {marker.name}): rerun "
                          f"`hdpo-tune export {run_dir}` before pushing")
@@ -291,14 +301,20 @@ def _versions() -> dict[str, str]:
     return package_versions()
 
 
-def upload_plan(run_dir: Path) -> list:
+def upload_plan(run_dir: Path, expected: tuple[str, ...] = ()) -> list:
     """What a push uploads: ``merged/`` at the repo root, plus ``onnx/`` and ``gguf/`` when exported and
-    validated."""
+    validated. ``expected``: the exports the job enables; one of them absent (an export killed after the old
+    folder was moved aside) is refused, not silently left out."""
     from hdpo_core.export.hub import Upload
 
     merged = run_dir / "merged"
-    if not (merged / "config.json").exists():
+    if not os.path.lexists(merged):
         raise InputError(f"{merged} has no model: run `hdpo-tune merge {run_dir}` before pushing")
+    whole(merged, run_dir, "merge")
+    missing = [sub for sub in expected if not os.path.lexists(run_dir / sub)]
+    if missing:
+        raise InputError(f"{run_dir / missing[0]} is missing but the job exports it: rerun `hdpo-tune export "
+                         f"{run_dir}` before pushing")
     return [Upload(merged, None)] + [Upload(run_dir / sub, sub) for sub in ("onnx", "gguf")
                                      if _validated(run_dir / sub, run_dir)]
 
@@ -324,7 +340,9 @@ def push(
     hub = _sections(run)[2]
     if hub.repo_id is None:
         raise InputError(f"{run_dir / SPEC_FILE}: hub.repo_id is not set; set it to 'owner/name' to push")
-    plan = upload_plan(run_dir)
+    export_spec = run.spec.export
+    expected = export_folders(export_spec) if export_spec and (export_spec.onnx.enabled or export_spec.gguf.enabled) else ()
+    plan = upload_plan(run_dir, expected)
     message = hub.commit_message or f"hdpo-tune: upload run {run_dir.resolve().name}"
     if dry_run:
         where = f"{hub.repo_id}@{hub.revision or 'main'}{' (as a PR)' if hub.create_pr else ''}"

@@ -4,6 +4,8 @@ A stage is an object with a ``name``, ``enabled(spec)`` (does this job want it) 
 for this :class:`~service.run.Run`; ``force`` redoes work that is already current). ``main_only`` stages read
 ``final/`` from disk and write the run folder, so under a distributed launch only the main process runs them.
 ``writes`` is False for a stage that only reads the run folder (the push): its I/O faults are read faults.
+``artifacts(spec)`` names the folders the stage builds (whole or absent, :mod:`hdpo_core.artifact`): a stage
+recorded as done is skipped only while every one of them verifies against its manifest.
 :data:`STAGES` is the order :func:`service.pipeline.run_job` walks; a new stage is one more object here.
 
 Heavy imports (torch, transformers, onnx) happen inside ``run``, so listing or skipping stages costs nothing.
@@ -28,6 +30,10 @@ class Stage(Protocol):
         """Whether the job asks for this stage."""
         ...
 
+    def artifacts(self, spec: JobSpec) -> tuple[str, ...]:
+        """The run-folder names of the artifact folders this stage builds (empty: none)."""
+        ...
+
     def run(self, run: Run, force: bool) -> StageResult:
         """Do the stage's work for ``run``; returns what the summary prints. Raises HdpoError."""
         ...
@@ -38,6 +44,9 @@ class Train:
 
     def enabled(self, spec: JobSpec) -> bool:
         return True
+
+    def artifacts(self, spec: JobSpec) -> tuple[str, ...]:
+        return ("final",)
 
     def run(self, run: Run, force: bool) -> StageResult:
         from .train_stage import run_train_stage
@@ -51,6 +60,9 @@ class Eval:
     def enabled(self, spec: JobSpec) -> bool:
         return spec.eval is not None and spec.eval.enabled
 
+    def artifacts(self, spec: JobSpec) -> tuple[str, ...]:
+        return ("eval",)
+
     def run(self, run: Run, force: bool) -> StageResult:
         from .eval_stage import run_eval_for_job
 
@@ -62,6 +74,9 @@ class Merge:
 
     def enabled(self, spec: JobSpec) -> bool:
         return spec.merge is not None and spec.merge.enabled
+
+    def artifacts(self, spec: JobSpec) -> tuple[str, ...]:
+        return ("merged",)
 
     def run(self, run: Run, force: bool) -> StageResult:
         from .ship import merge
@@ -75,6 +90,11 @@ class Export:
     def enabled(self, spec: JobSpec) -> bool:
         return spec.export is not None and (spec.export.onnx.enabled or spec.export.gguf.enabled)
 
+    def artifacts(self, spec: JobSpec) -> tuple[str, ...]:
+        from .ship import export_folders
+
+        return export_folders(spec.export) if spec.export else ()
+
     def run(self, run: Run, force: bool) -> StageResult:
         from .ship import export
 
@@ -86,6 +106,9 @@ class Push:
 
     def enabled(self, spec: JobSpec) -> bool:
         return spec.hub is not None and spec.hub.repo_id is not None
+
+    def artifacts(self, spec: JobSpec) -> tuple[str, ...]:
+        return ()
 
     def run(self, run: Run, force: bool) -> StageResult:
         from .ship import push

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hdpo_core.errors import InputError, RunError
+from hdpo_core.io import atomic_write_json, atomic_write_text
 
 from . import ownership
 from .spec import dump_yaml, load_spec, spec_to_dict
@@ -127,7 +128,7 @@ def variant_jobs(job: Path, alphas: list[float]) -> tuple[Path, list[tuple[float
         variant["export"] = None
         variant["merge"] = None
         path = root / f"job-alpha-{a:g}.yaml"
-        path.write_text(dump_yaml(variant), encoding="utf-8")
+        atomic_write_text(path, dump_yaml(variant))
         jobs.append((a, path))
     return root, jobs
 
@@ -152,10 +153,10 @@ def run_sweep(job: Path, *, alphas: list[float], select: str, force: bool = Fals
     compare_runs([str(root / f"alpha-{a:g}") for a, _ in jobs], out=str(root))
     report = {"metric": select, "scores": {f"{a:g}": scores[a] for a in scores}, "winner": winner,
               "winner_run": str(root / f"alpha-{winner:g}")}
-    (root / "sweep.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    atomic_write_json(root / "sweep.json", report, indent=1)
     lines = [f"# Alpha sweep, selected by `{select}`", "", "| alpha | score |", "|---|---|"]
     lines += [f"| {a:g}{' (winner)' if a == winner else ''} | {scores[a]:.4f} |" for a in sorted(scores)]
-    (root / "sweep.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(root / "sweep.md", "\n".join(lines) + "\n")
     print(f"sweep: winner alpha={winner:g} ({select} = {scores[winner]:.4f}); report {root / 'sweep.md'}")
     _ship_winner(job, root, winner, force)
     return report
@@ -172,5 +173,5 @@ def _ship_winner(job: Path, root: Path, winner: float, force: bool) -> None:
     for key in ("merge", "export", "hub"):
         variant[key] = spec.get(key)
     path = root / "job-winner.yaml"
-    path.write_text(dump_yaml(variant), encoding="utf-8")
+    atomic_write_text(path, dump_yaml(variant))
     run_job(path, force=force, only=("merge", "export", "push"))

@@ -7,17 +7,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hdpo_core import refcache
+from hdpo_core import artifact, refcache
 from hdpo_core.alpha import AlphaController, EntropyTargetAlpha, ScheduledAlpha
 from hdpo_core.choices import batch_split_problem
 from hdpo_core.data import file_fingerprint, load_preference_rows
 from hdpo_core.errors import HdpoError, InputError, RunError
+from hdpo_core.io import atomic_write_json
 from hdpo_core.model import (
     LoraOptions,
     ModelOptions,
@@ -143,15 +143,14 @@ def alpha_controller(spec: JobSpec, steps: int) -> AlphaController:
 
 
 def _save_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, Any] | None = None) -> None:
-    """Write the adapter (LoRA) or the full model with tokenizer into ``final`` atomically (main process).
+    """Write the adapter (LoRA) or the full model with tokenizer into ``final`` (main process), built aside and
+    renamed into place with its manifest (:mod:`hdpo_core.artifact`).
 
     ``state_dict``: the gathered full weights under FSDP/DeepSpeed, where the module's own are shards. Any
     failure removes ``final.tmp``; an I/O fault (an ``OSError``, or safetensors' own error type) is one line."""
-    tmp = final.with_name(final.name + ".tmp")
     try:
         _write_final(model, tokenizer, final, state_dict)
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         error = fault_error(exc, "train", final)
         if error is None:
             raise
@@ -163,22 +162,26 @@ def _reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
 
 
+def final_required(folder: Path) -> tuple[str, ...]:
+    """The file a finished ``final/`` must hold: the adapter's config (LoRA) or the model's."""
+    return ("adapter_config.json",) if (folder / "adapter_config.json").exists() else ("config.json",)
+
+
 def _write_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, Any] | None = None) -> None:
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     gen = getattr(model, "generation_config", None)
     if gen is not None:
         gen.eos_token_id = tokenizer.eos_token_id
         gen.pad_token_id = tokenizer.pad_token_id
-    if state_dict is None:
-        model.save_pretrained(str(tmp))
-    else:
-        model.save_pretrained(str(tmp), state_dict=state_dict)
-    tokenizer.save_pretrained(str(tmp))
-    write_quant_settings(model, tmp)  # QLoRA: final/quantization.json names the k-bit base it was trained on
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with artifact.building(final) as tmp:
+        if state_dict is None:
+            model.save_pretrained(str(tmp))
+        else:
+            model.save_pretrained(str(tmp), state_dict=state_dict)
+        tokenizer.save_pretrained(str(tmp))
+        write_quant_settings(model, tmp)  # QLoRA: final/quantization.json names the k-bit base it was trained on
+        problem = artifact.check_required(tmp, final_required(tmp))
+        if problem:
+            raise RunError(f"the final model in {final} is incomplete ({problem})")
 
 
 def make_accelerator(spec: JobSpec) -> Accelerator:
@@ -194,7 +197,7 @@ def make_accelerator(spec: JobSpec) -> Accelerator:
 
 
 #: What a fresh start (``--force``) removes before training: the previous run's training results.
-TRAINING_OUTPUTS = ("checkpoints", "final", "final.tmp", "metrics.jsonl", "tensorboard", TRACKING_STATE)
+TRAINING_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "tensorboard", TRACKING_STATE)
 
 
 def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
@@ -206,8 +209,15 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     """
     spec, rd = run.spec, run.folder
     accelerator = make_accelerator(spec)
+    if accelerator.is_main_process and ownership.is_owned(rd.path):
+        # recorded before they exist: a --force after a SIGKILLed run still removes them
+        ownership.record(rd.path, [n for n in (*TRAINING_OUTPUTS, "start_model") if not os.path.lexists(rd.path / n)])
     if fresh:
         if accelerator.is_main_process:
+            mine = ownership.written(rd.path)
+            for name in ("checkpoints", "final"):  # checkpoints first: a killed --force never resumes the old run
+                if name in mine:
+                    artifact.discard(rd.path / name)
             ownership.remove_written(rd.path, TRAINING_OUTPUTS)
         accelerator.wait_for_everyone()
     mopts = start_model(spec, rd, accelerator)
@@ -234,7 +244,7 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
                                                                     make_batch, chunk, mopts)
     alpha = alpha_controller(spec, steps)
     if accelerator.is_main_process:
-        (rd.path / "data_info.json").write_text(json.dumps(data.info, indent=1), encoding="utf-8")
+        atomic_write_json(rd.path / "data_info.json", data.info, indent=1)
     resume = _resume_step(rd.path / "checkpoints")
     log = open_metrics_log(spec, rd.path, resume_step=resume) if accelerator.is_main_process else None
     hooks = TrainHooks(

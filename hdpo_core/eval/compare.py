@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hdpo_core.errors import InputError
+from hdpo_core.io import atomic_write_text
 
 from .report import _fmt
 
@@ -103,5 +104,5 @@ def compare(run_dirs: list[Path], out_dir: Path, alphas: dict[Path, float | None
     fig.savefig(out_dir / "compare.png", dpi=100)
     plt.close(fig)
     md = out_dir / "compare.md"
-    md.write_text("# Run comparison\n\n" + compare_table(runs) + "\n![comparison](compare.png)\n", encoding="utf-8")
+    atomic_write_text(md, "# Run comparison\n\n" + compare_table(runs) + "\n![comparison](compare.png)\n")
     return md

@@ -4,7 +4,8 @@ Why float32: DPO/H-DPO deltas are small and merging into bf16 measurably moves t
 base is reloaded unquantized in float32, merged with ``merge_and_unload(safe_merge=True)`` (which refuses
 NaN), checked against base+adapter logits, and only then cast to the serving dtype.
 The output folder carries ``merge.json`` with a fingerprint of the inputs: a rerun with the same inputs and
-dtype is a no-op.
+dtype is a no-op, as long as the folder still verifies against its manifest (it is built aside and renamed
+into place by :mod:`hdpo_core.artifact`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from hdpo_core import artifact
 from hdpo_core.errors import InputError, RunError
+from hdpo_core.io import read_json
 from hdpo_core.public_paths import public_path
 
 MARKER = "merge.json"
@@ -63,12 +67,12 @@ def fingerprint(folder: Path, dtype: str) -> str:
 
 
 def up_to_date(out_dir: Path, fp: str) -> dict | None:
-    """The existing ``merge.json`` if ``out_dir`` was produced from the same inputs, else None."""
-    marker = out_dir / MARKER
-    if not marker.exists():
+    """The existing ``merge.json`` if ``out_dir`` is whole (its manifest verifies) and was produced from the
+    same inputs, else None (a torn or missing ``merge.json`` included: that folder is rebuilt)."""
+    if artifact.verify(out_dir, required=(MARKER, "config.json")) is not None:
         return None
-    info = json.loads(marker.read_text())
-    return info if info.get("fingerprint") == fp else None
+    info = read_json(out_dir / MARKER)
+    return info if isinstance(info, dict) and info.get("fingerprint") == fp else None
 
 
 def base_model_of(adapter_dir: Path) -> str | None:
@@ -105,10 +109,21 @@ def _logits(model, batch) -> torch.Tensor:  # noqa: ANN001
         return model(**batch).logits.float()
 
 
+#: Files the caller adds to the merged folder (model card, provenance) from the merge's result, so they are
+#: published with the weights in one rename.
+ExtraFiles = Callable[[MergeResult], dict[str, bytes]]
+
+
+def _write_extra(tmp: Path, result: MergeResult, extra: ExtraFiles | None) -> None:
+    for name, data in (extra(result) if extra else {}).items():
+        (tmp / name).write_bytes(data)
+
+
 def merge_lora(
-    adapter_dir: Path, out_dir: Path, *, base_id: str, dtype: str, tolerance: float
+    adapter_dir: Path, out_dir: Path, *, base_id: str, dtype: str, tolerance: float, extra: ExtraFiles | None = None
 ) -> MergeResult:
-    """Merge ``adapter_dir`` into ``base_id`` (folder or Hub id); write ``out_dir`` atomically (via ``.tmp``)."""
+    """Merge ``adapter_dir`` into ``base_id`` (folder or Hub id); build ``out_dir`` aside (``.tmp``) with ``extra``
+    files and rename it into place."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -135,17 +150,17 @@ def merge_lora(
         )
     _set_generation_ids(merged, tokenizer)
     tokenizer.padding_side = "right"
-    tmp = _fresh(out_dir.with_name(out_dir.name + ".tmp"))
-    merged.to(DTYPES[dtype]).save_pretrained(tmp, max_shard_size="5GB")
-    tokenizer.save_pretrained(tmp)
-    fp = fingerprint(adapter_dir, dtype)
-    result = MergeResult("lora", False, dtype, diff, tolerance, fp, public_path(base_id, out_dir.parent))
-    (tmp / MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
-    _replace(tmp, out_dir)
+    result = MergeResult("lora", False, dtype, diff, tolerance, fingerprint(adapter_dir, dtype),
+                         public_path(base_id, out_dir.parent))
+    with artifact.building(out_dir, required=(MARKER, "config.json")) as tmp:
+        merged.to(DTYPES[dtype]).save_pretrained(tmp, max_shard_size="5GB")
+        tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
+        _write_extra(tmp, result, extra)
     return result
 
 
-def copy_full(final_dir: Path, out_dir: Path, *, dtype: str) -> MergeResult:
+def copy_full(final_dir: Path, out_dir: Path, *, dtype: str, extra: ExtraFiles | None = None) -> MergeResult:
     """Full fine-tuning: nothing to merge; save the same layout (cast to ``dtype``, eos/pad set)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -154,27 +169,13 @@ def copy_full(final_dir: Path, out_dir: Path, *, dtype: str) -> MergeResult:
     tokenizer = AutoTokenizer.from_pretrained(final_dir)
     model = AutoModelForCausalLM.from_pretrained(final_dir, dtype=DTYPES[dtype])
     _set_generation_ids(model, tokenizer)
-    tmp = _fresh(out_dir.with_name(out_dir.name + ".tmp"))
-    model.save_pretrained(tmp, max_shard_size="5GB")
-    tokenizer.save_pretrained(tmp)
-    for extra in ("chat_template.jinja",):
-        if (final_dir / extra).exists() and not (tmp / extra).exists():
-            shutil.copy2(final_dir / extra, tmp / extra)
-    fp = fingerprint(final_dir, dtype)
-    result = MergeResult("full", False, dtype, None, None, fp, None)
-    (tmp / MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
-    _replace(tmp, out_dir)
+    result = MergeResult("full", False, dtype, None, None, fingerprint(final_dir, dtype), None)
+    with artifact.building(out_dir, required=(MARKER, "config.json")) as tmp:
+        model.save_pretrained(tmp, max_shard_size="5GB")
+        tokenizer.save_pretrained(tmp)
+        for name in ("chat_template.jinja",):
+            if (final_dir / name).exists() and not (tmp / name).exists():
+                shutil.copy2(final_dir / name, tmp / name)
+        (tmp / MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
+        _write_extra(tmp, result, extra)
     return result
-
-
-def _fresh(path: Path) -> Path:
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
-
-
-def _replace(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from hdpo_core import artifact
 from hdpo_core.errors import RunError
+from hdpo_core.public_paths import public_path
 from hdpo_core.quant import QuantOptions, dequantize, load_kwargs
 
 from . import merge as m
@@ -40,8 +42,9 @@ def _greedy(model, batch) -> torch.Tensor:  # noqa: ANN001
 
 
 def merge_qlora(adapter_dir: Path, out_dir: Path, *, base_id: str, dtype: str, tolerance: float,
-                quant: QuantOptions) -> QloraMergeResult:
-    """Merge ``adapter_dir`` into the dequantized ``base_id``; write ``out_dir`` atomically (via ``.tmp``)."""
+                quant: QuantOptions, extra: m.ExtraFiles | None = None) -> QloraMergeResult:
+    """Merge ``adapter_dir`` into the dequantized ``base_id``; build ``out_dir`` aside with ``extra`` files and
+    rename it into place whole (:mod:`hdpo_core.artifact`)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,12 +80,12 @@ def merge_qlora(adapter_dir: Path, out_dir: Path, *, base_id: str, dtype: str, t
     same = int((_greedy(merged, batch) == ref_tokens).sum())
     merged.to("cpu")
     tokenizer.padding_side = "right"
-    tmp = m._fresh(out_dir.with_name(out_dir.name + ".tmp"))
-    merged.save_pretrained(tmp, max_shard_size="5GB")
-    tokenizer.save_pretrained(tmp)
-    result = QloraMergeResult("lora", False, dtype, diff, tolerance, m.fingerprint(adapter_dir, dtype), base_id,
-                              base_quantization=quant.identity(), greedy_tokens=int(ref_tokens.numel()),
-                              greedy_identical=same)
-    (tmp / m.MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
-    m._replace(tmp, out_dir)
+    result = QloraMergeResult("lora", False, dtype, diff, tolerance, m.fingerprint(adapter_dir, dtype),
+                              public_path(base_id, out_dir.parent), base_quantization=quant.identity(),
+                              greedy_tokens=int(ref_tokens.numel()), greedy_identical=same)
+    with artifact.building(out_dir, required=(m.MARKER, "config.json")) as tmp:
+        merged.save_pretrained(tmp, max_shard_size="5GB")
+        tokenizer.save_pretrained(tmp)
+        (tmp / m.MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
+        m._write_extra(tmp, result, extra)
     return result

@@ -7,12 +7,13 @@ repo says how it was trained and how to load it. Secrets are stripped before any
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from hdpo_core.io import read_json
 
 SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|credential)", re.IGNORECASE)
 PACKAGES = (
@@ -214,7 +215,9 @@ def _quant_text(spec: dict) -> str:
 
 
 def load_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    """A JSON object from ``path``; None when absent, torn or not an object (never a traceback)."""
+    data = read_json(path)
+    return data if isinstance(data, dict) else None
 
 
 def _base_text(base_model: str | None) -> str:

@@ -13,6 +13,8 @@ import pytest
 import torch
 import yaml
 
+from hdpo_core.artifact import write_manifest
+
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Question: what is the capital of France? Answer: Paris.",
@@ -93,6 +95,7 @@ def llama_lora_template(tmp_path_factory) -> Path:
     (run / "final").mkdir(parents=True)
     peft_model.save_pretrained(run / "final")
     tok.save_pretrained(run / "final")
+    write_manifest(run / "final")  # as the train stage publishes it
     write_spec(run)
     return run
 
@@ -115,6 +118,7 @@ def gpt2_full_template(tmp_path_factory) -> Path:
         pad_token_id=tok.pad_token_id,
     )
     GPT2LMHeadModel(cfg).save_pretrained(run / "final")
+    write_manifest(run / "final")
     write_spec(run, lora=None, merge={"enabled": True, "dtype": "float32"})
     return run
 

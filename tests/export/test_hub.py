@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from hdpo_core.artifact import write_manifest
 from hdpo_core.errors import InputError, RunError
 from service.cli import app
 from service.ship import merge_run, push_run
@@ -71,6 +72,7 @@ def shipped(llama_run, monkeypatch) -> Path:
     (onnx / "hdpo_onnx.json").write_text("{}")
     (onnx / "model.onnx").write_bytes(b"onnx")
     (onnx / "validation.json").write_text('{"passed": true}')
+    write_manifest(onnx)  # as the export publishes it
     return llama_run
 
 
@@ -92,7 +94,7 @@ def test_push_uploads_merged_and_onnx_with_retry(shipped, capsys):
     assert {"model.safetensors", "config.json", "README.md", "provenance.json", "tokenizer.json"} <= set(
         root["files"]
     )
-    assert onnx["files"] == ["hdpo_onnx.json", "model.onnx", "validation.json"]
+    assert onnx["files"] == ["checksums.json", "hdpo_onnx.json", "model.onnx", "validation.json"]
     assert root["commit_message"] == "hdpo-tune: upload run run" and root["revision"] is None
     out = capsys.readouterr()
     assert "retrying in 2s" in out.out and "HTTP 503" in out.out
@@ -106,8 +108,24 @@ def test_push_refuses_an_export_that_did_not_pass_validation(shipped, report):
     marker.unlink()
     if report is not None:
         marker.write_text(report)
+    write_manifest(marker.parent)  # whole, but not validated
     hub = FakeHub()
     with pytest.raises(InputError, match=r"onnx holds an export that has not passed validation .*hdpo-tune export"):
+        push_run(shipped, api=hub, log=lambda _: None)
+    assert hub.calls == []
+
+
+@pytest.mark.parametrize("damage", ["truncate", "remove", "add", "no-manifest"])
+def test_push_refuses_an_artifact_that_is_not_whole(shipped, damage):
+    """A folder that does not match its manifest (a killed build, a damaged disk) is never uploaded: one line
+    naming the folder, what is wrong and the command that rebuilds it."""
+    onnx = shipped / "onnx"
+    {"truncate": lambda: (onnx / "model.onnx").write_bytes(b"on"),
+     "remove": lambda: (onnx / "hdpo_onnx.json").unlink(),
+     "add": lambda: (onnx / "stray.bin").write_bytes(b"x"),
+     "no-manifest": lambda: (onnx / "checksums.json").unlink()}[damage]()
+    hub = FakeHub()
+    with pytest.raises(InputError, match=rf"{onnx} is not whole \(.+\): rerun `hdpo-tune export {shipped}`"):
         push_run(shipped, api=hub, log=lambda _: None)
     assert hub.calls == []
 

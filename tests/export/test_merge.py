@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from hdpo_core.artifact import write_manifest
 from hdpo_core.errors import InputError, RunError
 from service.ship import merge_run
 from tests.export.conftest import write_spec
@@ -87,6 +88,7 @@ def test_nan_adapter_is_refused(llama_run):
     key = next(k for k in tensors if "lora_B" in k)
     tensors[key][0, 0] = float("nan")
     save_file(tensors, path)
+    write_manifest(path.parent)  # a training that published NaN weights: whole, but broken
     with pytest.raises(RunError, match="refused.*NaN|NaN"):
         merge_run(llama_run, log=lambda _: None)
     assert not (llama_run / "merged").exists()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from hdpo_core.artifact import write_manifest
 from hdpo_core.errors import RunError
 from hdpo_core.export import ort_generate
 from hdpo_core.export.onnx_validate import validate_export
@@ -102,9 +103,10 @@ def test_corrupted_weight_fails_export_stage(llama_exported, tmp_path, monkeypat
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight.add_(0.05)
     model.save_pretrained(run / "merged")
+    write_manifest(run / "merged")  # as if the merge had written these weights
 
     def reuse_good_graph(model_dir, out_dir, opset=None):
-        shutil.copytree(llama_exported / "onnx", out_dir)
+        shutil.copytree(llama_exported / "onnx", out_dir, dirs_exist_ok=True)
         return json.loads((out_dir / "hdpo_onnx.json").read_text())
 
     monkeypatch.setattr(onnx_export, "export_decoder", reuse_good_graph)

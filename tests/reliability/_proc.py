@@ -12,12 +12,13 @@ from pathlib import Path
 HDPO_TUNE = Path(sys.executable).parent / "hdpo-tune"
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = Path(__file__).resolve().parent / "faults"
+HOOKS = {"HDPO_FAKE_HUB", "HDPO_KILL_AFTER", "HDPO_OP_LOG"}  # the test hooks of faults/sitecustomize.py
 
 
 def env(fault: str | None = None, **extra: str) -> dict[str, str]:
     """The child's environment: offline, one thread, this tree first on PYTHONPATH (and the fault hook, also
     for the stand-in Hub of ``HDPO_FAKE_HUB``)."""
-    paths = [str(FAULTS)] if fault or "HDPO_FAKE_HUB" in extra else []
+    paths = [str(FAULTS)] if fault or set(extra) & HOOKS else []
     paths += [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     out = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(paths),
            **extra}

@@ -12,6 +12,12 @@ fail with ``errno``, inside the real ``hdpo-tune`` console script (this folder g
 the folder (as the real client does to hash it) and copying it to ``DIR/<path_in_repo>``: the push stage runs
 end to end in a subprocess, offline.
 
+``HDPO_KILL_AFTER=K[:kind:match]`` SIGKILLs the process right after the ``K``-th file written, renamed or removed
+by the artifact mechanism and the atomic writers (``hdpo_core.io.note``), counting only operations of ``kind``
+(``write``, ``rename``, ``remove``) on a path containing ``match`` when they are given; ``HDPO_OP_LOG=FILE`` appends one line per such
+operation (``index kind path``, and for a ``status.json`` rename the stage it records), so a test counts each
+stage's operations once and chooses its kill points.
+
 Nothing else changes: the files really are written until the fault, so what is left afterwards is real.
 """
 
@@ -66,6 +72,42 @@ if _SPEC:
 
         builtins.open = io.open = _open
         os.open = _os_open
+
+_KILL_SPEC = os.environ.get("HDPO_KILL_AFTER", "").split(":", 2)
+_KILL_AFTER = int(_KILL_SPEC[0] or 0)
+_KILL_KIND, _KILL_MATCH = (_KILL_SPEC[1], _KILL_SPEC[2]) if len(_KILL_SPEC) == 3 else ("", "")
+_OP_LOG = os.environ.get("HDPO_OP_LOG", "")
+if _KILL_AFTER or _OP_LOG:
+    import json as _json
+    import signal as _signal
+
+    import hdpo_core.io as _hio
+
+    _ops = [0, 0]  # every operation, those the kill counts
+
+    def _after_op(kind, path):  # type: ignore[no-untyped-def]
+        _ops[0] += 1
+        if (not _KILL_KIND or kind == _KILL_KIND) and _KILL_MATCH in os.fspath(path):
+            _ops[1] += 1
+        if _OP_LOG:
+            name = os.fspath(path)
+            stage = ""
+            if kind == "rename" and os.path.basename(name) == "status.json":
+                try:
+                    with open(name, encoding="utf-8") as fh:
+                        st = _json.load(fh)
+                    stage = f" {st.get('stage')}:{st.get('state')}"
+                except (OSError, ValueError):
+                    stage = " ?"
+            fd = os.open(_OP_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, f"{_ops[0]} {kind} {name}{stage}\n".encode())
+            finally:
+                os.close(fd)
+        if _KILL_AFTER and _ops[1] == _KILL_AFTER:
+            os.kill(os.getpid(), _signal.SIGKILL)
+
+    _hio._after_op = _after_op
 
 _HUB = os.environ.get("HDPO_FAKE_HUB", "")
 if _HUB:
