@@ -3,6 +3,8 @@ lm-eval task name lm-eval does not know, one line each, before any model loads o
 
 from __future__ import annotations
 
+import os
+
 from hdpo_core.errors import HdpoError
 
 from .spec import JobSpec
@@ -24,6 +26,8 @@ def _task_rows(path: str, verifier: str, summary: list[str]) -> list[str]:
     from hdpo_core.eval.verifiers import get_verifier
 
     rows: list[str] = []
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        return []  # a FIFO, device or socket: the input-kind check has said so once already
     try:
         tasks = load_tasks(path, get_verifier(verifier), problems=rows)
     except HdpoError as exc:
