@@ -7,6 +7,9 @@ server picks the run folder. The job is then an ordinary fine-tuning job (list, 
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import tarfile
 from collections.abc import Iterator
@@ -16,6 +19,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
+
+from hdpo_core import artifact
+from hdpo_core.public_paths import public_path
 
 from .deps import Caller, Ctx, Db
 from .errors import ApiError
@@ -71,12 +77,61 @@ def _files(root: Path) -> list[Path]:
     return sorted(out)
 
 
+#: files peft writes naming the base model by its absolute path on this server (the pipeline reads
+#: final/adapter_config.json back to load the base, so the file on disk keeps it)
+PEFT_FILES = ("adapter_config.json", "README.md")
+
+
+def _public_final(final: Path, run_dir: Path) -> dict[str, bytes]:
+    """What a download sends instead of ``final/``'s peft files: the base named publicly (the model's name, or
+    a path inside the run folder), and ``checksums.json`` updated to match, so the downloaded folder still
+    verifies against its manifest. Empty for a full model (no adapter config)."""
+    try:
+        config = json.loads((final / "adapter_config.json").read_text(encoding="utf-8"))
+        manifest = json.loads((final / artifact.MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or public_path(base, run_dir) == base:
+        return {}
+    public = public_path(base, run_dir)
+    out = {}
+    for name in PEFT_FILES:
+        path = final / name
+        if path.is_file() and not path.is_symlink():
+            out[name] = path.read_bytes().replace(base.encode(), public.encode())
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if isinstance(files, dict):
+        for name, blob in out.items():
+            files[name] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+        out[artifact.MANIFEST] = json.dumps(manifest, indent=1).encode()
+    return out
+
+
+def check_whole(run_dir: Path, parts: list[str], job_id: str) -> None:
+    """409 unless every part verifies against its manifest: like push, a download never sends a half-built or
+    damaged folder."""
+    for part in parts:
+        problem = artifact.verify(run_dir / part)
+        if problem is not None:
+            raise ApiError(409, f"{part}/ of {job_id} is not whole ({problem}): its files changed or were damaged "
+                           "after the job finished, so it is not sent", param="parts", code="artifact_damaged")
+
+
 def _tar_stream(run_dir: Path, parts: list[str], name: str) -> Iterator[bytes]:
     sink = _Sink()
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for part in parts:
+            replaced = _public_final(run_dir / part, run_dir) if part == "final" else {}
             for path in _files(run_dir / part):
-                tar.add(path, arcname=f"{name}/{path.relative_to(run_dir)}", recursive=False)
+                arcname = f"{name}/{path.relative_to(run_dir)}"
+                blob = replaced.get(path.relative_to(run_dir / part).as_posix())
+                if blob is None:
+                    tar.add(path, arcname=arcname, recursive=False)
+                else:
+                    info = tar.gettarinfo(path, arcname=arcname)
+                    info.size = len(blob)
+                    tar.addfile(info, io.BytesIO(blob))
                 yield sink.take()
     yield sink.take()
 
@@ -96,5 +151,6 @@ def artifacts(ctx: Ctx, db: Db, key: Caller, job_id: str, parts: str | None = No
         have = [p for p in PARTS if (run_dir / p).is_dir()]
         raise ApiError(400, f"parts: {bad} not available for {job_id}; this job has {have}", param="parts",
                        code="invalid_parts")
+    check_whole(run_dir, wanted, job_id)
     headers = {"Content-Disposition": f'attachment; filename="{job.id}.tar"'}
     return StreamingResponse(_tar_stream(run_dir, wanted, job.id), media_type="application/x-tar", headers=headers)

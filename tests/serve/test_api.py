@@ -7,9 +7,11 @@ One server for the module; three jobs are submitted at once (one worker on CPU):
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import tarfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -186,12 +188,10 @@ def test_job_succeeds(live, jobs):
 
 
 #: written by peft, and read back by the pipeline to load an adapter's base: they keep the base model's folder
-PEFT_FILES = ("final/adapter_config.json", "final/README.md")
-
-
 def test_downloaded_artifacts_hold_no_server_path(live, jobs, model_root):
     """Every file of a served job's artifacts (model cards, provenance.json, merge.json, results.json,
-    summary.md...) is free of the data folder's path, and of the model root's except where peft keeps it."""
+    summary.md, peft's adapter_config.json and README.md...) is free of the data folder's and the model root's
+    paths, and each downloaded folder still verifies against its manifest."""
     server, alice, _ = live
     job = wait_for(server.client(alice), jobs[0].id)
     req = urllib.request.Request(f"{server.url}/hdpo/jobs/{job.id}/artifacts",
@@ -206,11 +206,27 @@ def test_downloaded_artifacts_hold_no_server_path(live, jobs, model_root):
     data_paths = {str(server.data), str(Path(server.data).resolve())}
     root_paths = {str(model_root), str(Path(model_root).resolve()), str(REPO)}
     for name, blob in seen.items():
-        assert not any(p.encode() in blob for p in data_paths), name
-        if name not in PEFT_FILES:
-            assert not any(p.encode() in blob for p in root_paths), name
+        assert not any(p.encode() in blob for p in data_paths | root_paths), name
+    assert json.loads(seen["final/adapter_config.json"])["base_model_name_or_path"] == "demo"
+    for part in ("final", "merged", "eval"):
+        listed = json.loads(seen[f"{part}/checksums.json"])["files"]
+        got = {n.split("/", 1)[1]: b for n, b in seen.items() if n.startswith(f"{part}/") and
+               not n.endswith("/checksums.json")}
+        assert {n: (len(b), hashlib.sha256(b).hexdigest()) for n, b in got.items()} == {
+            n: (m["size"], m["sha256"]) for n, m in listed.items()}, part
     assert json.loads(seen["eval/results.json"])["target"] == "final"
     assert json.loads(seen["merged/merge.json"])["base_model"] == "demo"
+    summary = server.data / "runs" / job.id / "eval" / "summary.md"
+    before = summary.read_bytes()
+    summary.write_bytes(before + b"changed on the server")  # a damaged folder is refused, never sent
+    try:
+        damaged = urllib.request.Request(f"{server.url}/hdpo/jobs/{job.id}/artifacts?parts=eval",
+                                         headers={"Authorization": f"Bearer {alice}"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(damaged, timeout=60)
+        assert err.value.code == 409 and b"eval/ of" in err.value.read()
+    finally:
+        summary.write_bytes(before)
     events = list(server.client(alice).fine_tuning.jobs.list_events(job.id, limit=100))
     assert not any(p in e.message for e in events for p in data_paths | root_paths)
 

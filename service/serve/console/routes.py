@@ -180,13 +180,14 @@ def events(view: ViewDep, job_id: str) -> dict[str, Any]:
 @router.get(f"{api}/jobs/{{job_id}}/artifacts")
 def artifacts(view: ViewDep, job_id: str, part: str) -> StreamingResponse:
     """One part of a finished run (``final``, ``merged``, ``onnx``, ``gguf``, ``eval``) as a tar stream."""
-    from ..native_api import _tar_stream  # the API's own tar writer: regular files only, no links followed
+    from ..native_api import _tar_stream, check_whole  # the API's own tar writer: regular files, no links
 
     info = _job(view, job_id)
     if info["state"] == "running" or info.get("status") in ("queued", "running", "validating_files"):
         raise ApiError(409, f"{job_id} is still running; download once it has finished", code="job_not_finished")
     if part not in info["parts"]:
         raise ApiError(400, f"part: '{part[:40]}' is not available; this job has {info['parts']}", param="part")
+    check_whole(view.run_dir(job_id), [part], job_id)
     headers = {"Content-Disposition": f'attachment; filename="{job_id}-{part}.tar"'}
     return StreamingResponse(_tar_stream(view.run_dir(job_id), [part], job_id), media_type="application/x-tar",
                              headers=headers)
