@@ -24,7 +24,9 @@ import os
 import stat
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from hdpo_core.errors import InputError
 
@@ -40,6 +42,9 @@ _HELD: dict[Path, int] = {}  # folder -> descriptor of its held lock (kept open 
 
 class InUse(InputError):
     """The run folder's lock is held by another process."""
+
+
+_T = TypeVar("_T")
 
 
 def _ofd(fd: int, cmd: int, kind: int) -> int:
@@ -92,9 +97,9 @@ def open_lock_file(folder: Path, *, create: bool) -> int | None:
     return fd
 
 
-def lock_held(folder: Path) -> bool | None:
-    """Whether some process holds ``folder``'s lock (this one included), without taking it; None when it cannot
-    be told (no lock file: nothing hdpo-tune ran there took one; not a regular file; an unreadable folder)."""
+def _on_lock_file(folder: Path, read: Callable[[int], _T]) -> _T | None:
+    """``read(fd)`` on ``folder``'s lock file opened without creating it; None when there is none, or it is not a
+    regular file, or the folder cannot be read."""
     try:
         fd = open_lock_file(folder, create=False)
     except (InputError, OSError):
@@ -102,25 +107,27 @@ def lock_held(folder: Path) -> bool | None:
     if fd is None:
         return None
     try:
-        return _ofd(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK) != fcntl.F_UNLCK
-    except OSError:
-        return None
+        return read(fd)
     finally:
         os.close(fd)
+
+
+def lock_held(folder: Path) -> bool | None:
+    """Whether some process holds ``folder``'s lock (this one included), without taking it; None when it cannot
+    be told (no lock file: nothing hdpo-tune ran there took one; not a regular file; an unreadable folder)."""
+
+    def held(fd: int) -> bool | None:
+        try:
+            return _ofd(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK) != fcntl.F_UNLCK
+        except OSError:
+            return None
+
+    return _on_lock_file(folder, held)
 
 
 def read_pid(folder: Path) -> int | None:
     """The pid written in ``folder``'s lock file (the last owner's; informative only)."""
-    try:
-        fd = open_lock_file(folder, create=False)
-    except (InputError, OSError):
-        return None
-    if fd is None:
-        return None
-    try:
-        return _pid_in(fd)
-    finally:
-        os.close(fd)
+    return _on_lock_file(folder, _pid_in)
 
 
 def _pid_in(fd: int) -> int | None:

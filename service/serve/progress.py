@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,7 @@ class MetricsReader:
         data = self._partial + chunk
         lines = data.split(b"\n")
         self._partial = lines.pop()  # an unfinished last line waits for the next read
-        out = []
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-                out.append(rec)
-        return out
+        return step_records(lines)
 
 
 def all_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -85,3 +78,17 @@ def all_metrics(run_dir: Path) -> list[dict[str, Any]]:
     for rec in MetricsReader(run_dir).new_records():
         by_step[rec["step"]] = rec
     return [by_step[s] for s in sorted(by_step)]
+
+
+def step_records(lines: Iterable[bytes | str]) -> list[dict[str, Any]]:
+    """The ``metrics.jsonl`` lines that are records of a step (a dict with an int ``step``); a torn or foreign
+    line is skipped (the trainer may be writing the last one)."""
+    out = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            out.append(rec)
+    return out

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..progress import step_records
+
 #: report files shown on a job's page, by the name the page gives them
 REPORTS = {"onnx": "onnx/validation.json", "quantization": "onnx/quantization.json", "gguf": "gguf/validation.json"}
 #: run sub-folders a user can download (as a tar stream)
@@ -84,15 +86,7 @@ def last_metrics(run_dir: Path, window: int = 20) -> list[dict[str, Any]]:
             lines = fh.read().split(b"\n")
     except OSError:
         return []
-    out = []
-    for line in lines[1 if size > TAIL_BYTES else 0:]:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
-            out.append(rec)
-    return out[-window:]
+    return step_records(lines[1 if size > TAIL_BYTES else 0:])[-window:]
 
 
 def _section(spec: dict[str, Any], name: str) -> dict[str, Any]:
