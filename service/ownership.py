@@ -92,9 +92,12 @@ def _ours_before_marker(name: str) -> bool:
     return name == LOCK or name.startswith(f".{MARKER}.") and name.endswith(".tmp")
 
 
-def _foreign(folder: Path) -> bool:
+def _foreign(folder: Path, *, marker: bool = False) -> bool:
+    """Whether ``folder`` holds a name hdpo-tune did not create. ``marker``: the marker itself counts as ours
+    too (the check before the lock: the run that holds the lock may write its marker between ``is_owned`` and
+    this listing; whether a marker is really ours is checked again under the lock, by :func:`claim`)."""
     try:
-        return any(not _ours_before_marker(p.name) for p in folder.iterdir())
+        return any(not (_ours_before_marker(p.name) or marker and p.name == MARKER) for p in folder.iterdir())
     except OSError:
         return False
 
@@ -139,7 +142,7 @@ def open_folder(folder: Path, field: str = "output.dir") -> Path:
         st = os.stat(root / MARKER, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
             raise refuse_entry(root / MARKER, st, field)
-    if root.is_dir() and not is_owned(root) and _foreign(root):
+    if root.is_dir() and not is_owned(root) and _foreign(root, marker=True):
         raise _not_ours(root, field)
     try:
         root.mkdir(parents=True, exist_ok=True)
