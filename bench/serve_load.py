@@ -33,6 +33,14 @@ JOB = {"lora": {"r": 8, "alpha": 16}, "data": {"max_length": 160}, "hdpo": {"alp
        "train": {"micro_batch_size": 4, "save_every": 1000, "log_every": 1}, "merge": None}
 
 
+def demo_model_root(tmp: Path) -> Path:
+    """A model root under ``tmp`` serving the shipped demo model as ``demo`` (a link; nothing copied)."""
+    root = tmp / "models"
+    root.mkdir()
+    (root / "demo").symlink_to(Path(__file__).resolve().parents[1] / "examples/demo/model")
+    return root
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process (Linux /proc): what the server takes from training, whatever
     else runs on the machine."""
@@ -147,10 +155,7 @@ def main() -> None:
     args = ap.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "models"
-        root.mkdir()
-        (root / "demo").symlink_to(Path(__file__).resolve().parents[1] / "examples/demo/model")
-        data = Path(tmp) / "data"
+        root, data = demo_model_root(Path(tmp)), Path(tmp) / "data"
         key = create_key(data, "bench")
         server = Server(data, root).start()
         try:

@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.serve_load import cpu_s, pct, train  # noqa: E402
+from bench.serve_load import cpu_s, demo_model_root, pct, train  # noqa: E402
 from tests.serve._server import Server, create_key, demo_rows  # noqa: E402
 
 JOB = {"lora": {"r": 4, "alpha": 8}, "data": {"max_length": 128}, "train": {"max_steps": 4}}
@@ -118,10 +118,7 @@ def main() -> None:
     load_before = os.getloadavg()
     result: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "models"
-        root.mkdir()
-        (root / "demo").symlink_to(Path(__file__).resolve().parents[1] / "examples/demo/model")
-        data = Path(tmp) / "data"
+        root, data = demo_model_root(Path(tmp)), Path(tmp) / "data"
         key = create_key(data, "bench")
         server = Server(data, root, extra=("--workers", "0")).start()  # no job process takes the CPU
         try:
