@@ -60,7 +60,7 @@ for n in names:
         out.append(f"{n} absent")
 print("versions: " + ", ".join(out))
 bad = []
-for mod in ["hdpo_core.trainer", "hdpo_core.forward", "service.cli", "service.train_stage", "service.pipeline",
+for mod in ["hdpo_core.trainer", "hdpo_core.forward", "service.cli", "service.stages.train", "service.stages.pipeline",
             "trl", "datasets", "pydantic"]:
     try:
         importlib.import_module(mod)

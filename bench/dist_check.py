@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=120, help="seconds per launched command")
     ap.add_argument("--dry-run", action="store_true")
     a = ap.parse_args(argv)
-    from service.spec import load_spec
+    from service.spec.job import load_spec
     from tests.fixtures.tiny import build_tiny_llama, write_pairs_jsonl
 
     work = a.out / "dist_work"

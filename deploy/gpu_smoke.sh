@@ -140,10 +140,10 @@ write_job full no
 write_job lora yes
 write_job fsdp2 no
 
-# Fail fast, before any GPU work, if the job spec has drifted from service/spec.py.
+# Fail fast, before any GPU work, if the job spec has drifted from service/spec/job.py.
 "${PY}" - "${WORK}"/job_*.yaml <<'EOF'
 import sys
-from service.spec import load_spec
+from service.spec.job import load_spec
 for path in sys.argv[1:]:
     load_spec(path)
 print(f"[smoke] {len(sys.argv) - 1} job specs validate")

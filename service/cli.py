@@ -1,4 +1,4 @@
-"""The `hdpo-tune` command line: a thin Typer layer over service.pipeline.
+"""The `hdpo-tune` command line: a thin Typer layer over service.stages.pipeline.
 
 Each command parses its arguments, calls one pipeline function, and maps the domain error
 (:class:`hdpo_core.errors.HdpoError`) to one line on stderr and an exit code: 2 bad input, 1 failure while
@@ -15,8 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from hdpo_core import __version__
-
-from .cli_guard import STATE, guarded
+from service.cli_guard import STATE, guarded
 
 app = typer.Typer(
     name="hdpo-tune",
@@ -49,7 +48,7 @@ def run(
     only: Annotated[list[str] | None, typer.Option("--only", help="Run only these stages (repeatable).")] = None,
 ) -> None:
     """Run every enabled stage of a job: train, eval, merge, export, push."""
-    from service.pipeline import run_job
+    from service.stages.pipeline import run_job
 
     guarded(lambda: run_job(job, force=force, only=tuple(only or ())))
 
@@ -72,7 +71,7 @@ def launch(
 @app.command()
 def validate(job: Annotated[Path, typer.Argument(help="Job spec YAML.")]) -> None:
     """Check the spec, model, tokenizer, data and run folder without training; list every problem (exit 2)."""
-    from service.validate import run_validate
+    from service.validate.job import run_validate
 
     raise typer.Exit(guarded(lambda: run_validate(job)))
 
@@ -82,7 +81,7 @@ def schema() -> None:
     """Print the JSON Schema of the job spec."""
     import json
 
-    from service.spec import json_schema
+    from service.spec.job import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
 
@@ -93,7 +92,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write an annotated example job spec (every field, its default and what it does)."""
-    from service.init_template import write_example_spec
+    from service.spec.template import write_example_spec
 
     written = guarded(lambda: write_example_spec(path, force=force))
     typer.echo(f"wrote {written}; edit model.name_or_path, data.train and output.dir, then `hdpo-tune validate {written}`")
@@ -105,7 +104,7 @@ def merge(
     force: Annotated[bool, typer.Option("--force", help="Redo the merge even if merged/ is up to date.")] = False,
 ) -> None:
     """Merge the LoRA adapter into the base (float32, checked) and write RUN/merged/ with a model card."""
-    from service.pipeline import run_folder_stage
+    from service.stages.pipeline import run_folder_stage
 
     guarded(lambda: run_folder_stage(run_dir, "merge", force=force))
 
@@ -116,7 +115,7 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Re-export even if onnx/ is current and validated.")] = False,
 ) -> None:
     """Export RUN/merged/ to ONNX with KV cache in RUN/onnx/ and validate it against PyTorch."""
-    from service.pipeline import run_folder_stage
+    from service.stages.pipeline import run_folder_stage
 
     guarded(lambda: run_folder_stage(run_dir, "export", force=force))
 
@@ -128,8 +127,8 @@ def push(
 ) -> None:
     """Push RUN/merged/ (and RUN/onnx/ under onnx/) to hub.repo_id. Token from HF_TOKEN only."""
     if dry_run:
-        from service import ownership
-        from service.ship import push_run
+        from service.runfolder import ownership
+        from service.stages.ship import push_run
 
         def listing() -> object:  # reads only, but never through a link inside the run folder
             ownership.check_entries(ownership.check_location(run_dir, "RUN_DIR"), "RUN_DIR")
@@ -137,7 +136,7 @@ def push(
 
         guarded(listing)
         return
-    from service.pipeline import run_folder_stage
+    from service.stages.pipeline import run_folder_stage
 
     guarded(lambda: run_folder_stage(run_dir, "push", force=False))
 
@@ -152,7 +151,7 @@ def generate(
     seed: Annotated[int | None, typer.Option("--seed", help="Sampling seed.")] = None,
 ) -> None:
     """Generate with onnxruntime alone (no torch import): the serving check."""
-    from service.ship import generate_onnx
+    from service.stages.ship import generate_onnx
 
     text = guarded(lambda: generate_onnx(onnx, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed))
     typer.echo(text)
@@ -179,7 +178,7 @@ def eval_(
     lm_eval_limit: Annotated[float | None, typer.Option("--lm-eval-limit", help="lm-eval documents per task (count or fraction).")] = None,
 ) -> None:
     """Evaluate a model: accuracy and pass@k per temperature, diversity, entropy, preference metrics, lm-eval."""
-    from service.eval_stage import evaluate_cli
+    from service.stages.eval import evaluate_cli
 
     harness = {"tasks": lm_eval.split(",") if lm_eval else None, "include_path": lm_eval_include, "limit": lm_eval_limit}
     guarded(lambda: evaluate_cli(target, job=job, tasks=tasks, ref=ref, out=out, n=n, temperatures=temperatures,
@@ -193,7 +192,7 @@ def compare(
     out: Annotated[str | None, typer.Option("--out", help="Output folder (default ./compare).")] = None,
 ) -> None:
     """Compare runs (e.g. an alpha sweep): pass@k, accuracy vs temperature, entropy vs alpha."""
-    from service.eval_stage import compare_runs
+    from service.stages.eval import compare_runs
 
     typer.echo(guarded(lambda: compare_runs(run_dirs, out=out)))
 

@@ -55,7 +55,7 @@ def build_command(job: Path, *, num_processes: int | None = None, config_file: P
     CPU (FSDP2 and ZeRO-3 need GPUs). ``--mixed_precision`` comes from ``train.mixed_precision`` so the
     launcher and the Accelerator agree.
     """
-    from .spec import load_spec
+    from service.spec.job import load_spec
 
     spec = load_spec(job)
     dist = spec.distributed

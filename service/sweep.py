@@ -28,10 +28,9 @@ from typing import Any
 
 from hdpo_core.errors import InputError, RunError
 from hdpo_core.io import atomic_write_json, atomic_write_text
-
-from . import ownership
-from .spec import dump_yaml, load_spec, spec_to_dict
-from .spec_yaml import load_yaml
+from service.runfolder import ownership
+from service.spec.job import dump_yaml, load_spec, spec_to_dict
+from service.spec.yaml_io import load_yaml
 
 METRIC_HELP = "accuracy@tT, pass@K[@tT], entropy~X, reward_accuracy, loss or lm_eval:TASK/METRIC"
 
@@ -134,7 +133,7 @@ def variant_jobs(job: Path, alphas: list[float]) -> tuple[Path, list[tuple[float
 
 
 def run_sweep(job: Path, *, alphas: list[float], select: str, force: bool = False) -> dict[str, Any]:
-    from .pipeline import run_job
+    from service.stages.pipeline import run_job
 
     metric = parse_metric(select)
     root, jobs = variant_jobs(job, alphas)
@@ -148,7 +147,7 @@ def run_sweep(job: Path, *, alphas: list[float], select: str, force: bool = Fals
     if not ranked:
         raise RunError(f"sweep: no variant has the metric '{select}' in its eval results")
     winner = ranked[0]
-    from .eval_stage import compare_runs
+    from service.stages.eval import compare_runs
 
     compare_runs([str(root / f"alpha-{a:g}") for a, _ in jobs], out=str(root))
     report = {"metric": select, "scores": {f"{a:g}": scores[a] for a in scores}, "winner": winner,
@@ -164,7 +163,7 @@ def run_sweep(job: Path, *, alphas: list[float], select: str, force: bool = Fals
 
 def _ship_winner(job: Path, root: Path, winner: float, force: bool) -> None:
     """Run the original job's merge/export/push stages on the winner's run folder."""
-    from .pipeline import run_job
+    from service.stages.pipeline import run_job
 
     spec = spec_to_dict(load_spec(job))
     if not any(spec.get(k) for k in ("merge", "export", "hub")):

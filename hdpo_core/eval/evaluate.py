@@ -1,5 +1,5 @@
 """The evaluation itself, on flat arguments: sampling metrics per temperature, preference metrics, entropy,
-for the policy and (optionally) the reference. :mod:`service.eval_stage` turns the job spec into this call.
+for the policy and (optionally) the reference. :mod:`service.stages.eval` turns the job spec into this call.
 """
 
 from __future__ import annotations

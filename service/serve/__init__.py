@@ -5,7 +5,7 @@ same pipeline as the CLI) in its own run folder under the data folder; the serve
 starts and signals the process (:mod:`.executor`), and reads what the pipeline writes. So the server stays
 decoupled from how stages are organised inside the pipeline. What it relies on, and nothing more:
 
-* ``service.spec``: ``JobSpec``/``load_spec`` (to check a spec with the CLI's messages) and the list of path
+* ``service.spec.job``: ``JobSpec``/``load_spec`` (to check a spec with the CLI's messages) and the list of path
   fields ``load_spec`` resolves (a test keeps :data:`.jobspec.PATH_FIELDS` equal to it);
 * the run folder: ``status.json`` (``stage``, ``state``, ``total_steps``, ``error``, ``stages_done``),
   ``metrics.jsonl`` (one object per logged step with ``step``, ``loss``, ``tokens``...),

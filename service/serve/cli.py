@@ -85,7 +85,7 @@ def serve(
             from pydantic import ValidationError
 
             from hdpo_core.errors import InputError
-            from service.spec_tracking import TrackingSpec
+            from service.spec.tracking import TrackingSpec
 
             try:
                 TrackingSpec(report_to=report_to, mlflow_tracking_uri=mlflow_tracking_uri)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ Kubernetes Jobs would implement the same two methods (start a pod running the sa
 folder, read the same files back); none is built here, since there is no cluster to test one on.
 
 "No job runs twice at the same time" is kept by the run folder, not by the database alone: the local
-executor takes the run folder's own lock (:mod:`service.runlock`, the same lock and file as ``hdpo-tune run``)
+executor takes the run folder's own lock (:mod:`service.runfolder.lock`, the same lock and file as ``hdpo-tune run``)
 and hands the locked descriptor to the job process, which holds it until it exits, even if the server dies
 first. A restarted server that finds the lock held waits.
 The job process gets SIGTERM when the server's scheduler thread dies (``PR_SET_PDEATHSIG``): it writes a
@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from hdpo_core.errors import InputError
-
-from ..runlock import FD_ENV, InUse, lock_fd, lock_held
+from service.runfolder.lock import FD_ENV, InUse, lock_fd, lock_held
 
 LOG = "job.log"
 _PR_SET_PDEATHSIG = 1

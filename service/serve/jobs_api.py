@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Row, select, update
 
-from service.spec import JobSpec
-from service.spec import TrainSpec as _TrainSpec
+from service.spec.job import JobSpec
+from service.spec.job import TrainSpec as _TrainSpec
 
 from . import reads
 from .db import EventRow, FileRow, JobRow, add_event, new_id, now

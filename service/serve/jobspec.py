@@ -2,7 +2,7 @@
 
 Both kinds of request end in one full spec dict that names files by id and models by name; :func:`resolve_refs`
 turns those into paths under the data folder (or Hub ids) and refuses anything else, then the spec is written
-to ``DATA/runs/JOB/job.yaml`` and checked with the pipeline's own :func:`service.spec.load_spec` (so the
+to ``DATA/runs/JOB/job.yaml`` and checked with the pipeline's own :func:`service.spec.job.load_spec` (so the
 messages are the CLI's). The path fields are the ones ``load_spec`` resolves (``PATH_FIELDS``; a test keeps
 the two lists equal), so no field can point a job outside the data folder.
 """
@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hdpo_core.errors import InputError
-from service.ownership import claim
-from service.spec import JobSpec, dump_yaml, load_spec
+from service.runfolder.ownership import claim
+from service.spec.job import JobSpec, dump_yaml, load_spec
 
 from .config import ServeConfig
 from .db import FileRow, JobRow

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from hdpo_core.errors import InputError
-from service.spec import JobSpec
+from service.spec.job import JobSpec
 
 from .errors import ApiError
 

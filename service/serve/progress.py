@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..rundir import RunDir
+from service.runfolder.record import RunDir
 
 #: metrics copied into an event's data (TRL's names), plus OpenAI's own keys step/total_steps/train_loss/valid_loss
 EVENT_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "entropy",

@@ -99,7 +99,7 @@ def test_a_failed_run_fails_the_job():
 
 
 def test_push_false_runs_every_stage_but_push():
-    stage_module = pytest.importorskip("service.stages")
+    stage_module = pytest.importorskip("service.stages.registry")
     (step,) = _steps_using("stage_flags=(")
     line = next(ln for ln in step["run"].splitlines() if "stage_flags=(--only" in ln)
     words = shlex.split(line.split("(", 1)[1].rstrip(")"))

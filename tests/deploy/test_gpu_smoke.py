@@ -1,5 +1,5 @@
 """deploy/gpu_smoke.sh: shell syntax, and a dry run on CPU that builds the tiny model and validates the job
-specs it would run, so the script cannot drift from service/spec.py unnoticed."""
+specs it would run, so the script cannot drift from service/spec/job.py unnoticed."""
 
 from __future__ import annotations
 

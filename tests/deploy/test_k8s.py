@@ -86,7 +86,7 @@ def test_uid_and_cache_match_the_dockerfile():
 
 
 def test_configmap_job_spec_is_a_valid_job(tmp_path):
-    spec_mod = pytest.importorskip("service.spec")
+    spec_mod = pytest.importorskip("service.spec.job")
     cm = objects()[("ConfigMap", "hdpo-job-spec")]
     job = tmp_path / "job.yaml"
     job.write_text(cm["data"]["job.yaml"], encoding="utf-8")

@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from service.tracking import metric_values
+from service.stages.tracking import metric_values
 from tests.distributed.test_distributed import PY, Path, audited, launched, write_job
 
 

@@ -174,7 +174,7 @@ def test_served_job_takes_quantization_from_extra_body(tmp_path, tiny_model_dir,
     """The jobs service: ``extra_body={"hdpo_tune": {"quantization": ...}}`` lands in the job spec and is echoed;
     QLoRA without LoRA is the spec's own one-line refusal."""
     from service.serve.jobs_api import CreateJob, method_echo, openai_spec
-    from service.spec import JobSpec
+    from service.spec.job import JobSpec
 
     req = CreateJob(model="m", training_file="file-x", hdpo_tune={"quantization": {"quant_type": "fp4"}})
     spec = openai_spec(req)

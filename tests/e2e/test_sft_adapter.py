@@ -11,8 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.eval_stage import run_eval_stage
-from service.spec_eval import EvalSpec
+from service.spec.eval import EvalSpec
+from service.stages.eval import run_eval_stage
 from tests.e2e.test_run import write_job
 
 
@@ -64,7 +64,7 @@ def test_training_starts_from_the_sft_adapter(tmp_path, tiny_model_dir, tiny_pai
         cfg = json.loads((run / "final" / "adapter_config.json").read_text())
         assert cfg["base_model_name_or_path"] == str(start)
         # merging puts the DPO adapter on the merged SFT model; the card names the original base
-        from service.ship import merge_run
+        from service.stages.ship import merge_run
 
         assert merge_run(run, log=lambda _: None)["base_model"] == "start_model"  # relative to the run folder
         card = (run / "merged" / "README.md").read_text()

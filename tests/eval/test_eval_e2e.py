@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from hdpo_core.eval.targets import peft_reference
 from service.cli import app
-from service.eval_stage import run_eval_stage
-from service.spec_eval import EvalSpec
+from service.spec.eval import EvalSpec
+from service.stages.eval import run_eval_stage
 
 runner = CliRunner()
 

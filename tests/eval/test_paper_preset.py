@@ -7,7 +7,7 @@ from tiny import tiny_tokenizer
 from hdpo_core.eval.compare import compare_table
 from hdpo_core.eval.evaluate import SamplingSettings, run_evaluation
 from hdpo_core.eval.verifiers import get_verifier
-from service.spec_eval import EvalSpec
+from service.spec.eval import EvalSpec
 
 
 def test_paper_preset_fills_only_what_the_job_leaves_out():

@@ -69,7 +69,7 @@ def test_with_bubblewrap_the_results_say_so(ws: Path) -> None:
 
 
 def test_validate_reports_the_missing_sandbox(ws: Path, tiny_pairs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.validate import validate_job
+    from service.validate.job import validate_job
 
     job = ws / "full.yaml"
     spec = {"model": {"name_or_path": "model"}, "data": {"train": str(tiny_pairs)}, "output": {"dir": "run-v"},

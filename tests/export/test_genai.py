@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.ship import export_run
+from service.stages.ship import export_run
 from tests.export.conftest import copy_run
 
 og = pytest.importorskip("onnxruntime_genai")

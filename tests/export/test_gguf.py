@@ -24,7 +24,7 @@ pytest.importorskip("gguf")
 
 from hdpo_core.export.gguf_export import write_gguf, write_modelfile  # noqa: E402
 from hdpo_core.export.gguf_validate import compare_gguf  # noqa: E402
-from service.ship import export_run  # noqa: E402
+from service.stages.ship import export_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_MODEL = REPO / "examples" / "demo" / "model"
@@ -147,8 +147,8 @@ def test_pipeline_runs_the_export_stage_for_gguf_alone():
     """`hdpo-tune run` decides per stage; a spec with only GGUF enabled must still reach the export stage."""
     from types import SimpleNamespace
 
-    from service.spec_ship import ExportSpec
-    from service.stages import stage_named
+    from service.spec.ship import ExportSpec
+    from service.stages.registry import stage_named
 
     export = stage_named("export")
     assert export.enabled(SimpleNamespace(export=ExportSpec.model_validate({"gguf": {"enabled": True}})))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from hdpo_core.artifact import write_manifest
 from hdpo_core.errors import InputError, RunError
 from service.cli import app
-from service.ship import merge_run, push_run
+from service.stages.ship import merge_run, push_run
 from tests.export.conftest import write_spec
 
 TOKEN = "hf_PLANTEDtoken0123456789"

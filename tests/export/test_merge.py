@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from hdpo_core.artifact import write_manifest
 from hdpo_core.errors import InputError, RunError
-from service.ship import merge_run
+from service.stages.ship import merge_run
 from tests.export.conftest import write_spec
 
 
@@ -132,7 +132,7 @@ def test_bad_merge_section_is_input_error(llama_run):
 def test_ship_spec_sections_are_strict():
     from pydantic import ValidationError
 
-    from service.spec_ship import ExportSpec, HubSpec, MergeSpec
+    from service.spec.ship import ExportSpec, HubSpec, MergeSpec
 
     assert MergeSpec().tolerance == 1e-4 and ExportSpec().onnx.atol == 1e-4 and HubSpec().private is True
     with pytest.raises(ValidationError, match="repo_id"):

@@ -16,7 +16,7 @@ from hdpo_core.artifact import write_manifest
 from hdpo_core.errors import RunError
 from hdpo_core.export import ort_generate
 from hdpo_core.export.onnx_validate import validate_export
-from service.ship import export_run
+from service.stages.ship import export_run
 from tests.export.conftest import copy_run, write_spec
 
 REPO = Path(__file__).resolve().parents[2]

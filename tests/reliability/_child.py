@@ -18,8 +18,8 @@ import torch.utils.tensorboard  # noqa: F401
 from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: F401
 
 import hdpo_core.trainer  # noqa: F401
-import service.pipeline  # noqa: F401
-import service.train_stage  # noqa: F401
+import service.stages.pipeline  # noqa: F401
+import service.stages.train  # noqa: F401
 from service.cli import main
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hdpo_core.errors import InputError
-from service.ownership import RunLock, open_folder
+from service.runfolder.ownership import RunLock, open_folder
 
 
 def contender(folders: list[str], start: Barrier, done: Barrier, out: Any) -> None:

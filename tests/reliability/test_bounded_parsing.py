@@ -14,7 +14,7 @@ import pytest
 
 from hdpo_core.data import iter_raw_rows
 from hdpo_core.errors import InputError
-from service.spec_yaml import MAX_EXPANDED_NODES, loads
+from service.spec.yaml_io import MAX_EXPANDED_NODES, loads
 
 HDPO_TUNE = Path(sys.executable).parent / "hdpo-tune"
 REPO = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_alias_bomb_parses_in_bounded_memory(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(laughs(levels=12), encoding="utf-8")  # 9^12 values if expanded
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-            "from pathlib import Path\nfrom service.spec_yaml import load_yaml\nfrom hdpo_core.errors import InputError\n"
+            "from pathlib import Path\nfrom service.spec.yaml_io import load_yaml\nfrom hdpo_core.errors import InputError\n"
             "try:\n    load_yaml(Path(sys.argv[1]))\nexcept InputError as e:\n    print(e)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(job)], cwd=REPO, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -12,8 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from service import ownership
-from service.rundir import RunDir
+from service.runfolder import ownership
+from service.runfolder.record import RunDir
 from service.serve.progress import read_status as serve_read_status
 from tests.reliability._jobs import run_cli, write_job
 from tests.reliability._proc import HDPO_TUNE, env

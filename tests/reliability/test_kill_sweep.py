@@ -26,7 +26,7 @@ import yaml
 
 from hdpo_core import artifact
 from hdpo_core.checkpoint import list_checkpoints, verify_checkpoint
-from service.ownership import ARTIFACT_FOLDERS
+from service.runfolder.ownership import ARTIFACT_FOLDERS
 from tests.reliability._jobs import status, write_job
 from tests.reliability._proc import hdpo
 

@@ -2,7 +2,7 @@
 before the folder is claimed, so exactly one runs and the other says "in use by pid N" (N the winner's pid),
 never "holds files that hdpo-tune did not write".
 
-Many trials drive :func:`service.ownership.open_folder` (what ``hdpo-tune run`` calls first) in two long-lived
+Many trials drive :func:`service.runfolder.ownership.open_folder` (what ``hdpo-tune run`` calls first) in two long-lived
 processes released together by a barrier; both keep what they got until both have reported, so the two
 attempts always overlap. One real pair of ``hdpo-tune run`` processes checks the same through the console
 script.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service.runlock import InUse
+from service.runfolder.lock import InUse
 from tests.reliability._jobs import write_job
 from tests.reliability._lockrace import contender
 from tests.reliability._proc import HDPO_TUNE, env
@@ -70,13 +70,13 @@ def test_the_lock_handed_to_a_job_process_is_its_own(tmp_path: Path) -> None:
     import signal
     import sys
 
-    from service import ownership
-    from service.runlock import FD_ENV, lock_fd, lock_held, read_pid
+    from service.runfolder import ownership
+    from service.runfolder.lock import FD_ENV, lock_fd, lock_held, read_pid
 
     run = ownership.open_folder(tmp_path / "run")
     ownership.RunLock(run).release()
     fd = lock_fd(run)
-    code = ("import sys, time; from pathlib import Path; from service.ownership import RunLock; "
+    code = ("import sys, time; from pathlib import Path; from service.runfolder.ownership import RunLock; "
             "RunLock(Path(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(600)")
     child = subprocess.Popen([sys.executable, "-c", code, str(run)], env={**env(), FD_ENV: str(fd)},
                              pass_fds=(fd,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

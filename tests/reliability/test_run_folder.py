@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.ownership import LOCK, MARKER
+from service.runfolder.ownership import LOCK, MARKER
 from tests.reliability._jobs import snapshot, status, write_job
 from tests.reliability._proc import ROOT, env, hdpo, one_error
 
@@ -135,7 +135,7 @@ def test_one_run_per_folder_and_sigkill_leaves_no_stale_lock(tmp_path: Path, tin
     assert (run / LOCK).exists()  # the file stays; the lock died with the process
     short = write_job(tmp_path, tiny_model_dir, tiny_pairs, steps=400, save_every=1, name="job.yaml")
     probe = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
-                            "from service.ownership import RunLock; RunLock(Path(sys.argv[1])).acquire(); print('ok')",
+                            "from service.runfolder.ownership import RunLock; RunLock(Path(sys.argv[1])).acquire(); print('ok')",
                             str(run)], env=env(), capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0 and probe.stdout.strip() == "ok", probe.stderr
     assert short.exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service import ownership
+from service.runfolder import ownership
 from tests.reliability._jobs import run_cli, snapshot, write_job
 from tests.reliability._proc import hdpo
 
@@ -137,7 +137,7 @@ def test_removal_never_follows_a_link(tmp_path: Path) -> None:
     assert ownership.remove(run, "final") is True  # the link itself goes, never what it points to
     assert not (run / "final").exists() and snapshot(outside) == stamps
     (run / "merged.tmp").symlink_to(outside / "dir")
-    from service.pipeline import remove_temporaries
+    from service.stages.pipeline import remove_temporaries
 
     remove_temporaries(run)  # a link with one of hdpo-tune's names is not hdpo-tune's: left alone, target too
     assert (run / "merged.tmp").is_symlink() and snapshot(outside) == stamps  # (run/merge refuse it: one line)

@@ -342,7 +342,7 @@ def test_native_spec_cannot_leave_the_data_folder(live, training_file, patch, co
 def test_native_spec_messages_are_the_clis(live, training_file, tmp_path):
     """A bad spec gets exactly the lines `hdpo-tune run` prints for it."""
     from hdpo_core.errors import InputError
-    from service.spec import load_spec
+    from service.spec.job import load_spec
 
     server, alice, _ = live
     bad = {"model": {"name_or_path": "demo"}, "data": {"train": training_file.id},
@@ -360,12 +360,12 @@ def test_native_spec_messages_are_the_clis(live, training_file, tmp_path):
 def test_path_fields_are_every_path_the_spec_resolves():
     """PATH_FIELDS must list every field load_spec treats as a path: a new one must be policed too."""
     from service.serve.jobspec import PATH_FIELDS
-    from service.spec_paths import resolve_paths as _resolve_paths
+    from service.spec.paths import resolve_paths as _resolve_paths
 
     sections = {s for s, _, _ in PATH_FIELDS} | {"eval", "train", "distributed", "model", "data", "output"}
     probe = {s: {k: "./probe" for s2, k, _ in PATH_FIELDS if s2 == s} for s in sections}
-    from service.spec import JobSpec
-    from service.spec_messages import model_of
+    from service.spec.job import JobSpec
+    from service.spec.messages import model_of
 
     for name, info in JobSpec.model_fields.items():  # every str field of every section, not only the known ones
         model = model_of(info.annotation)

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from hdpo_core.data import load_preference_rows, normalise_row
 from hdpo_core.errors import HdpoError
 from service.cli import app
-from service.rundir import RunDir
-from service.spec import load_spec, spec_to_dict
+from service.runfolder.record import RunDir
+from service.spec.job import load_spec, spec_to_dict
 from tests.fixtures.tiny import build_tiny_llama, write_pairs_jsonl
 
 TOKEN = "hf_" + "Qx7" * 10
@@ -63,7 +63,7 @@ def other_run(c: Ctx) -> None:
     """A run of the same job but another learning rate already lives in output.dir."""
     job = c.dir / "job.yaml"
     job.write_text(yaml.safe_dump({**c.spec, "train": {**c.spec["train"], "learning_rate": 0.5}}))
-    from service.ownership import claim
+    from service.runfolder.ownership import claim
 
     claim(c.dir / "run")  # a run folder hdpo-tune created (it carries the marker)
     RunDir(c.dir / "run").write_resolved_spec(spec_to_dict(load_spec(job)))

@@ -12,8 +12,8 @@ import yaml
 
 from hdpo_core.errors import InputError
 from hdpo_core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from service.rundir import RunDir, git_commit, inside, training_fingerprint
-from service.spec import load_spec, spec_to_dict
+from service.runfolder.record import RunDir, git_commit, inside, training_fingerprint
+from service.spec.job import load_spec, spec_to_dict
 
 TOKEN = "hf_" + "Zz9" * 10
 

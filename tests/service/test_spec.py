@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hdpo_core.errors import HdpoError, InputError
-from service.spec import JobSpec, dump_yaml, json_schema, load_spec, redact_secrets, spec_to_dict
-from service.spec_yaml import loads
+from service.spec.job import JobSpec, dump_yaml, json_schema, load_spec, redact_secrets, spec_to_dict
+from service.spec.yaml_io import loads
 
 TOKEN = "hf_" + "Ab3" * 10  # looks like a real token (hf_ + 30 alphanumerics)
 MINIMAL = "model: {name_or_path: ./base}\ndata: {train: ./prefs.jsonl}\noutput: {dir: ./runs/exp1}\n"

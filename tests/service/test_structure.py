@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from hdpo_core.errors import InputError
-from service.run import Run
-from service.spec import load_spec, sections_of, spec_to_dict
-from service.stages import NAMES, STAGES
+from service.runfolder.run import Run
+from service.spec.job import load_spec, sections_of, spec_to_dict
+from service.stages.registry import NAMES, STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("service", "hdpo_core")
@@ -71,7 +71,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_import_graph_has_no_cycle_and_the_core_never_imports_the_service() -> None:
     graph = import_graph()
-    assert len(graph) > 40 and graph["service.pipeline"]  # the walk really saw the project
+    assert len(graph) > 40 and graph["service.stages.pipeline"]  # the walk really saw the project
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
     upward = sorted(f"{a} -> {b}" for a, deps in graph.items() if a.startswith("hdpo_core") for b in deps
                     if b.startswith("service"))
@@ -132,7 +132,7 @@ def test_every_section_is_equally_strict(section: str, body: dict[str, object], 
 def test_runs_without_deepspeed_do_not_import_it() -> None:
     """accelerate's unwrap imports deepspeed (and mlflow through it) whenever it is installed; the train stage
     defers that to runs that use it: "available" only once deepspeed is imported. Unwrapping still works."""
-    code = ("import sys, torch\nfrom service.runtime import import_deepspeed_only_when_used\n"
+    code = ("import sys, torch\nfrom service.stages.runtime import import_deepspeed_only_when_used\n"
             "import_deepspeed_only_when_used(); import_deepspeed_only_when_used()\n"
             "from accelerate.utils import other\n"
             "m = torch.nn.Linear(2, 2)\nassert other.extract_model_from_parallel(m) is m\n"

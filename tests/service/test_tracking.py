@@ -20,9 +20,16 @@ import pytest
 import yaml
 
 from hdpo_core.errors import InputError
-from service.spec import load_spec
-from service.tracking import Trackers, flatten_numbers, metric_values, open_trackers, redact, spec_params
-from service.validate import validate_job
+from service.spec.job import load_spec
+from service.stages.tracking import (
+    Trackers,
+    flatten_numbers,
+    metric_values,
+    open_trackers,
+    redact,
+    spec_params,
+)
+from service.validate.job import validate_job
 
 HDPO_TUNE = Path(sys.executable).parent / "hdpo-tune"
 PROJECT = "hdpo-test"
@@ -165,7 +172,7 @@ def test_a_tracker_that_cannot_start_is_one_line_with_the_fix(tmp_path: Path) ->
     env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "netrc"),
                **{f"WANDB_{d}_DIR": str(tmp_path / "wandb_home") for d in ("CONFIG", "CACHE", "DATA")})
     code = ("import sys\nfrom pathlib import Path\nfrom hdpo_core.errors import RunError\n"
-            "from service.spec import load_spec\nfrom service.tracking import open_trackers\n"
+            "from service.spec.job import load_spec\nfrom service.stages.tracking import open_trackers\n"
             "try:\n    open_trackers(load_spec(sys.argv[1]), Path(sys.argv[2]))\n"
             "except RunError as exc:\n    print('RunError:', exc.message)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(job), str(tmp_path / "run")], env=env,

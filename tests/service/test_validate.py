@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.spec import load_spec
-from service.validate import validate_job
+from service.spec.job import load_spec
+from service.validate.job import validate_job
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -105,9 +105,9 @@ output: {{dir: ./runs/exp1}}
 
 
 def test_validate_reports_a_resumable_run(tmp_path: Path, tiny_model_dir: Path, tiny_pairs: Path) -> None:
-    from service.ownership import claim
-    from service.rundir import RunDir
-    from service.spec import spec_to_dict
+    from service.runfolder.ownership import claim
+    from service.runfolder.record import RunDir
+    from service.spec.job import spec_to_dict
 
     job = make_job(tmp_path, tiny_model_dir, tiny_pairs)
     claim(tmp_path / "run")

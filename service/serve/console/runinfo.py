@@ -65,7 +65,7 @@ def read_spec(run_dir: Path) -> dict[str, Any]:
 
 def _parse_spec(path: Path) -> dict[str, Any]:
     try:
-        from service.spec_yaml import load_yaml
+        from service.spec.yaml_io import load_yaml
 
         data = load_yaml(path)
     except Exception:  # noqa: BLE001 - a foreign or half-written file shows as "no spec", never a 500

@@ -61,7 +61,7 @@ if os.environ.get("HDPO_STALL_AT_STEP") and _RANK == 0:
 if os.environ.get("HDPO_STALL_IN_STAGE") and _RANK == 0:
     import time
 
-    import service.pipeline as _pipeline
+    import service.stages.pipeline as _pipeline
 
     _orig_stage_fn = _pipeline._stage_fn
 

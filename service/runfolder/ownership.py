@@ -34,8 +34,7 @@ from pathlib import Path, PurePosixPath
 from hdpo_core.artifact import ASIDE_SUFFIX, TEMP_SUFFIX
 from hdpo_core.errors import InputError
 from hdpo_core.io import atomic_write_json
-
-from .runlock import LOCK, RunLock, refuse_entry
+from service.runfolder.lock import LOCK, RunLock, refuse_entry
 
 __all__ = ["LOCK", "MARKER", "OUTPUTS", "RunLock", "check_entries", "claim", "open_existing", "open_folder",
            "remove", "remove_written"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.spec_eval import EvalSpec
+from service.spec.eval import EvalSpec
 
 
 def gate_figures(validation: dict) -> dict:

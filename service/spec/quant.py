@@ -1,7 +1,7 @@
 """The ``quantization:`` section of the job spec: a k-bit base under LoRA (QLoRA).
 
 Valid only with ``lora:`` (a quantized weight cannot be trained) and without sharding backends that would
-split the packed k-bit weights (FSDP2, DeepSpeed ZeRO-3); :class:`~service.spec.JobSpec` checks both. The
+split the packed k-bit weights (FSDP2, DeepSpeed ZeRO-3); :class:`~service.spec.job.JobSpec` checks both. The
 backend is bitsandbytes (CUDA, and its CPU backend), installed by the ``qlora`` extra.
 """
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from .spec_base import StrictModel
+from service.spec.base import StrictModel
 
 if TYPE_CHECKING:
     from hdpo_core.quant import QuantOptions

@@ -1,6 +1,6 @@
 """Ship stages of a finished run: merge -> model card/provenance -> ONNX export + validation -> Hub push.
 
-:func:`merge`, :func:`export` and :func:`push` take a :class:`~service.run.Run` (the typed spec and the
+:func:`merge`, :func:`export` and :func:`push` take a :class:`~service.runfolder.run.Run` (the typed spec and the
 folder), whether the pipeline opened it from a job file or ``hdpo-tune merge|export|push RUN_DIR`` from the
 run folder; ``merge_run``/``export_run``/``push_run`` open the folder and call them. Layout: ``RUN/final/``
 (adapter or full model) -> ``RUN/merged/`` -> ``RUN/onnx/`` and ``RUN/gguf/``. Heavy imports (torch, transformers) happen
@@ -22,10 +22,9 @@ from hdpo_core import artifact
 from hdpo_core.errors import InputError, RunError
 from hdpo_core.io import read_json
 from hdpo_core.public_paths import public_paths
-
-from .run import Run
-from .spec_quant import quant_options
-from .spec_ship import ExportSpec, HubSpec, MergeSpec
+from service.runfolder.run import Run
+from service.spec.quant import quant_options
+from service.spec.ship import ExportSpec, HubSpec, MergeSpec
 
 Log = Callable[[str], None]
 SPEC_FILE = "job.resolved.yaml"
@@ -231,7 +230,7 @@ def _export_onnx(run_dir: Path, raw: dict, export_spec: ExportSpec, merge_info: 
         report.update(source_key=key, opset=config["opset"], versions=_versions())
         quant = None
         if quantized and report["passed"]:
-            from service.ship_quant import write_quantization_report
+            from service.stages.ship_quant import write_quantization_report
 
             quant = write_quantization_report(tmp, quantized, raw, onnx_spec.quantized_eval_tasks, report)
         (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")  # the report goes in with the export

@@ -25,10 +25,9 @@ from typing import Any, Literal
 
 from hdpo_core.errors import InputError
 from hdpo_core.io import atomic_write_json, atomic_write_text
-
-from .runlock import lock_held
-from .spec import dump_yaml, redact_secrets
-from .spec_yaml import load_yaml
+from service.runfolder.lock import lock_held
+from service.spec.job import dump_yaml, redact_secrets
+from service.spec.yaml_io import load_yaml
 
 State = Literal["running", "succeeded", "failed", "interrupted"]
 STATES: tuple[str, ...] = ("running", "succeeded", "failed", "interrupted")

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from hdpo_core.errors import InputError
-
-from .rundir import RESOLVED_SPEC, RunDir, State
-from .spec import JobSpec, load_spec, spec_from_resolved, spec_to_dict
-from .spec_yaml import load_yaml
+from service.runfolder.record import RESOLVED_SPEC, RunDir, State
+from service.spec.job import JobSpec, load_spec, spec_from_resolved, spec_to_dict
+from service.spec.yaml_io import load_yaml
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 It checks, in order, and collects rather than stopping at the first problem:
 
-1. the spec (schema, cross-field rules, secrets): :func:`service.spec.load_spec`;
+1. the spec (schema, cross-field rules, secrets): :func:`service.spec.job.load_spec`;
 2. the model: a local folder with config.json that ``AutoConfig`` reads (honouring trust_remote_code),
    safetensors weights (pickle only if allowed), a tokenizer with eos and pad tokens (and a chat template
    for conversational data); a Hub id needs the network (a clear message when offline);
@@ -26,12 +26,19 @@ from typing import Any
 from hdpo_core.data import PreferenceRow, iter_raw_rows, normalise_row
 from hdpo_core.errors import HdpoError, InputError
 from hdpo_core.tokenize import tokenize_rows
-
-from .run import LATER_INPUTS, input_kind_problems
-from .rundir import RunDir
-from .spec import DataSpec, JobSpec, ModelSpec, load_spec, redact_secrets, spec_to_dict, valid_sections
-from .tracking import missing_packages
-from .validate_eval import eval_task_problems
+from service.runfolder.record import RunDir
+from service.runfolder.run import LATER_INPUTS, input_kind_problems
+from service.spec.job import (
+    DataSpec,
+    JobSpec,
+    ModelSpec,
+    load_spec,
+    redact_secrets,
+    spec_to_dict,
+    valid_sections,
+)
+from service.stages.tracking import missing_packages
+from service.validate.eval_inputs import eval_task_problems
 
 MAX_ROW_PROBLEMS = 20
 SAFETENSORS_HEADER_BYTES = 100 << 20  # the safetensors library's own limit on a header
@@ -410,8 +417,8 @@ def _tokenize(name: str, rows: list[PreferenceRow], tok: Any, d: DataSpec, repor
 # --- run folder ------------------------------------------------------------------------------------------
 
 def _check_run_folder(spec: JobSpec, report: Report) -> None:
-    from . import ownership
-    from .run import input_paths
+    from service.runfolder import ownership
+    from service.runfolder.run import input_paths
 
     out = Path(spec.output.dir)
     try:

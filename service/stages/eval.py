@@ -32,12 +32,11 @@ from hdpo_core.eval.tasks import load_tasks
 from hdpo_core.eval.verifiers import get_verifier
 from hdpo_core.public_paths import public_paths
 from hdpo_core.tokenize import tokenize_rows
-
-from .run import Run
-from .spec import DataSpec, ModelSpec, load_sections, sections_of
-from .spec_eval import EvalSpec
-from .spec_hdpo import HdpoSpec
-from .tracking import log_final_eval
+from service.runfolder.run import Run
+from service.spec.eval import EvalSpec
+from service.spec.hdpo import HdpoSpec
+from service.spec.job import DataSpec, ModelSpec, load_sections, sections_of
+from service.stages.tracking import log_final_eval
 
 #: alpha used to score a model trained outside any job (no job file, no run folder): plain DPO.
 UNKNOWN_ALPHA = 1.0
@@ -248,7 +247,7 @@ def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict
     """``hdpo-tune eval``: evaluate a model/adapter/ONNX/run folder. CLI options in ``overrides`` win over the
     job's ``eval:`` section, which wins over the defaults."""
     if out is None and (Path(target_path) / "job.resolved.yaml").exists():  # a run folder: writes RUN/eval
-        from . import ownership
+        from service.runfolder import ownership
 
         ownership.open_existing(Path(target_path))  # its lock, and no link where its own entries are
     target = resolve_target(target_path)
@@ -293,7 +292,7 @@ def compare_runs(run_dirs: list[str], *, out: str | None = None) -> Path:
 def _trained_alpha(folder: Path) -> float | None:
     """A run folder's numeric ``hdpo.alpha`` (None for 'auto', a schedule's end is in its results, or a
     folder that is not a run): what the comparison table shows."""
-    from .spec_yaml import load_yaml
+    from service.spec.yaml_io import load_yaml
 
     resolved = folder / "job.resolved.yaml"
     if not resolved.is_file():

@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 
 from hdpo_core.errors import HdpoError
-
-from .spec import JobSpec
+from service.spec.job import JobSpec
 
 MAX_ROW_PROBLEMS = 20
 

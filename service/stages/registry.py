@@ -1,12 +1,12 @@
 """The stages of a run and the one contract they share.
 
 A stage is an object with a ``name``, ``enabled(spec)`` (does this job want it) and ``run(run, force)`` (do it
-for this :class:`~service.run.Run`; ``force`` redoes work that is already current). ``main_only`` stages read
+for this :class:`~service.runfolder.run.Run`; ``force`` redoes work that is already current). ``main_only`` stages read
 ``final/`` from disk and write the run folder, so under a distributed launch only the main process runs them.
 ``writes`` is False for a stage that only reads the run folder (the push): its I/O faults are read faults.
 ``artifacts(spec)`` names the folders the stage builds (whole or absent, :mod:`hdpo_core.artifact`): a stage
 recorded as done is skipped only while every one of them verifies against its manifest.
-:data:`STAGES` is the order :func:`service.pipeline.run_job` walks; a new stage is one more object here.
+:data:`STAGES` is the order :func:`service.stages.pipeline.run_job` walks; a new stage is one more object here.
 
 Heavy imports (torch, transformers, onnx) happen inside ``run``, so listing or skipping stages costs nothing.
 """
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .run import Run
-from .spec import JobSpec
+from service.runfolder.run import Run
+from service.spec.job import JobSpec
 
 StageResult = dict[str, Any]
 
@@ -49,7 +49,7 @@ class Train:
         return ("final",)
 
     def run(self, run: Run, force: bool) -> StageResult:
-        from .train_stage import run_train_stage
+        from service.stages.train import run_train_stage
 
         return run_train_stage(run, fresh=force)
 
@@ -64,7 +64,7 @@ class Eval:
         return ("eval",)
 
     def run(self, run: Run, force: bool) -> StageResult:
-        from .eval_stage import run_eval_for_job
+        from service.stages.eval import run_eval_for_job
 
         return run_eval_for_job(run)
 
@@ -79,7 +79,7 @@ class Merge:
         return ("merged",)
 
     def run(self, run: Run, force: bool) -> StageResult:
-        from .ship import merge
+        from service.stages.ship import merge
 
         return merge(run, force=force)
 
@@ -91,12 +91,12 @@ class Export:
         return spec.export is not None and (spec.export.onnx.enabled or spec.export.gguf.enabled)
 
     def artifacts(self, spec: JobSpec) -> tuple[str, ...]:
-        from .ship import export_folders
+        from service.stages.ship import export_folders
 
         return export_folders(spec.export) if spec.export else ()
 
     def run(self, run: Run, force: bool) -> StageResult:
-        from .ship import export
+        from service.stages.ship import export
 
         return export(run, force=force)
 
@@ -111,7 +111,7 @@ class Push:
         return ()
 
     def run(self, run: Run, force: bool) -> StageResult:
-        from .ship import push
+        from service.stages.ship import push
 
         return push(run)
 

@@ -1,7 +1,7 @@
 """Spec sections for shipping a trained run: ``merge:``, ``export:`` and ``hub:``.
 
 The lead's ``JobSpec`` imports :class:`MergeSpec`, :class:`ExportSpec` and :class:`HubSpec` from here; the
-ship stages (``service/ship.py``) also parse them straight from ``RUN/job.resolved.yaml`` so that
+ship stages (``service/stages/ship.py``) also parse them straight from ``RUN/job.resolved.yaml`` so that
 ``hdpo-tune merge|export|push RUN_DIR`` work standalone. Defaults live here only.
 """
 
@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .spec_base import StrictModel
+from service.spec.base import StrictModel
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 

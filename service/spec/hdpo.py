@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .spec_base import StrictModel
+from service.spec.base import StrictModel
 
 
 class HdpoSpec(StrictModel):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .spec_base import StrictModel
+from service.spec.base import StrictModel
 
 
 class DistributedSpec(StrictModel):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .spec_base import StrictModel
+from service.spec.base import StrictModel
 
 
 class LmEvalSpec(StrictModel):

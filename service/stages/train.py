@@ -1,6 +1,6 @@
 """The train stage: turns the job spec into flat core calls (the only place that reads the spec for training).
 
-Entry: :func:`run_train_stage` with a :class:`~service.run.Run` (see :mod:`service.stages`)."""
+Entry: :func:`run_train_stage` with a :class:`~service.runfolder.run.Run` (see :mod:`service.stages.registry`)."""
 
 from __future__ import annotations
 
@@ -29,15 +29,14 @@ from hdpo_core.model import (
 from hdpo_core.quant import write_settings as write_quant_settings
 from hdpo_core.tokenize import TokenizedPair, tokenize_rows
 from hdpo_core.trainer import EvalSet, TrainHooks, TrainOptions, TrainPaths, make_batcher, train
-
-from . import ownership
-from .faults import fault_error
-from .run import Run
-from .rundir import RunDir
-from .spec import JobSpec
-from .spec_quant import quant_options
-from .tracking import STATE_FILE as TRACKING_STATE
-from .tracking import open_metrics_log
+from service.faults import fault_error
+from service.runfolder import ownership
+from service.runfolder.record import RunDir
+from service.runfolder.run import Run
+from service.spec.job import JobSpec
+from service.spec.quant import quant_options
+from service.stages.tracking import STATE_FILE as TRACKING_STATE
+from service.stages.tracking import open_metrics_log
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -133,7 +132,7 @@ def alpha_controller(spec: JobSpec, steps: int) -> AlphaController:
     """Constant, scheduled, or entropy-targeting alpha, from the ``hdpo`` section."""
     h = spec.hdpo
     if h.alpha == "auto":
-        from .spec_hdpo import parse_relative
+        from service.spec.hdpo import parse_relative
 
         relative = parse_relative(h.target_entropy) if isinstance(h.target_entropy, str) else None
         target = None if relative is not None else float(h.target_entropy)
@@ -188,7 +187,7 @@ def make_accelerator(spec: JobSpec) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from .runtime import import_deepspeed_only_when_used, wants_cpu
+    from service.stages.runtime import import_deepspeed_only_when_used, wants_cpu
 
     import_deepspeed_only_when_used()
     acc = Accelerator(mixed_precision=spec.train.mixed_precision, cpu=wants_cpu())

@@ -21,25 +21,24 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from hdpo_core.choices import OnNonfinite, Scheduler, batch_split_problem
 from hdpo_core.data import MAX_ROW_BYTES
 from hdpo_core.errors import InputError
-
-from .spec_base import StrictModel
-from .spec_distributed import DistributedSpec
-from .spec_messages import find_secrets, format_validation_error, model_of, redact_secrets
-from .spec_paths import resolve_paths
-from .spec_quant import QuantizationSpec, quantization_problems
-from .spec_yaml import load_yaml
+from service.spec.base import StrictModel
+from service.spec.distributed import DistributedSpec
+from service.spec.messages import find_secrets, format_validation_error, model_of, redact_secrets
+from service.spec.paths import resolve_paths
+from service.spec.quant import QuantizationSpec, quantization_problems
+from service.spec.yaml_io import load_yaml
 
 __all__ = ["JobSpec", "dump_yaml", "json_schema", "load_spec", "model_of", "redact_secrets",
            "spec_from_resolved", "spec_to_dict", "valid_sections"]
 
 
 # --- Sections owned by other modules -------------------------------------------------------------------
-from .spec_eval import EvalSpec as EvalSection  # noqa: E402
-from .spec_hdpo import HdpoSpec  # noqa: E402
-from .spec_ship import ExportSpec as ExportSection  # noqa: E402
-from .spec_ship import HubSpec as HubSection  # noqa: E402
-from .spec_ship import MergeSpec as MergeSection  # noqa: E402
-from .spec_tracking import TrackingSpec  # noqa: E402
+from service.spec.eval import EvalSpec as EvalSection  # noqa: E402
+from service.spec.hdpo import HdpoSpec  # noqa: E402
+from service.spec.ship import ExportSpec as ExportSection  # noqa: E402
+from service.spec.ship import HubSpec as HubSection  # noqa: E402
+from service.spec.ship import MergeSpec as MergeSection  # noqa: E402
+from service.spec.tracking import TrackingSpec  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------
 

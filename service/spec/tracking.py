@@ -1,6 +1,6 @@
 """The job spec's ``tracking:`` section: experiment trackers fed through accelerate's tracker interface.
 
-Only *where* metrics go is configured here; *what* is logged is fixed (service/tracking.py): the metrics of
+Only *where* metrics go is configured here; *what* is logged is fixed (service/stages/tracking.py): the metrics of
 ``metrics.jsonl`` under the same names, the resolved spec as parameters (secrets redacted) and the eval
 stage's headline numbers at the end. Credentials never come from the job file: MLflow reads
 ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``/``MLFLOW_TRACKING_TOKEN``, W&B ``WANDB_API_KEY`` (or
@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from .spec_base import StrictModel
+from service.spec.base import StrictModel
 
 Tracker = Literal["mlflow", "wandb", "trackio"]
 

@@ -1,4 +1,4 @@
-"""The stage pipeline behind `hdpo-tune run`: open the run folder, then each stage of :data:`service.stages.STAGES`.
+"""The stage pipeline behind `hdpo-tune run`: open the run folder, then each stage of :data:`service.stages.registry.STAGES`.
 
 Every stage is idempotent: a finished stage is recorded in ``status.json`` (``stages_done``) and skipped when
 the job is run again, unless ``force``, and only while the folders it built still verify against their
@@ -22,13 +22,12 @@ from typing import Any
 
 from hdpo_core import artifact
 from hdpo_core.errors import HdpoError, InputError, Interrupted
-
-from . import ownership
-from .faults import fault_error
-from .run import Run, check_input_kinds, input_paths
-from .rundir import RunDir, State
-from .runtime import is_main_process, wait_for_everyone
-from .stages import NAMES, STAGES, Stage, StageResult, stage_named
+from service.faults import fault_error
+from service.runfolder import ownership
+from service.runfolder.record import RunDir, State
+from service.runfolder.run import Run, check_input_kinds, input_paths
+from service.stages.registry import NAMES, STAGES, Stage, StageResult, stage_named
+from service.stages.runtime import is_main_process, wait_for_everyone
 
 
 def _stage_fn(stage: str, run: Run, force: bool) -> Callable[[], StageResult]:

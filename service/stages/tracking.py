@@ -32,9 +32,8 @@ from typing import Any
 from hdpo_core.errors import HdpoError, InputError, RunError
 from hdpo_core.io import atomic_write_text
 from hdpo_core.metrics_log import MetricsLog, read_metrics
-
-from .spec import JobSpec, redact_secrets, spec_to_dict
-from .spec_tracking import TrackingSpec
+from service.spec.job import JobSpec, redact_secrets, spec_to_dict
+from service.spec.tracking import TrackingSpec
 
 STATE_FILE = "tracking.json"
 _SECRET_KEY = re.compile(r"^(hf_|hub_|api_|access_|auth_|bearer_)?(token|api_?key|secret|password|passwd)$",

@@ -18,8 +18,7 @@ from pydantic_core import PydanticUndefined
 
 from hdpo_core.errors import InputError
 from hdpo_core.io import atomic_write_text
-
-from .spec import JobSpec, model_of
+from service.spec.job import JobSpec, model_of
 
 #: Values that differ from the defaults in the example (required paths and a short run).
 EXAMPLE_VALUES: dict[tuple[str, ...], Any] = {
@@ -80,7 +79,7 @@ def _render_model(key: tuple[str, ...], model: type[BaseModel], depth: int, comm
 
 
 def render_example_spec() -> str:
-    """The annotated example job file as YAML text (loads with :func:`service.spec.load_spec`)."""
+    """The annotated example job file as YAML text (loads with :func:`service.spec.job.load_spec`)."""
     lines = [HEADER.rstrip("\n")]
     for name, info in JobSpec.model_fields.items():
         lines.append("")

@@ -1,0 +1,1 @@
+"""The run folder's one owner: its layout, records, lock and ownership."""

@@ -1,0 +1,1 @@
+"""Job specification: one pydantic model per section; defaults live here."""

@@ -1,0 +1,1 @@
+"""The stage pipeline of `hdpo-tune run` and each stage."""

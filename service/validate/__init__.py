@@ -1,0 +1,1 @@
+"""`hdpo-tune validate`: every problem of a job before any GPU time is spent."""
