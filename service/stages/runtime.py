@@ -3,7 +3,7 @@ is it the main one, wait for the others.
 
 Kept apart from :mod:`service.launch` (which builds the ``accelerate launch`` command line) so that running a
 job never imports the launcher, and the launcher never imports the CLI: the import graph stays a tree
-(``tests/service/test_import_graph.py``).
+(``tests/service/test_structure.py``).
 """
 
 from __future__ import annotations
