@@ -180,9 +180,9 @@ def test_head_runs_no_jobs_and_workers_bring_gpus():
 
 def test_serve_points_at_the_heads_gcs():
     head = RAYCLUSTER["spec"]["headGroupSpec"]
-    # The name prefixes KubeRay's Services (<name>-head-svc): an RFC 1035 label once suffixed.
+    # KubeRay names the Service <name>-head-svc and the token Secret <name>, but cuts a name over 50 characters.
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", RAYCLUSTER["metadata"]["name"])
-    assert len(RAYCLUSTER["metadata"]["name"] + "-head-svc") <= 63
+    assert len(RAYCLUSTER["metadata"]["name"]) <= 50
     service = head.get("headService", {}).get("metadata", {}).get("name") or f"{RAYCLUSTER['metadata']['name']}-head-svc"
     port = head["rayStartParams"].get("port", "6379")  # ray start's default GCS port, as KubeRay assumes
     (gcs,) = [p for p in head["template"]["spec"]["containers"][0]["ports"] if p["name"] == "gcs-server"]
@@ -191,6 +191,16 @@ def test_serve_points_at_the_heads_gcs():
     assert env(c)["HDPO_SERVE_EXECUTOR"] == "ray"
     assert env(c)["HDPO_SERVE_RAY_ADDRESS"] == f"{service}:{port}"
     assert SERVE["spec"]["replicas"] == 1 and SERVE["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_ray_needs_the_clusters_token_and_serve_has_it():
+    """Token mode: KubeRay makes the Secret <cluster name> (key auth_token) and gives it to the Ray pods; the
+    server, which KubeRay does not manage, reads the same Secret."""
+    assert RAYCLUSTER["spec"]["authOptions"]["mode"] == "token" and "secretName" not in RAYCLUSTER["spec"]["authOptions"]
+    (c,) = SERVE["spec"]["template"]["spec"]["containers"]
+    assert env(c)["RAY_AUTH_MODE"] == "token"
+    (token,) = [e for e in c["env"] if e["name"] == "RAY_AUTH_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": RAYCLUSTER["metadata"]["name"], "key": "auth_token"}
 
 
 def test_one_rwx_claim_at_one_path_everywhere():
