@@ -285,6 +285,11 @@ def test_serve_joins_as_an_empty_node_then_serves(tmp_path):
         os.environ.clear()
         os.environ.update(saved)
     assert ctx.params["data"] == Path(DATA) and ctx.params["db"] == environ["HDPO_SERVE_DB"]
+    # A job may take one worker's GPUs (one process per GPU).
+    from service.serve.limits import parse_limits
+
+    gpus = RAYCLUSTER["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert parse_limits(ctx.params["limit"]).max_processes == gpus["nvidia.com/gpu"]
     if "executor" in ctx.params:  # the Ray executor's options
         assert ctx.params["executor"] == "ray"
 
