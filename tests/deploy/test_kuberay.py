@@ -231,9 +231,13 @@ def test_uid_security_and_image_match_the_build():
         c = pod["containers"][0]
         assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
         assert c["securityContext"]["capabilities"]["drop"] == ["ALL"], name
-        # A read-only root: Ray's session files and the jobs' scratch go to the /tmp emptyDir.
-        if c["securityContext"].get("readOnlyRootFilesystem"):
-            assert any(m["mountPath"] == "/tmp" for m in c["volumeMounts"]) and env(c)["TMPDIR"] == "/tmp", name
+        # A read-only root: Ray's session files and the jobs' scratch go to the /tmp emptyDir, Ray's object
+        # store to a memory-backed /dev/shm.
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True, name
+        assert env(c)["TMPDIR"] == "/tmp", name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+        assert "emptyDir" in mounts["/tmp"] and mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory", name
         # One image everywhere, the one build.sh tags for the ray extra: Ray refuses a node of another version.
         assert c["image"].rsplit(":", 1)[1] == f"{version}-ray", name
 
