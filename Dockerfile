@@ -57,13 +57,18 @@ RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
 COPY pyproject.toml /src/
 COPY hdpo_core /src/hdpo_core
 COPY service /src/service
+# Optional extras of this package, e.g. --build-arg EXTRAS=ray for the Ray pods of deploy/k8s/raycluster.yaml:
+# they come at pyproject's pins, with everything installed above held to /tmp/pins.txt (a clash fails the build).
+ARG EXTRAS=""
 # Optional extra wheels, e.g. --build-arg EXTRA_PIP="deepspeed==0.18.6" for deploy/accelerate/zero3.yaml.
 ARG EXTRA_PIP=""
-# DL3013: every dependency is pinned by /tmp/pins.txt; /src is this package (installed with --no-deps) and
-# EXTRA_PIP is the caller's own pinned spec.
+# DL3013: every dependency is pinned by /tmp/pins.txt or pyproject; /src is this package (with --no-deps unless
+# EXTRAS asks for more) and EXTRA_PIP is the caller's own pinned spec.
 # hadolint ignore=DL3013
 RUN --mount=type=secret,id=pipconf,target=/etc/pip.conf \
-    pip install --no-cache-dir --no-deps --no-build-isolation /src \
+    if [ -n "${EXTRAS}" ]; then \
+        pip install --no-cache-dir --no-build-isolation --constraint /tmp/pins.txt "/src[${EXTRAS}]"; \
+    else pip install --no-cache-dir --no-deps --no-build-isolation /src; fi \
     && if [ -n "${EXTRA_PIP}" ]; then pip install --no-cache-dir ${EXTRA_PIP}; fi \
     && pip check
 

@@ -83,6 +83,8 @@ def test_no_pip_configuration_gives_an_empty_file(tmp_path: Path) -> None:
     (["--engine", "lxc"], "--engine must be podman or docker, not 'lxc'"),
     (["--tag"], "--tag needs a value"),
     (["--colour", "red"], "unknown option --colour"),
+    (["--extras", "ray;rm -rf /"], "--extras must be extras of pyproject.toml separated by commas"),
+    (["--extras", "ray,rai"], "--extras: pyproject.toml has no optional extra 'rai'"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     out = subprocess.run(["bash", str(DEPLOY / "docker" / "build.sh"), *args], capture_output=True, text=True,
