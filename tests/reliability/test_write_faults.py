@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from hdpo_core import checkpoint as ckpt_mod
 from hdpo_core import trainer as trainer_mod
-from service.stages.registry import train as train_stage
+from service.stages import train as train_stage
 from tests.reliability._jobs import (
     STEPS,
     assert_same_weights,
