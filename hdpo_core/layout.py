@@ -13,7 +13,8 @@ hdpo-tune, loads no torch, and is cheap enough for the jobs service's pages. Wha
 a run folder lives in ``service/runfolder/``: ``status.json``, ``job.resolved.yaml`` and ``versions.json``
 (``record.py``: the one reader and writer of ``status.json``), the marker/manifest and ``--force``
 (``ownership.py``), the lock (``lock.py``). The artifact mechanism (build aside, manifest, rename) is
-:mod:`hdpo_core.artifact`; the checkpoint format is :mod:`hdpo_core.checkpoint`; both take their names from here.
+:mod:`hdpo_core.artifact`; the checkpoint format is :mod:`hdpo_core.checkpoint`; both take their names
+from here.
 
 ``tests/service/test_layout_names.py`` fails when one of these names appears as a literal anywhere else in
 ``hdpo_core/`` or ``service/``. Names that a library or format decides (a Hugging Face model folder's
@@ -28,7 +29,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-# --- top-level names ----------------------------------------------------------------------------------------
+# --- top-level names ------------------------------------------------------------------------------
 
 #: The ownership marker, also the manifest of the top-level names hdpo-tune created (``service/runfolder``).
 MARKER = ".hdpo-tune.json"
@@ -55,7 +56,7 @@ JOB_FILE = "job.yaml"
 #: The jobs service's log of a served job's process (stdout and stderr of every attempt).
 JOB_LOG = "job.log"
 
-# --- artifact folders: whole or absent (:mod:`hdpo_core.artifact`) --------------------------------------------
+# --- artifact folders: whole or absent (:mod:`hdpo_core.artifact`) ------------------------------------
 
 FINAL = "final"
 START_MODEL = "start_model"
@@ -76,7 +77,7 @@ OUTPUTS = frozenset({
     *(name + suffix for name in ARTIFACT_FOLDERS for suffix in ("", TEMP_SUFFIX, ASIDE_SUFFIX)),
 })
 
-# --- names inside the folders ---------------------------------------------------------------------------------
+# --- names inside the folders ---------------------------------------------------------------------
 
 #: Every artifact folder's manifest (size and sha256 of every other file), written last.
 MANIFEST = "checksums.json"
@@ -104,8 +105,8 @@ CHECKPOINT_RNG = "rng.pt"
 #: A checkpoint being written, or moved aside to be removed, has a name that starts with this (never listed).
 CHECKPOINT_TEMP = ".tmp-"
 
-#: A sweep's files in ``sweep/``: the report (JSON and markdown), the shared reference cache, one run folder and
-#: one job file per alpha.
+#: A sweep's files in ``sweep/``: the report (JSON and markdown), the shared reference cache, one run folder
+#: and one job file per alpha.
 SWEEP_REPORT = "sweep.json"
 SWEEP_SUMMARY = "sweep.md"
 SWEEP_REF_CACHE = "ref-cache"

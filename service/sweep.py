@@ -29,6 +29,7 @@ from typing import Any
 from hdpo_core import layout
 from hdpo_core.errors import InputError, RunError
 from hdpo_core.io import atomic_write_json, atomic_write_text
+from hdpo_core.layout import RunLayout
 from service.runfolder import ownership
 from service.spec.job import dump_yaml, load_spec, spec_to_dict
 from service.spec.yaml_io import load_yaml
@@ -142,7 +143,8 @@ def run_sweep(job: Path, *, alphas: list[float], select: str, force: bool = Fals
     for a, variant in jobs:
         print(f"sweep: alpha={a:g}", file=sys.stderr)
         run_job(variant, force=force, only=("train", "eval"))
-        results = json.loads((root / layout.sweep_run(a) / layout.EVAL / layout.EVAL_RESULTS).read_text(encoding="utf-8"))
+        results_file = RunLayout(root / layout.sweep_run(a)).eval_results
+        results = json.loads(results_file.read_text(encoding="utf-8"))
         scores[a] = metric.score(results)
     ranked = sorted((a for a in scores if not math.isnan(scores[a])), key=lambda a: -scores[a])
     if not ranked:

@@ -5,11 +5,12 @@ empty, or carries the marker :data:`MARKER` that hdpo-tune writes when it create
 other folder (a data folder, a home folder, a model folder) is refused before anything is written, because
 a run writes ``metrics.jsonl``, ``final/``, ``checkpoints/`` ... and ``--force`` removes them.
 
-The marker is also the manifest: the top-level names hdpo-tune created in the folder (:data:`OUTPUTS` only).
+The marker is also the manifest: the top-level names hdpo-tune created in the folder (:data:`OUTPUTS` only;
+every name comes from :mod:`hdpo_core.layout`).
 ``--force`` removes those names and nothing else, so a file a user put next to them survives. A folder
 hdpo-tune created (``final/``, ``eval/``) is its own as a whole.
 
-:class:`RunLock` (:mod:`.runlock`) holds an OS lock on :data:`LOCK` for the life of the process: a second run
+:class:`RunLock` (:mod:`.lock`) holds an OS lock on :data:`LOCK` for the life of the process: a second run
 on the same folder stops with "in use by pid N". :func:`open_folder` takes it *before* claiming the folder, so
 two runs started at the same instant end with one running and the other refused by the lock.
 

@@ -25,7 +25,7 @@ PACKAGES = ("hdpo_core", "service")
 
 #: Where a run-folder name's text is genuinely something else. (file, name): why.
 ALLOWED: dict[tuple[str, str], str] = {
-    ("service/cli.py", layout.JOB_FILE): "the default path of `hdpo-tune init`'s job spec, not a run folder's file",
+    ("service/cli.py", layout.JOB_FILE): "the default path of `hdpo-tune init`'s job spec, not a run folder's",
     ("service/spec/template.py", layout.JOB_FILE): "the job spec file name suggested in an error message",
     ("hdpo_core/export/modelcard.py", layout.ONNX): "a Hub model tag (the card's `tags`), not a folder",
 }
@@ -79,8 +79,9 @@ def _file_name_in(text: str) -> str | None:
 
 
 def _word(node: ast.AST) -> str | None:
-    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in WORDS \
-        else None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in WORDS:
+        return node.value
+    return None
 
 
 def _call_name(node: ast.Call) -> str:
@@ -110,7 +111,7 @@ def literals(path: Path) -> Iterator[tuple[int, str]]:
             if name:
                 yield node.lineno, name
         for word in _word_as_path(node):
-            yield node.lineno, word
+            yield getattr(node, "lineno", 0), word
 
 
 def production_files() -> list[Path]:

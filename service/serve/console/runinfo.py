@@ -15,7 +15,8 @@ from hdpo_core import layout
 from ..progress import read_status, step_records
 
 #: report files shown on a job's page, by the name the page gives them
-REPORTS = {"onnx": f"{layout.ONNX}/{layout.EXPORT_REPORT}", "quantization": f"{layout.ONNX}/{layout.QUANT_REPORT}",
+REPORTS = {"onnx": f"{layout.ONNX}/{layout.EXPORT_REPORT}",
+           "quantization": f"{layout.ONNX}/{layout.QUANT_REPORT}",
            "gguf": f"{layout.GGUF}/{layout.EXPORT_REPORT}"}
 #: run sub-folders a user can download (as a tar stream)
 PARTS = (layout.FINAL, layout.MERGED, layout.ONNX, layout.GGUF, layout.EVAL)
@@ -142,7 +143,8 @@ def parts(run_dir: Path) -> list[str]:
 def details(run_dir: Path) -> dict[str, Any]:
     """Everything the job page shows besides the curves and the events."""
     reports = {name: read_json(run_dir, rel) for name, rel in REPORTS.items()}
-    return {"eval": read_json(run_dir, f"{layout.EVAL}/{layout.EVAL_RESULTS}"), "reports": {k: v for k, v in reports.items() if v},
+    return {"eval": read_json(run_dir, f"{layout.EVAL}/{layout.EVAL_RESULTS}"),
+            "reports": {k: v for k, v in reports.items() if v},
             "checkpoints": checkpoints(run_dir), "parts": parts(run_dir)}
 
 
