@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hdpo_core import layout
+from hdpo_core.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = ROOT / "hdpo_core" / "layout.py"
@@ -152,3 +153,27 @@ def test_every_allowance_is_still_needed() -> None:
     """An allowance whose literal is gone is removed too, so the list stays short and true."""
     stale = [key for key in ALLOWED if not any(name == key[1] for _, name in literals(ROOT / key[0]))]
     assert stale == []
+
+
+def test_the_one_checkpoint_listing_takes_complete_real_checkpoints_only(tmp_path: Path) -> None:
+    """What the trainer resumes from, the jobs API and the console show: real ``step-NNNNNNNN`` folders with a
+    regular ``state.json``, oldest first; never a temporary folder, a link, or a folder still being written."""
+    root = RunLayout(tmp_path).checkpoints
+    for step in (10, 2, 11, 14):
+        RunLayout(tmp_path).checkpoint(step).mkdir(parents=True)
+    for step in (10, 2):
+        (RunLayout(tmp_path).checkpoint(step) / layout.CHECKPOINT_STATE).write_text("{}")
+    (root / layout.checkpoint_name(14) / layout.CHECKPOINT_STATE).symlink_to(root / "step-00000010" / "state.json")
+    for name in (f"{layout.CHECKPOINT_TEMP}step-00000012-99", "step-5"):
+        (root / name).mkdir()
+        (root / name / layout.CHECKPOINT_STATE).write_text("{}")
+    (root / "step-00000013").symlink_to(root / "step-00000010")
+    listed = layout.list_checkpoints(root)
+    assert [p.name for p in listed] == ["step-00000002", "step-00000010"]
+    assert [layout.step_of(p) for p in listed] == [2, 10]
+    assert RunLayout(tmp_path).list_checkpoints() == listed
+    (tmp_path / "elsewhere").symlink_to(root)
+    assert layout.list_checkpoints(tmp_path / "elsewhere") == []  # a link is never followed
+    assert layout.list_checkpoints(tmp_path / "absent") == []
+    with pytest.raises(ValueError):
+        layout.step_of(root / "step-5")
