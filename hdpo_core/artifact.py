@@ -31,10 +31,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .io import fsync_dir, note
-
-MANIFEST = "checksums.json"
-TEMP_SUFFIX = ".tmp"
-ASIDE_SUFFIX = ".old"
+from .layout import ASIDE_SUFFIX as ASIDE_SUFFIX
+from .layout import MANIFEST as MANIFEST
+from .layout import TEMP_SUFFIX as TEMP_SUFFIX
+from .layout import is_real_dir as is_real_dir
 
 
 def temp_path(dest: Path) -> Path:
@@ -45,14 +45,6 @@ def temp_path(dest: Path) -> Path:
 def aside_path(dest: Path) -> Path:
     """Where the previous ``dest`` waits while the new one is renamed into place."""
     return dest.with_name(dest.name + ASIDE_SUFFIX)
-
-
-def is_real_dir(path: Path) -> bool:
-    """A folder itself, not a link to one (``lstat``: a link is never followed)."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def remove_tree(path: Path) -> None:

@@ -37,10 +37,17 @@ from torch import nn
 from . import artifact
 from .errors import InputError
 from .io import note
+from .layout import CHECKPOINT_OPTIMIZER as OPTIMIZER
+from .layout import CHECKPOINT_RNG as RNG
+from .layout import CHECKPOINT_SCHEDULER as SCHEDULER
+from .layout import CHECKPOINT_STATE as STATE
+from .layout import CHECKPOINT_TEMP as TEMP
+from .layout import CHECKPOINT_WEIGHTS as WEIGHTS
+from .layout import MANIFEST as MANIFEST
+from .layout import checkpoint_name
+from .layout import list_checkpoints as list_checkpoints
 
-PREFIX = "step-"
-MANIFEST = artifact.MANIFEST
-_REQUIRED = ("trainable.safetensors", "scheduler.pt", "rng.pt", "state.json")
+_REQUIRED = (WEIGHTS, SCHEDULER, RNG, STATE)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -111,8 +118,8 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, op
     if root.is_symlink():  # never write (or prune) checkpoints through a link out of the run folder
         raise InputError(f"{root} is a symbolic link; checkpoints are written only into a real folder: remove "
                          "the link")
-    final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
+    final = root / checkpoint_name(step)
+    tmp = root / f"{TEMP}{checkpoint_name(step)}-{os.getpid()}"
     artifact.remove_tree(tmp)
     tmp.mkdir()
     if weights is None:
@@ -121,13 +128,13 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, op
         weights = trainable_state(model)
     if optimizer_state is None and optimizer is not None:
         optimizer_state = optimizer.state_dict()
-    save_file(weights, str(tmp / "trainable.safetensors"))
+    save_file(weights, str(tmp / WEIGHTS))
     if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(optimizer_state, tmp / OPTIMIZER)
+    torch.save(scheduler.state_dict(), tmp / SCHEDULER)
     ranks = rng_states or [rng_state()]
-    torch.save({**ranks[0], "ranks": ranks}, tmp / "rng.pt")
-    with open(tmp / "state.json", "w", encoding="utf-8") as fh:
+    torch.save({**ranks[0], "ranks": ranks}, tmp / RNG)
+    with open(tmp / STATE, "w", encoding="utf-8") as fh:
         json.dump({"step": step, **state}, fh, indent=1)
     # fsync, checksums.json last, the same step again (a rerun of the last) moved aside, renamed into place
     artifact.publish(tmp, final, required=_REQUIRED, aside=_aside_name(final))
@@ -161,10 +168,10 @@ def _check_manifest(path: Path) -> str | None:
 
 def _check_state(path: Path) -> str | None:
     try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        state = json.loads((path / STATE).read_text(encoding="utf-8"))
         int(state["step"])
     except (OSError, ValueError, KeyError, TypeError):
-        return "state.json is unreadable"
+        return f"{STATE} is unreadable"
     return None
 
 
@@ -176,14 +183,14 @@ def _check_by_loading(path: Path) -> str | None:
     if bad:
         return bad
     try:
-        with safe_open(str(path / "trainable.safetensors"), framework="pt") as fh:
+        with safe_open(str(path / WEIGHTS), framework="pt") as fh:
             for name in fh.keys():
                 fh.get_tensor(name)
     except Exception:  # safetensors raises its own error types for a torn file
-        return "trainable.safetensors does not load"
-    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+        return f"{WEIGHTS} does not load"
+    for name in (OPTIMIZER, SCHEDULER, RNG):
         f = path / name
-        if name == "optimizer.pt" and not f.exists():
+        if name == OPTIMIZER and not f.exists():
             continue
         try:
             torch.load(f, weights_only=True)
@@ -215,7 +222,7 @@ def usable_checkpoint(root: Path) -> tuple[Path | None, list[str]]:
 
 
 def _aside_name(path: Path) -> Path:
-    return path.with_name(f".tmp-del-{path.name}-{os.getpid()}")
+    return path.with_name(f"{TEMP}del-{path.name}-{os.getpid()}")
 
 
 def _move_aside(path: Path) -> Path:
@@ -232,20 +239,6 @@ def _move_aside(path: Path) -> Path:
     return trash
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints (those with ``state.json``), oldest first. Leftover temp folders are ignored."""
-    if not root.exists():
-        return []
-    done = [p for p in root.iterdir() if _is_step_name(p.name) and artifact.is_real_dir(p)
-            and (p / "state.json").exists()]
-    return sorted(done, key=lambda p: p.name)
-
-
-def _is_step_name(name: str) -> bool:
-    digits = name[len(PREFIX):]
-    return name.startswith(PREFIX) and digits.isdigit() and len(digits) >= 8
-
-
 def latest_checkpoint(root: Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
@@ -255,7 +248,7 @@ def clean_partial(root: Path) -> None:
     """Remove temp folders left by a kill during a write."""
     if root.exists():
         for p in root.iterdir():
-            if p.name.startswith(".tmp-"):
+            if p.name.startswith(TEMP):
                 artifact.remove_tree(p)  # a link there is removed itself, never what it points to
 
 
@@ -266,7 +259,7 @@ def load_weights(path: Path, model: nn.Module, *, zero3: bool = False) -> None:
     written on rank 0 and re-partitioned (``deepspeed.zero.GatheredParameters``); the engine then builds its
     fp32 master weights from them at ``prepare``.
     """
-    weights = load_file(str(path / "trainable.safetensors"))
+    weights = load_file(str(path / WEIGHTS))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
@@ -288,7 +281,7 @@ def load_training_state(path: Path, *, optimizer: Any, scheduler: Any, accelerat
                         prepared: nn.Module | None = None, rank: int = 0) -> dict[str, Any]:
     """Restore optimizer, scheduler and this rank's RNG (call after ``prepare``); returns ``state.json``."""
     kind = backend(accelerator) if accelerator is not None else "ddp"
-    opt_file = path / "optimizer.pt"
+    opt_file = path / OPTIMIZER
     if opt_file.exists() and kind != "deepspeed":
         opt_state = torch.load(opt_file, weights_only=True)
         if kind == "fsdp":
@@ -298,14 +291,14 @@ def load_training_state(path: Path, *, optimizer: Any, scheduler: Any, accelerat
                                      options=StateDictOptions(full_state_dict=True))
         else:
             optimizer.load_state_dict(opt_state)
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
+    scheduler.load_state_dict(torch.load(path / SCHEDULER, weights_only=True))
+    rng = torch.load(path / RNG, weights_only=True)
     ranks = rng.get("ranks") or [rng]
     mine = ranks[rank] if rank < len(ranks) else ranks[0]
     torch.set_rng_state(mine["cpu"])
     if torch.cuda.is_available() and mine["cuda"]:
         torch.cuda.set_rng_state_all(mine["cuda"])
-    return json.loads((path / "state.json").read_text(encoding="utf-8"))
+    return json.loads((path / STATE).read_text(encoding="utf-8"))
 
 
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import atomic_write_text
+from .layout import METRICS, TENSORBOARD
 
 
 class MetricsLog:
@@ -15,7 +16,7 @@ class MetricsLog:
     dropped first, so the file never holds two records of one step."""
 
     def __init__(self, run_dir: Path, *, resume_step: int | None = None, tensorboard: bool = True) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         run_dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             keep = []
@@ -31,7 +32,7 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(run_dir / TENSORBOARD))
 
     def write(self, metrics: dict[str, Any]) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
@@ -50,7 +51,7 @@ class MetricsLog:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .layout import QLORA_SETTINGS as SETTINGS_FILE
 
 EXTRA = "pip install 'hdpo-tune[qlora]'"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -130,9 +131,6 @@ def quantizable_layers(model_dir: str, *, trust_remote_code: bool = False) -> in
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     head = model.get_output_embeddings()
     return sum(1 for m in model.modules() if isinstance(m, nn.Linear | Conv1D) and m is not head)
-
-
-SETTINGS_FILE = "quantization.json"
 
 
 def write_settings(model: nn.Module, folder: Path) -> None:

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hdpo_core import layout
 from hdpo_core.errors import InputError, RunError
 from hdpo_core.io import atomic_write_json, atomic_write_text
+from hdpo_core.layout import RunLayout
 from service.runfolder import ownership
 from service.spec.job import dump_yaml, load_spec, spec_to_dict
 from service.spec.yaml_io import load_yaml
@@ -113,20 +115,20 @@ def variant_jobs(job: Path, alphas: list[float]) -> tuple[Path, list[tuple[float
                          "eval.n_samples/temperatures for the metric)")
     base = spec_to_dict(spec)
     owner = ownership.open_folder(Path(spec.output.dir))  # hdpo-tune's, like a run folder: locked, no links inside
-    ownership.record(owner, ["sweep"])
-    root = owner / "sweep"
+    ownership.record(owner, [layout.SWEEP])
+    root = owner / layout.SWEEP
     root.mkdir(parents=True, exist_ok=True)
     jobs = []
     for a in alphas:
         variant = json.loads(json.dumps(base))
         variant["hdpo"].update(alpha=a, alpha_schedule="constant", target_entropy=None)
-        variant["train"].update(precompute_ref_logps=True, ref_cache_dir=str(root / "ref-cache"))
-        variant["output"]["dir"] = str(root / f"alpha-{a:g}")
+        variant["train"].update(precompute_ref_logps=True, ref_cache_dir=str(root / layout.SWEEP_REF_CACHE))
+        variant["output"]["dir"] = str(root / layout.sweep_run(a))
         for section in ("hub",):  # the winner alone is pushed
             variant[section] = None
         variant["export"] = None
         variant["merge"] = None
-        path = root / f"job-alpha-{a:g}.yaml"
+        path = root / layout.sweep_job(a)
         atomic_write_text(path, dump_yaml(variant))
         jobs.append((a, path))
     return root, jobs
@@ -141,7 +143,8 @@ def run_sweep(job: Path, *, alphas: list[float], select: str, force: bool = Fals
     for a, variant in jobs:
         print(f"sweep: alpha={a:g}", file=sys.stderr)
         run_job(variant, force=force, only=("train", "eval"))
-        results = json.loads((root / f"alpha-{a:g}" / "eval" / "results.json").read_text(encoding="utf-8"))
+        results_file = RunLayout(root / layout.sweep_run(a)).eval_results
+        results = json.loads(results_file.read_text(encoding="utf-8"))
         scores[a] = metric.score(results)
     ranked = sorted((a for a in scores if not math.isnan(scores[a])), key=lambda a: -scores[a])
     if not ranked:
@@ -149,14 +152,14 @@ def run_sweep(job: Path, *, alphas: list[float], select: str, force: bool = Fals
     winner = ranked[0]
     from service.stages.eval import compare_runs
 
-    compare_runs([str(root / f"alpha-{a:g}") for a, _ in jobs], out=str(root))
+    compare_runs([str(root / layout.sweep_run(a)) for a, _ in jobs], out=str(root))
     report = {"metric": select, "scores": {f"{a:g}": scores[a] for a in scores}, "winner": winner,
-              "winner_run": str(root / f"alpha-{winner:g}")}
-    atomic_write_json(root / "sweep.json", report, indent=1)
+              "winner_run": str(root / layout.sweep_run(winner))}
+    atomic_write_json(root / layout.SWEEP_REPORT, report, indent=1)
     lines = [f"# Alpha sweep, selected by `{select}`", "", "| alpha | score |", "|---|---|"]
     lines += [f"| {a:g}{' (winner)' if a == winner else ''} | {scores[a]:.4f} |" for a in sorted(scores)]
-    atomic_write_text(root / "sweep.md", "\n".join(lines) + "\n")
-    print(f"sweep: winner alpha={winner:g} ({select} = {scores[winner]:.4f}); report {root / 'sweep.md'}")
+    atomic_write_text(root / layout.SWEEP_SUMMARY, "\n".join(lines) + "\n")
+    print(f"sweep: winner alpha={winner:g} ({select} = {scores[winner]:.4f}); report {root / layout.SWEEP_SUMMARY}")
     _ship_winner(job, root, winner, force)
     return report
 
@@ -168,9 +171,9 @@ def _ship_winner(job: Path, root: Path, winner: float, force: bool) -> None:
     spec = spec_to_dict(load_spec(job))
     if not any(spec.get(k) for k in ("merge", "export", "hub")):
         return
-    variant = load_yaml(root / f"job-alpha-{winner:g}.yaml")
+    variant = load_yaml(root / layout.sweep_job(winner))
     for key in ("merge", "export", "hub"):
         variant[key] = spec.get(key)
-    path = root / "job-winner.yaml"
+    path = root / layout.SWEEP_WINNER_JOB
     atomic_write_text(path, dump_yaml(variant))
     run_job(path, force=force, only=("merge", "export", "push"))

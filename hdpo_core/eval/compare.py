@@ -11,6 +11,7 @@ from typing import Any
 
 from hdpo_core.errors import InputError
 from hdpo_core.io import atomic_write_text
+from hdpo_core.layout import EVAL, EVAL_RESULTS
 
 from .report import _fmt
 
@@ -18,10 +19,10 @@ from .report import _fmt
 def load_run(run: Path, alpha: float | None = None) -> dict[str, Any]:
     """``results.json`` of a run folder (or an eval folder, or the file itself), with ``name`` and ``alpha``
     (``alpha`` when given: the run's numeric ``hdpo.alpha``; else the alpha its evaluation recorded)."""
-    candidates = [run / "eval" / "results.json", run / "results.json", run]
+    candidates = [run / EVAL / EVAL_RESULTS, run / EVAL_RESULTS, run]
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
-        raise InputError(f"{run}: no eval/results.json; run `hdpo-tune eval {run}` first")
+        raise InputError(f"{run}: no {EVAL}/{EVAL_RESULTS}; run `hdpo-tune eval {run}` first")
     results = json.loads(path.read_text(encoding="utf-8"))
     results["alpha"] = alpha if alpha is not None else results.get("alpha")
     results["name"] = run.name if run.is_dir() else run.parent.name

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hdpo_core.layout import EVAL_RESULTS, EVAL_SAMPLES, EVAL_SUMMARY
+
 
 def clean(value: Any) -> Any:
     """JSON-safe copy: NaN/inf become ``None`` (strict JSON has no NaN)."""
@@ -144,10 +146,10 @@ def plot_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
 def write_report(results: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write every artifact; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(clean(results), indent=2) + "\n", encoding="utf-8")
-    with (out_dir / "samples.jsonl").open("w", encoding="utf-8") as fh:
+    (out_dir / EVAL_RESULTS).write_text(json.dumps(clean(results), indent=2) + "\n", encoding="utf-8")
+    with (out_dir / EVAL_SAMPLES).open("w", encoding="utf-8") as fh:
         for rec in samples:
             fh.write(json.dumps(clean(rec)) + "\n")
-    (out_dir / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
-    return [out_dir / "results.json", out_dir / "samples.jsonl", out_dir / "summary.md",
+    (out_dir / EVAL_SUMMARY).write_text(summary_markdown(results), encoding="utf-8")
+    return [out_dir / EVAL_RESULTS, out_dir / EVAL_SAMPLES, out_dir / EVAL_SUMMARY,
             *plot_results(results, out_dir)]

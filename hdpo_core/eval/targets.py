@@ -15,6 +15,7 @@ import torch
 
 from hdpo_core.errors import InputError
 from hdpo_core.inputs import CONFIG_BYTES, check_model_folder, read_json
+from hdpo_core.layout import FINAL, MERGED, ONNX, RESOLVED_SPEC
 from hdpo_core.model import has_tokenizer_files
 
 Kind = Literal["hf", "peft", "onnx"]
@@ -45,17 +46,17 @@ def resolve_target(path: str | Path) -> ResolvedTarget:
     if not p.is_dir():
         raise InputError(f"{p}: eval target not found; pass a model folder, an adapter folder, an ONNX export "
                          "folder or a run folder")
-    spec = p / "job.resolved.yaml"
+    spec = p / RESOLVED_SPEC
     if spec.is_file():
-        for sub in ("final", "merged"):
+        for sub in (FINAL, MERGED):
             kind = _kind(p / sub)
             if kind is not None:
                 return ResolvedTarget(p / sub, kind, run_dir=p)
         raise InputError(f"{p}: run folder has no final/ or merged/ model; train first (hdpo-tune run) or pass "
                          "a model folder")
     kind = _kind(p)
-    if kind is None and (p / "onnx").is_dir():
-        kind, p = "onnx", p / "onnx"
+    if kind is None and (p / ONNX).is_dir():
+        kind, p = "onnx", p / ONNX
     if kind is None:
         raise InputError(f"{p}: not a model folder (no config.json, adapter_config.json or *.onnx) and not a "
                          "run folder (no job.resolved.yaml)")

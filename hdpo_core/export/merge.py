@@ -22,9 +22,9 @@ import torch
 from hdpo_core import artifact
 from hdpo_core.errors import InputError, RunError
 from hdpo_core.io import read_json
+from hdpo_core.layout import MERGE_INFO as MARKER
 from hdpo_core.public_paths import public_path
 
-MARKER = "merge.json"
 SAMPLE_TEXTS = (
     "Question: what is the capital of France? Answer:",
     "Write a short poem about the sea.",

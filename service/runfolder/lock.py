@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from hdpo_core.errors import InputError
+from hdpo_core.layout import LOCK as LOCK
 
-LOCK = ".hdpo-tune.lock"
 FD_ENV = "HDPO_TUNE_LOCK_FD"
 #: Linux ``struct flock`` on 64-bit machines: l_type, l_whence, l_start, l_len, l_pid (and padding).
 _FLOCK = struct.Struct("@hhqqi4x")

@@ -5,11 +5,12 @@ empty, or carries the marker :data:`MARKER` that hdpo-tune writes when it create
 other folder (a data folder, a home folder, a model folder) is refused before anything is written, because
 a run writes ``metrics.jsonl``, ``final/``, ``checkpoints/`` ... and ``--force`` removes them.
 
-The marker is also the manifest: the top-level names hdpo-tune created in the folder (:data:`OUTPUTS` only).
+The marker is also the manifest: the top-level names hdpo-tune created in the folder (:data:`OUTPUTS` only;
+every name comes from :mod:`hdpo_core.layout`).
 ``--force`` removes those names and nothing else, so a file a user put next to them survives. A folder
 hdpo-tune created (``final/``, ``eval/``) is its own as a whole.
 
-:class:`RunLock` (:mod:`.runlock`) holds an OS lock on :data:`LOCK` for the life of the process: a second run
+:class:`RunLock` (:mod:`.lock`) holds an OS lock on :data:`LOCK` for the life of the process: a second run
 on the same folder stops with "in use by pid N". :func:`open_folder` takes it *before* claiming the folder, so
 two runs started at the same instant end with one running and the other refused by the lock.
 
@@ -31,29 +32,16 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from hdpo_core.artifact import ASIDE_SUFFIX, TEMP_SUFFIX
 from hdpo_core.errors import InputError
 from hdpo_core.io import atomic_write_json
-from service.runfolder.lock import LOCK, RunLock, refuse_entry
+from hdpo_core.layout import ARTIFACT_FOLDERS, LOCK, MARKER, OUTPUTS, RESOLVED_SPEC
+from service.runfolder.lock import RunLock, refuse_entry
 
-__all__ = ["LOCK", "MARKER", "OUTPUTS", "RunLock", "check_entries", "claim", "open_existing", "open_folder",
-           "remove", "remove_written"]
+__all__ = ["ARTIFACT_FOLDERS", "LOCK", "MARKER", "OUTPUTS", "RunLock", "check_entries", "claim", "open_existing",
+           "open_folder", "remove", "remove_written"]
 
-MARKER = ".hdpo-tune.json"
-RESOLVED_SPEC = "job.resolved.yaml"
 #: The most a marker (a short JSON list of names) may hold; a bigger one is not hdpo-tune's.
 MARKER_MAX_BYTES = 1 << 20
-
-#: The folders a run builds aside and renames into place (:mod:`hdpo_core.artifact`).
-ARTIFACT_FOLDERS = ("final", "start_model", "eval", "merged", "onnx", "gguf", "checkpoints")
-
-#: Every top-level name a run (or a sweep) may create in its folder (an artifact's temporary and moved-aside
-#: names included, so ``--force`` and the clean-up after a kill treat them as hdpo-tune's).
-OUTPUTS = frozenset({
-    MARKER, LOCK, "job.resolved.yaml", "status.json", "versions.json", "data_info.json", "metrics.jsonl",
-    "tensorboard", "sweep", "tracking.json",
-    *(name + suffix for name in ARTIFACT_FOLDERS for suffix in ("", TEMP_SUFFIX, ASIDE_SUFFIX)),
-})
 
 #: Folders that are never a run folder, whatever they hold (the user's home is added at check time).
 SYSTEM_FOLDERS = frozenset(Path(p) for p in (

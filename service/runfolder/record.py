@@ -25,15 +25,13 @@ from typing import Any, Literal
 
 from hdpo_core.errors import InputError
 from hdpo_core.io import atomic_write_json, atomic_write_text
+from hdpo_core.layout import RESOLVED_SPEC, STATUS, VERSIONS
 from service.runfolder.lock import lock_held
 from service.spec.job import dump_yaml, redact_secrets
 from service.spec.yaml_io import load_yaml
 
 State = Literal["running", "succeeded", "failed", "interrupted"]
 STATES: tuple[str, ...] = ("running", "succeeded", "failed", "interrupted")
-RESOLVED_SPEC = "job.resolved.yaml"
-STATUS = "status.json"
-VERSIONS = "versions.json"
 #: status.json is a few hundred bytes; a bigger file is not one hdpo-tune wrote.
 STATUS_MAX_BYTES = 1 << 20
 

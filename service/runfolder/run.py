@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from hdpo_core.errors import InputError
-from service.runfolder.record import RESOLVED_SPEC, RunDir, State
+from hdpo_core.layout import RESOLVED_SPEC
+from service.runfolder.record import RunDir, State
 from service.spec.job import JobSpec, load_spec, spec_from_resolved, spec_to_dict
 from service.spec.yaml_io import load_yaml
 

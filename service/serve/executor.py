@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Protocol
 
 from hdpo_core.errors import InputError
+from hdpo_core.layout import JOB_FILE, JOB_LOG
 from service.runfolder.lock import FD_ENV, InUse, lock_fd, lock_held
 
-LOG = "job.log"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -106,11 +106,11 @@ class LocalExecutor:
             env = {**os.environ, FD_ENV: str(fd)}  # the job takes this descriptor's lock as its own
             if self.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
-            log_fd = os.open(run_dir / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            log_fd = os.open(run_dir / JOB_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
             with os.fdopen(log_fd, "ab") as log:
                 log.write(f"--- {job_id} attempt {attempt}\n".encode())
                 log.flush()
-                popen = subprocess.Popen([*hdpo_tune_command(), "run", "job.yaml"], cwd=run_dir, env=env,
+                popen = subprocess.Popen([*hdpo_tune_command(), "run", JOB_FILE], cwd=run_dir, env=env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          pass_fds=(fd,), start_new_session=True, preexec_fn=_die_with_parent)
         finally:

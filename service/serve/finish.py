@@ -8,6 +8,7 @@ import io
 from sqlalchemy.orm import Session
 
 from hdpo_core.io import atomic_write_text
+from hdpo_core.layout import FINAL, MERGED
 
 from .config import ServeConfig
 from .db import FileRow, JobRow, add_event, new_id, now
@@ -41,7 +42,7 @@ def finish_job(config: ServeConfig, db: Session, job: JobRow) -> None:
                    bytes=len(text.encode()), created_at=now(), rows=len(metrics), data_format="csv"))
     job.result_files = [result_id]
     job.trained_tokens = int(sum(int(r.get("tokens") or 0) for r in metrics))
-    job.fine_tuned_model = ft_name(job) if (run_dir / "merged").is_dir() or (run_dir / "final").is_dir() else None
+    job.fine_tuned_model = ft_name(job) if (run_dir / MERGED).is_dir() or (run_dir / FINAL).is_dir() else None
     job.status, job.finished_at, job.pid, job.lease_until = "succeeded", now(), None, None
     add_event(db, job.id, "The job has successfully completed")
     db.commit()

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import Row, select, update
 
+from hdpo_core.layout import CHECKPOINT_STATE, RunLayout, step_of
 from service.spec.job import JobSpec
 from service.spec.job import TrainSpec as _TrainSpec
 
@@ -266,16 +267,14 @@ def checkpoints(ctx: Ctx, db: Db, key: Caller, job_id: str, after: str | None = 
     if not 1 <= limit <= 100:
         raise ApiError(400, f"limit must be between 1 and 100, got {limit}", param="limit", code="invalid_limit")
     job = owned_job(db, key.id, job_id)
-    root = ctx.config.runs_dir / job.id / "checkpoints"
-    folders = sorted((p for p in root.glob("step-*") if (p / "state.json").is_file()), reverse=True) \
-        if root.is_dir() else []
+    folders = RunLayout(ctx.config.runs_dir / job.id).list_checkpoints()[::-1]
     by_step = {r["step"]: r for r in all_metrics(ctx.config.runs_dir / job.id)}
     items = []
     for folder in folders:
-        step = int(folder.name.split("-")[1])
+        step = step_of(folder)
         rec = by_step.get(step, {})
         items.append({"id": f"ftckpt-{job.id.split('-', 1)[1]}-{step}", "object": "fine_tuning.job.checkpoint",
-                      "created_at": int((folder / "state.json").stat().st_mtime),
+                      "created_at": int((folder / CHECKPOINT_STATE).stat().st_mtime),
                       "fine_tuned_model_checkpoint": f"{ft_name(job)}:ckpt-step-{step}",
                       "fine_tuning_job_id": job.id, "step_number": step,
                       "metrics": {"step": step, "train_loss": rec.get("loss"), "valid_loss": rec.get("eval/loss"),

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hdpo_core.errors import InputError
+from hdpo_core.layout import FINAL, JOB_FILE, MERGED
 from service.runfolder.ownership import claim
 from service.spec.job import JobSpec, dump_yaml, load_spec
 
@@ -53,7 +54,6 @@ FORBIDDEN_FLAGS = {
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 HUB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 SUFFIX_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-JOB_FILE = "job.yaml"
 
 
 def resolve_model(config: ServeConfig, db: Session, owner: str, name: str, where: str = "model") -> str:
@@ -62,7 +62,7 @@ def resolve_model(config: ServeConfig, db: Session, owner: str, name: str, where
     if name.startswith("ft:"):
         job = db.scalar(select(JobRow).where(JobRow.owner == owner, JobRow.fine_tuned_model == name,
                                              JobRow.status == "succeeded"))
-        for sub in ("merged", "final"):  # final/ may be a LoRA adapter: the pipeline merges it into its base
+        for sub in (MERGED, FINAL):  # final/ may be a LoRA adapter: the pipeline merges it into its base
             if job is not None and (config.runs_dir / job.id / sub).is_dir():
                 return str(config.runs_dir / job.id / sub)
     elif NAME_RE.fullmatch(name) and ".." not in name:

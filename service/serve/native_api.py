@@ -20,7 +20,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from hdpo_core import artifact
+from hdpo_core import artifact, layout
 from hdpo_core.public_paths import public_path
 
 from .deps import Caller, Ctx, Db
@@ -29,7 +29,7 @@ from .jobs_api import create_job, job_object, owned_job
 from .limits import check_depth
 
 router = APIRouter()
-PARTS = ("final", "merged", "onnx", "eval")
+PARTS = (layout.FINAL, layout.MERGED, layout.ONNX, layout.EVAL)
 
 
 class NativeJob(BaseModel):
@@ -122,7 +122,7 @@ def _tar_stream(run_dir: Path, parts: list[str], name: str) -> Iterator[bytes]:
     sink = _Sink()
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for part in parts:
-            replaced = _public_final(run_dir / part, run_dir) if part == "final" else {}
+            replaced = _public_final(run_dir / part, run_dir) if part == layout.FINAL else {}
             for path in _files(run_dir / part):
                 arcname = f"{name}/{path.relative_to(run_dir)}"
                 blob = replaced.get(path.relative_to(run_dir / part).as_posix())

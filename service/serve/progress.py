@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hdpo_core.layout import METRICS
 from service.runfolder.record import RunDir
 
 #: metrics copied into an event's data (TRL's names), plus OpenAI's own keys step/total_steps/train_loss/valid_loss
@@ -48,7 +49,7 @@ class MetricsReader:
     """Incremental reader of one run folder's ``metrics.jsonl``."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS
         self._offset = 0
         self._ino: int | None = None
         self._partial = b""

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from hdpo_core import artifact
+from hdpo_core import artifact, layout
 from hdpo_core.data import load_preference_rows
 from hdpo_core.errors import InputError
 from hdpo_core.eval.evaluate import SamplingSettings, run_evaluation
@@ -159,9 +159,9 @@ def run_eval_stage(run_dir: Path, eval_spec: EvalSpec, *, model_dir: Path, refer
     Returns the results; ``results["headline"]`` holds accuracy per temperature and entropy per model.
     """
     target = resolve_target(model_dir)
-    out = Path(run_dir) / "eval"
+    out = Path(run_dir) / layout.EVAL
     # built aside and renamed in whole (with its manifest): a failed eval leaves the previous report, never half
-    with artifact.building(out, required=("results.json",)) as tmp:
+    with artifact.building(out, required=(layout.EVAL_RESULTS,)) as tmp:
         results = evaluate(target, eval_spec, out_dir=tmp, reference_dir=reference_dir, alpha=alpha, beta=beta,
                            eval_pairs_path=eval_pairs_path, max_length=max_length)
     results["files"] = [str(out / Path(f).name) for f in results["files"]]
@@ -193,19 +193,19 @@ def run_eval_for_job(run: Run) -> dict[str, Any]:
     """
     spec = run.spec
     results = run_eval_stage(
-        run.path, spec.eval or EvalSpec(), model_dir=run.path / "final",
+        run.path, spec.eval or EvalSpec(), model_dir=run.path / layout.FINAL,
         reference_dir=None if spec.lora is not None else Path(spec.model.name_or_path),
         alpha=final_alpha(spec.hdpo.alpha, run.path), beta=spec.hdpo.beta, eval_pairs_path=spec.data.eval,
         max_length=spec.data.max_length)
     log_final_eval(spec, run.path, results["headline"])
     return {"headline": headline_lines(results), "numbers": results["headline"],
-            "results": str(run.path / "eval" / "results.json")}
+            "results": str(run.path / layout.EVAL / layout.EVAL_RESULTS)}
 
 
 def final_alpha(alpha: float | str, run_dir: Path | None) -> float:
     """The alpha the policy was trained with at its last step: the spec's number, or for ``auto`` and
     schedules the last ``alpha`` in the run's metrics.jsonl (1.0 when unknown)."""
-    if run_dir is not None and (Path(run_dir) / "metrics.jsonl").exists():
+    if run_dir is not None and (Path(run_dir) / layout.METRICS).exists():
         from hdpo_core.metrics_log import read_metrics
 
         records = read_metrics(Path(run_dir))
@@ -246,7 +246,7 @@ def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict
                     ref: str | None = None, out: str | None = None) -> dict[str, Any]:
     """``hdpo-tune eval``: evaluate a model/adapter/ONNX/run folder. CLI options in ``overrides`` win over the
     job's ``eval:`` section, which wins over the defaults."""
-    if out is None and (Path(target_path) / "job.resolved.yaml").exists():  # a run folder: writes RUN/eval
+    if out is None and (Path(target_path) / layout.RESOLVED_SPEC).exists():  # a run folder: writes RUN/eval
         from service.runfolder import ownership
 
         ownership.open_existing(Path(target_path))  # its lock, and no link where its own entries are
@@ -270,10 +270,10 @@ def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict
     hdpo = ctx.hdpo or HdpoSpec()
     alpha = final_alpha(hdpo.alpha if ctx.hdpo else UNKNOWN_ALPHA, target.run_dir)
     if out is None and target.run_dir:  # the run's own eval/: replaced whole, as by the pipeline's stage
-        with artifact.building(target.run_dir / "eval", required=("results.json",)) as tmp:
+        with artifact.building(target.run_dir / layout.EVAL, required=(layout.EVAL_RESULTS,)) as tmp:
             results = evaluate(target, spec, out_dir=tmp, reference_dir=reference, alpha=alpha, beta=hdpo.beta,
                                eval_pairs_path=ctx.eval_pairs, max_length=ctx.max_length)
-        results["files"] = [str(target.run_dir / "eval" / Path(f).name) for f in results["files"]]
+        results["files"] = [str(target.run_dir / layout.EVAL / Path(f).name) for f in results["files"]]
         return results
     out_dir = Path(out) if out else Path("eval_results") / target.model_dir.name
     return evaluate(target, spec, out_dir=out_dir, reference_dir=reference, alpha=alpha, beta=hdpo.beta,
@@ -294,7 +294,7 @@ def _trained_alpha(folder: Path) -> float | None:
     folder that is not a run): what the comparison table shows."""
     from service.spec.yaml_io import load_yaml
 
-    resolved = folder / "job.resolved.yaml"
+    resolved = folder / layout.RESOLVED_SPEC
     if not resolved.is_file():
         return None
     data = load_yaml(resolved)

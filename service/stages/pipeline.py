@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hdpo_core import artifact
+from hdpo_core import artifact, layout
 from hdpo_core.errors import HdpoError, InputError, Interrupted
 from service.faults import fault_error
 from service.runfolder import ownership
@@ -189,12 +189,12 @@ def remove_temporaries(folder: Path) -> None:
     of those names, never through a link."""
     if not ownership.is_owned(folder):
         return
-    for name in ownership.ARTIFACT_FOLDERS:
+    for name in layout.ARTIFACT_FOLDERS:
         artifact.remove_leftovers(folder / name)
-    if artifact.is_real_dir(folder / "checkpoints"):
+    if artifact.is_real_dir(folder / layout.CHECKPOINTS):
         from hdpo_core.checkpoint import clean_partial
 
-        clean_partial(folder / "checkpoints")
+        clean_partial(folder / layout.CHECKPOINTS)
 
 
 def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
@@ -208,7 +208,7 @@ def _print_summary(run_dir: Path, results: dict[str, Any]) -> None:
     headline = (results.get("eval") or {}).get("headline")
     if headline:
         lines.extend(f"eval: {line}" for line in headline)
-    for sub in ("final", "eval", "merged", "onnx", "gguf"):
+    for sub in (layout.FINAL, layout.EVAL, layout.MERGED, layout.ONNX, layout.GGUF):
         if (run_dir / sub).exists():
             lines.append(f"{sub}: {run_dir / sub}")
     print("\n".join(lines))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from hdpo_core import layout
 from service.runfolder.run import Run
 from service.spec.job import JobSpec
 
@@ -46,7 +47,7 @@ class Train:
         return True
 
     def artifacts(self, spec: JobSpec) -> tuple[str, ...]:
-        return ("final",)
+        return (layout.FINAL,)
 
     def run(self, run: Run, force: bool) -> StageResult:
         from service.stages.train import run_train_stage
@@ -61,7 +62,7 @@ class Eval:
         return spec.eval is not None and spec.eval.enabled
 
     def artifacts(self, spec: JobSpec) -> tuple[str, ...]:
-        return ("eval",)
+        return (layout.EVAL,)
 
     def run(self, run: Run, force: bool) -> StageResult:
         from service.stages.eval import run_eval_for_job
@@ -76,7 +77,7 @@ class Merge:
         return spec.merge is not None and spec.merge.enabled
 
     def artifacts(self, spec: JobSpec) -> tuple[str, ...]:
-        return ("merged",)
+        return (layout.MERGED,)
 
     def run(self, run: Run, force: bool) -> StageResult:
         from service.stages.ship import merge

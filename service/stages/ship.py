@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from hdpo_core import artifact
+from hdpo_core import artifact, layout
 from hdpo_core.errors import InputError, RunError
 from hdpo_core.io import read_json
 from hdpo_core.public_paths import public_paths
@@ -27,8 +27,7 @@ from service.spec.quant import quant_options
 from service.spec.ship import ExportSpec, HubSpec, MergeSpec
 
 Log = Callable[[str], None]
-SPEC_FILE = "job.resolved.yaml"
-REPORT = "validation.json"
+REPORT = layout.EXPORT_REPORT
 
 
 def _sections(run: Run) -> tuple[MergeSpec, ExportSpec, HubSpec]:
@@ -43,7 +42,7 @@ def _open(run: Run | str | Path) -> Run:
 
 
 def _final_dir(run_dir: Path) -> Path:
-    final = run_dir / "final"
+    final = run_dir / layout.FINAL
     if not os.path.lexists(final):
         raise InputError(f"{final} not found: the training stage has not finished (no final model/adapter)")
     problem = artifact.verify(final)
@@ -64,7 +63,7 @@ def whole(folder: Path, run_dir: Path, command: str) -> None:
 def export_folders(export_spec: ExportSpec) -> tuple[str, ...]:
     """The folders an export writes: ``onnx`` unless only GGUF is enabled, ``gguf`` when enabled."""
     onnx = export_spec.onnx.enabled or not export_spec.gguf.enabled
-    return (("onnx",) if onnx else ()) + (("gguf",) if export_spec.gguf.enabled else ())
+    return ((layout.ONNX,) if onnx else ()) + ((layout.GGUF,) if export_spec.gguf.enabled else ())
 
 
 def merge_run(run_dir: Run | str | Path, force: bool = False, log: Log = print) -> dict[str, Any]:
@@ -84,7 +83,7 @@ def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
 
     run_dir, spec = run.path, run.resolved()
     merge_spec, export_spec, hub_spec = _sections(run)
-    final, out = _final_dir(run_dir), run_dir / "merged"
+    final, out = _final_dir(run_dir), run_dir / layout.MERGED
     lora = m.is_adapter(final)
     base = (m.base_model_of(final) or run.spec.model.name_or_path) if lora else None
     dtype = merge_spec.dtype or m.default_dtype(base if lora else str(final))
@@ -95,10 +94,10 @@ def merge(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
         recorded = {k: v for k, v in (result if isinstance(result, dict) else asdict(result)).items()
                     if k != "skipped"}
         shared, recorded = public_paths(spec, run_dir), public_paths(recorded, run_dir)  # no machine paths
-        card = build_card(shared, base_model=_card_base(run, base), eval_results=load_json(run_dir / "eval" /
-                          "results.json"), repo_id=hub_spec.repo_id, onnx=export_spec.onnx.enabled)
+        card = build_card(shared, base_model=_card_base(run, base), eval_results=load_json(run_dir / layout.EVAL /
+                          layout.EVAL_RESULTS), repo_id=hub_spec.repo_id, onnx=export_spec.onnx.enabled)
         # the train stage's data files and fingerprints
-        extra = {"data": public_paths(load_json(run_dir / "data_info.json"), run_dir)}
+        extra = {"data": public_paths(load_json(run_dir / layout.DATA_INFO), run_dir)}
         prov = provenance(shared, run_dir=run_dir, merge_info=recorded, extra=extra)
         return {"README.md": card.encode("utf-8"),
                 "provenance.json": (json.dumps(prov, indent=2, default=str) + "\n").encode()}
@@ -167,7 +166,7 @@ def export(run: Run, force: bool = False, log: Log = print) -> dict[str, Any]:
     run_dir, raw, export_spec = run.path, run.resolved(), _sections(run)[1]
     merge_info = merge(run, log=lambda msg: None)  # quiet when merged/ is already current
     report: dict[str, Any] = {}
-    if "onnx" in export_folders(export_spec):
+    if layout.ONNX in export_folders(export_spec):
         report = _export_onnx(run_dir, raw, export_spec, merge_info, force=force, log=log)
     if export_spec.gguf.enabled:
         report["gguf"] = _export_gguf(run_dir, export_spec, merge_info, force=force, log=log)
@@ -201,7 +200,7 @@ def _export_onnx(run_dir: Path, raw: dict, export_spec: ExportSpec, merge_info: 
     from hdpo_core.export.onnx_validate import validate_export
 
     onnx_spec = export_spec.onnx
-    merged, out = run_dir / "merged", run_dir / "onnx"
+    merged, out = run_dir / layout.MERGED, run_dir / layout.ONNX
     key, prev = _start_export(out, merge_info, onnx_spec.model_dump_json(), force=force, log=log)
     if prev is not None:
         return prev
@@ -246,7 +245,7 @@ def _export_onnx(run_dir: Path, raw: dict, export_spec: ExportSpec, merge_info: 
             f"export: {onnx_spec.quantize} {quant['size_bytes']['ratio']:.0%} of float32 size, "
             f"top-1 agreement {report['quantized']['top1_agreement']:.1%}"
             + (f", greedy accuracy {acc['float32']:.1%} -> {acc['quantized']:.1%}" if acc else "")
-            + f" ({out / 'quantization.json'})"
+            + f" ({out / layout.QUANT_REPORT})"
         )
     return report
 
@@ -255,13 +254,13 @@ def _export_gguf(run_dir: Path, export_spec: ExportSpec, merge_info: dict, *, fo
     from hdpo_core.export.gguf_export import export_gguf
 
     spec = export_spec.gguf
-    out = run_dir / "gguf"
+    out = run_dir / layout.GGUF
     key, prev = _start_export(out, merge_info, spec.model_dump_json(), force=force, log=log)
     if prev is not None:
         return prev
     with artifact.building(out, required=(REPORT,)) as tmp:
         report = export_gguf(
-            run_dir / "merged",
+            run_dir / layout.MERGED,
             tmp,
             types=list(spec.types),
             name=run_dir.resolve().name,
@@ -306,7 +305,7 @@ def upload_plan(run_dir: Path, expected: tuple[str, ...] = ()) -> list:
     folder was moved aside) is refused, not silently left out."""
     from hdpo_core.export.hub import Upload
 
-    merged = run_dir / "merged"
+    merged = run_dir / layout.MERGED
     if not os.path.lexists(merged):
         raise InputError(f"{merged} has no model: run `hdpo-tune merge {run_dir}` before pushing")
     whole(merged, run_dir, "merge")
@@ -314,7 +313,7 @@ def upload_plan(run_dir: Path, expected: tuple[str, ...] = ()) -> list:
     if missing:
         raise InputError(f"{run_dir / missing[0]} is missing but the job exports it: rerun `hdpo-tune export "
                          f"{run_dir}` before pushing")
-    return [Upload(merged, None)] + [Upload(run_dir / sub, sub) for sub in ("onnx", "gguf")
+    return [Upload(merged, None)] + [Upload(run_dir / sub, sub) for sub in (layout.ONNX, layout.GGUF)
                                      if _validated(run_dir / sub, run_dir)]
 
 
@@ -338,7 +337,7 @@ def push(
     run_dir = run.path
     hub = _sections(run)[2]
     if hub.repo_id is None:
-        raise InputError(f"{run_dir / SPEC_FILE}: hub.repo_id is not set; set it to 'owner/name' to push")
+        raise InputError(f"{run_dir / layout.RESOLVED_SPEC}: hub.repo_id is not set; set it to 'owner/name' to push")
     export_spec = run.spec.export
     expected = export_folders(export_spec) if export_spec and (export_spec.onnx.enabled or export_spec.gguf.enabled) else ()
     plan = upload_plan(run_dir, expected)

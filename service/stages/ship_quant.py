@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from hdpo_core import layout
 from service.spec.eval import EvalSpec
 
 
@@ -49,7 +50,7 @@ def write_quantization_report(onnx_dir: Path, quantized_file: str, raw_spec: dic
         eval_spec = EvalSpec.model_validate(raw_spec.get("eval") or {})
     except ValidationError:
         eval_spec = EvalSpec()  # the run's eval section is checked by the eval stage; measure without it
-    tok = AutoTokenizer.from_pretrained(onnx_dir.parent / "merged")
+    tok = AutoTokenizer.from_pretrained(onnx_dir.parent / layout.MERGED)
     check, source = None, "validation prompts (no eval.tasks in the spec)"
     if eval_spec.tasks and limit > 0:
         verifier = get_verifier(eval_spec.verifier)
@@ -68,5 +69,5 @@ def write_quantization_report(onnx_dir: Path, quantized_file: str, raw_spec: dic
     )
     report["prompts_from"] = source
     report["gate"] = gate_figures(validation)
-    (onnx_dir / "quantization.json").write_text(json.dumps(report, indent=2) + "\n")
+    (onnx_dir / layout.QUANT_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -31,11 +31,11 @@ from typing import Any
 
 from hdpo_core.errors import HdpoError, InputError, RunError
 from hdpo_core.io import atomic_write_text
+from hdpo_core.layout import TRACKING
 from hdpo_core.metrics_log import MetricsLog, read_metrics
 from service.spec.job import JobSpec, redact_secrets, spec_to_dict
 from service.spec.tracking import TrackingSpec
 
-STATE_FILE = "tracking.json"
 _SECRET_KEY = re.compile(r"^(hf_|hub_|api_|access_|auth_|bearer_)?(token|api_?key|secret|password|passwd)$",
                          re.IGNORECASE)
 _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "MLFLOW_TRACKING_PASSWORD",
@@ -117,7 +117,7 @@ def open_trackers(spec: JobSpec, run_dir: Path) -> Trackers:
     """Start (or re-attach to) the run folder's tracker runs; raises a one-line error when one cannot start."""
     t = spec.tracking
     assert t is not None  # callers check spec.tracking first
-    path = run_dir / STATE_FILE
+    path = run_dir / TRACKING
     state: dict[str, dict[str, str]] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     name = t.run_name or run_dir.name
     started = Trackers([])

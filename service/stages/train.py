@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hdpo_core import artifact, refcache
+from hdpo_core import artifact, layout, refcache
 from hdpo_core.alpha import AlphaController, EntropyTargetAlpha, ScheduledAlpha
 from hdpo_core.choices import batch_split_problem
 from hdpo_core.data import file_fingerprint, load_preference_rows
@@ -35,7 +35,6 @@ from service.runfolder.record import RunDir
 from service.runfolder.run import Run
 from service.spec.job import JobSpec
 from service.spec.quant import quant_options
-from service.stages.tracking import STATE_FILE as TRACKING_STATE
 from service.stages.tracking import open_metrics_log
 
 if TYPE_CHECKING:
@@ -196,7 +195,7 @@ def make_accelerator(spec: JobSpec) -> Accelerator:
 
 
 #: What a fresh start (``--force``) removes before training: the previous run's training results.
-TRAINING_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "tensorboard", TRACKING_STATE)
+TRAINING_OUTPUTS = (layout.CHECKPOINTS, layout.FINAL, layout.METRICS, layout.TENSORBOARD, layout.TRACKING)
 
 
 def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
@@ -210,11 +209,11 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     accelerator = make_accelerator(spec)
     if accelerator.is_main_process and ownership.is_owned(rd.path):
         # recorded before they exist: a --force after a SIGKILLed run still removes them
-        ownership.record(rd.path, [n for n in (*TRAINING_OUTPUTS, "start_model") if not os.path.lexists(rd.path / n)])
+        ownership.record(rd.path, [n for n in (*TRAINING_OUTPUTS, layout.START_MODEL) if not os.path.lexists(rd.path / n)])
     if fresh:
         if accelerator.is_main_process:
             mine = ownership.written(rd.path)
-            for name in ("checkpoints", "final"):  # checkpoints first: a killed --force never resumes the old run
+            for name in (layout.CHECKPOINTS, layout.FINAL):  # checkpoints first: a killed --force never resumes the old run
                 if name in mine:
                     artifact.discard(rd.path / name)
             ownership.remove_written(rd.path, TRAINING_OUTPUTS)
@@ -243,8 +242,8 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
                                                                     make_batch, chunk, mopts)
     alpha = alpha_controller(spec, steps)
     if accelerator.is_main_process:
-        atomic_write_json(rd.path / "data_info.json", data.info, indent=1)
-    resume = _resume_step(rd.path / "checkpoints")
+        atomic_write_json(rd.path / layout.DATA_INFO, data.info, indent=1)
+    resume = _resume_step(rd.path / layout.CHECKPOINTS)
     log = open_metrics_log(spec, rd.path, resume_step=resume) if accelerator.is_main_process else None
     hooks = TrainHooks(
         on_metrics=(log.write if log else (lambda m: None)),
@@ -252,9 +251,9 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     )
     try:
         result = train(accelerator, policy, reference, data.train, pad_token_id=tokenizer.pad_token_id, alpha=alpha,
-                       opts=opts, paths=TrainPaths(rd.path / "checkpoints", rd.path / "final"), ref_cache=ref_cache,
+                       opts=opts, paths=TrainPaths(rd.path / layout.CHECKPOINTS, rd.path / layout.FINAL), ref_cache=ref_cache,
                        evaluation=EvalSet(data.eval, eval_cache) if data.eval else None,
-                       save_final=lambda m, state_dict=None: _save_final(m, tokenizer, rd.path / "final", state_dict),
+                       save_final=lambda m, state_dict=None: _save_final(m, tokenizer, rd.path / layout.FINAL, state_dict),
                        hooks=hooks, chunk_size=chunk)
     finally:
         if log:
@@ -295,7 +294,7 @@ def start_model(spec: JobSpec, rd: RunDir, accelerator: Accelerator) -> ModelOpt
     if base is None:
         raise InputError(f"model.name_or_path: {src}/adapter_config.json names no base model "
                          "(base_model_name_or_path); set it to the base model's folder or Hub id")
-    out = rd.path / "start_model"
+    out = rd.path / layout.START_MODEL
     if accelerator.is_main_process:
         dtype = merge.default_dtype(base)
         if merge.up_to_date(out, merge.fingerprint(src, dtype)) is None:
@@ -317,7 +316,7 @@ def _resume_step(root: Path) -> int | None:
     from hdpo_core.checkpoint import usable_checkpoint
 
     last, _ = usable_checkpoint(root)
-    return int(last.name.split("-")[1]) if last else None
+    return layout.step_of(last) if last else None
 
 
 def _precompute(spec: JobSpec, accelerator: Any, policy: Any, reference: Any, data: PreparedData, make_batch: Any,

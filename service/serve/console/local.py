@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hdpo_core import layout
+
 from .runinfo import details, last_metrics, progress, read_json, summary
 from .view import NotFound, numeric_alpha
 
-RUN_MARKERS = ("status.json", "job.resolved.yaml", "metrics.jsonl")
+RUN_MARKERS = (layout.STATUS, layout.RESOLVED_SPEC, layout.METRICS)
 
 
 def _id(prefix: str, path: Path) -> str:
@@ -29,7 +31,8 @@ def is_run(path: Path) -> bool:
 
 
 def is_sweep(path: Path) -> bool:
-    return path.is_dir() and ((path / "sweep.json").is_file() or any(path.glob("job-alpha-*.yaml")))
+    return path.is_dir() and ((path / layout.SWEEP_REPORT).is_file()
+                              or any(path.glob(f"{layout.SWEEP_JOB_PREFIX}*.yaml")))
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Catalogue:
                 return  # never follow a link out of the folders given
             if is_sweep(path):
                 sweeps[_id("sweep", path)] = path
-                for run in sorted(path.glob("alpha-*")):
+                for run in sorted(path.glob(f"{layout.SWEEP_RUN_PREFIX}*")):
                     if is_run(run):
                         runs[_id("run", run)] = run
             elif is_run(path):
@@ -103,7 +106,7 @@ class LocalView:
     def sweeps(self) -> list[dict[str, Any]]:
         out = []
         for sweep_id, path in self.sweep_dirs.items():
-            report = read_json(path, "sweep.json") or {}
+            report = read_json(path, layout.SWEEP_REPORT) or {}
             members = [i for i, p in self.runs.items() if p.parent == path]
             out.append({"id": sweep_id, "name": f"{path.parent.name}/{path.name}", "select": report.get("metric"),
                         "winner": report.get("winner"), "jobs": members})

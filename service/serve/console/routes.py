@@ -14,6 +14,8 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
+from hdpo_core.layout import METRICS
+
 from ..db import ApiKey
 from ..errors import ApiError
 from .local import Catalogue, LocalView
@@ -163,7 +165,7 @@ def metrics(view: ViewDep, job_id: str, after: int | None = None, points: int = 
         run = view.run_dir(job_id)
     except NotFound:
         raise ApiError(404, f"No such job: {job_id[:80]}", param="id", code="not_found") from None
-    path = inside(run, "metrics.jsonl")
+    path = inside(run, METRICS)
     if path is None:
         return {"rows": 0, "last_step": after, "downsampled": False, "curves": {}}
     return series_payload(path, after, points)

@@ -10,12 +10,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..progress import step_records
+from hdpo_core import layout
+
+from ..progress import read_status, step_records
 
 #: report files shown on a job's page, by the name the page gives them
-REPORTS = {"onnx": "onnx/validation.json", "quantization": "onnx/quantization.json", "gguf": "gguf/validation.json"}
+REPORTS = {"onnx": f"{layout.ONNX}/{layout.EXPORT_REPORT}",
+           "quantization": f"{layout.ONNX}/{layout.QUANT_REPORT}",
+           "gguf": f"{layout.GGUF}/{layout.EXPORT_REPORT}"}
 #: run sub-folders a user can download (as a tar stream)
-PARTS = ("final", "merged", "onnx", "gguf", "eval")
+PARTS = (layout.FINAL, layout.MERGED, layout.ONNX, layout.GGUF, layout.EVAL)
 TAIL_BYTES = 16384
 SPEC_CACHE = 1024
 _specs: dict[tuple[str, int, int], dict[str, Any]] = {}
@@ -48,7 +52,7 @@ def read_spec(run_dir: Path) -> dict[str, Any]:
     """``job.resolved.yaml`` (or, before the run starts, the served job's ``job.yaml``) as a dict; empty when
     absent or unreadable. Parsed once per file version: the jobs list reads every job's spec on each refresh,
     and a spec changes only when its run starts."""
-    path = inside(run_dir, "job.resolved.yaml") or inside(run_dir, "job.yaml")
+    path = inside(run_dir, layout.RESOLVED_SPEC) or inside(run_dir, layout.JOB_FILE)
     if path is None:
         return {}
     try:
@@ -76,7 +80,7 @@ def _parse_spec(path: Path) -> dict[str, Any]:
 def last_metrics(run_dir: Path, window: int = 20) -> list[dict[str, Any]]:
     """The last ``window`` records of ``metrics.jsonl``, read from the file's tail only (a list view must not
     read a 100,000-line file per job)."""
-    path = inside(run_dir, "metrics.jsonl")
+    path = inside(run_dir, layout.METRICS)
     if path is None:
         return []
     try:
@@ -106,8 +110,7 @@ def method(spec: dict[str, Any]) -> dict[str, Any]:
 
 def progress(run_dir: Path) -> dict[str, Any]:
     """Stage, state, step of total, seconds left (mean step time of the last steps) and tokens/s."""
-    status = read_json(run_dir, "status.json")
-    status = status if isinstance(status, dict) else {}
+    status = read_status(run_dir) or {}
     tail = last_metrics(run_dir)
     last = tail[-1] if tail else {}
     step = status.get("step") if isinstance(status.get("step"), int) else last.get("step")
@@ -122,15 +125,14 @@ def progress(run_dir: Path) -> dict[str, Any]:
 
 
 def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    root = run_dir / "checkpoints"
-    if not root.is_dir() or root.is_symlink():
-        return []
+    """The complete checkpoints, newest first (the trainer's own listing: real folders, never a link)."""
     out = []
-    for folder in sorted(root.glob("step-*"), reverse=True):
-        state = inside(run_dir, f"checkpoints/{folder.name}/state.json")
-        step = folder.name.split("-", 1)[1]
-        if state is not None and step.isdigit():
-            out.append({"step": int(step), "created_at": int(state.stat().st_mtime)})
+    for folder in reversed(layout.list_checkpoints(run_dir / layout.CHECKPOINTS)):
+        try:
+            created = int((folder / layout.CHECKPOINT_STATE).lstat().st_mtime)
+        except OSError:  # removed by the trainer's pruning since the listing
+            continue
+        out.append({"step": layout.step_of(folder), "created_at": created})
     return out
 
 
@@ -141,7 +143,8 @@ def parts(run_dir: Path) -> list[str]:
 def details(run_dir: Path) -> dict[str, Any]:
     """Everything the job page shows besides the curves and the events."""
     reports = {name: read_json(run_dir, rel) for name, rel in REPORTS.items()}
-    return {"eval": read_json(run_dir, "eval/results.json"), "reports": {k: v for k, v in reports.items() if v},
+    return {"eval": read_json(run_dir, f"{layout.EVAL}/{layout.EVAL_RESULTS}"),
+            "reports": {k: v for k, v in reports.items() if v},
             "checkpoints": checkpoints(run_dir), "parts": parts(run_dir)}
 
 
