@@ -31,20 +31,20 @@ KEY = "hdpo-sk-legacy-key-0123456789"
 METHOD = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "batch_size": 2, "learning_rate_multiplier": 1.0,
                                                      "n_epochs": "auto"}},
           "hdpo_tune": {"alpha": 0.8, "max_steps": 4, "learning_rate": 1e-05, "lora": True, "quantization": None}}
-JOB = {"seq": 1, "id": "ftjob-legacy0001", "owner": "key-legacy", "status": "succeeded", "model": "demo",
+JOB = {"id": "ftjob-legacy0001", "owner": "key-legacy", "status": "succeeded", "model": "demo",
        "training_file": "file-legacy0001", "validation_file": None, "seed": 7, "suffix": "old",
        "job_metadata": {"case": "legacy"}, "method": METHOD, "request": {"model": "demo"}, "created_at": 1700000000,
        "started_at": 1700000010, "finished_at": 1700000100, "fine_tuned_model": "ft:demo:hdpo-tune:old:legacy00",
        "result_files": ["file-legacyres1"], "trained_tokens": 1234, "error": None, "cancel_requested": False,
        "attempts": 1, "host": None, "pid": None, "lease_until": None, "slot": 0, "last_metrics_step": 4,
        "last_stage": "done:done", "stages_reported": ["train", "merge"]}
-FAILED = {**JOB, "seq": 2, "id": "ftjob-legacy0002", "status": "failed", "suffix": None, "job_metadata": None,
+FAILED = {**JOB, "id": "ftjob-legacy0002", "status": "failed", "suffix": None, "job_metadata": None,
           "fine_tuned_model": None, "result_files": [], "trained_tokens": None, "last_stage": "train:failed",
           "error": {"code": "job_failed", "message": "the job process exited with code 1", "param": None}}
-EVENT = {"seq": 1, "id": "ftevent-legacy0001", "job_id": JOB["id"], "created_at": 1700000050, "level": "info",
+EVENT = {"id": "ftevent-legacy0001", "job_id": JOB["id"], "created_at": 1700000050, "level": "info",
          "message": "Step 4/4: training loss=0.6931", "type": "metrics",
          "data": {"step": 4, "total_steps": 4, "train_loss": 0.6931471805599453, "learning_rate": 1e-05}}
-FILE = {"seq": 1, "id": "file-legacy0001", "owner": "key-legacy", "filename": "prefs.jsonl", "purpose": "fine-tune",
+FILE = {"id": "file-legacy0001", "owner": "key-legacy", "filename": "prefs.jsonl", "purpose": "fine-tune",
         "bytes": 2048, "created_at": 1699999999, "rows": 16, "data_format": "trl"}
 
 
@@ -64,7 +64,8 @@ def build_legacy(url: str, dialect: str) -> None:
         conn.execute(sa.insert(_table("api_keys", {"id": 0, "name": 0, "key_hash": 0, "created_at": 0, "revoked": 0})),
                      [{"id": "key-legacy", "name": "old", "key_hash": hash_key(KEY), "created_at": 1, "revoked": False}])
         conn.execute(sa.insert(_table("files", FILE)), [FILE])
-        conn.execute(sa.insert(_table("jobs", JOB)), [JOB, FAILED])
+        for job in (JOB, FAILED):  # one by one: seq (the list order) follows the inserts
+            conn.execute(sa.insert(_table("jobs", job)), [job])
         conn.execute(sa.insert(_table("events", EVENT)), [EVENT])
     engine.dispose()
 
