@@ -25,7 +25,7 @@ from .store import find_key
 class ServerContext:
     config: ServeConfig
     sessions: Sessions
-    engine: Engine  # the status path (:mod:`.reads`) runs Core queries on it
+    engine: Engine  # the status path (:func:`.store.job_row`) runs Core queries on it
 
 
 def server(request: Request) -> ServerContext:

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from service.spec.job import JobSpec
 from service.spec.job import TrainSpec as _TrainSpec
 
-from . import reads, store
+from . import store
 from .db import EventRow, JobRow, new_id, now
 from .deps import Caller, Ctx, Db, ServerContext, server
 from .errors import ApiError, not_found
@@ -229,15 +229,15 @@ def create(ctx: Ctx, db: Db, key: Caller, body: CreateJob) -> FineTuningJob:
 
 @router.get("/fine_tuning/jobs", response_model=CursorPage[FineTuningJob])
 async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> CursorPage[FineTuningJob]:
-    """The status path (:mod:`.reads`): Core queries on a pooled connection, no dependency chain."""
-    rows, more = reads.job_page(server(request).engine, request.headers.get("authorization", ""), after=after,
+    """The status path (:func:`.store.job_page`): Core queries on a pooled connection, no dependency chain."""
+    rows, more = store.job_page(server(request).engine, request.headers.get("authorization", ""), after=after,
                                 limit=limit)
     return cursor_page([job_object(r) for r in rows], more)
 
 
 @router.get("/fine_tuning/jobs/{job_id}", response_model=FineTuningJob)
 async def retrieve(request: Request, job_id: str) -> FineTuningJob:
-    row = reads.job_row(server(request).engine, request.headers.get("authorization", ""), job_id)
+    row = store.job_row(server(request).engine, request.headers.get("authorization", ""), job_id)
     if row is None:
         raise not_found("fine-tuning job", job_id)
     return job_object(row)
