@@ -88,8 +88,8 @@ class Scheduler:
                         job = store.job_by_id(db, job_id)
                         if job is not None and job.status == "running":
                             job.pid, job.lease_until = None, None
-                            store.add_event(db, job_id, "Server stopped: the job process wrote a checkpoint and exited; "
-                                      "it resumes when the server starts again", level="warn")
+                            store.add_event(db, job_id, "Server stopped: the job process wrote a checkpoint and "
+                                            "exited; it resumes when the server starts again", level="warn")
                         db.commit()
                     del self.running[job_id]
             time.sleep(0.2)
@@ -136,7 +136,8 @@ class Scheduler:
                 db.rollback()  # the folder is held (cannot happen for a new job); retried as an orphan
             except OSError as exc:
                 db.rollback()
-                self._fail(db, store.job_by_id(db, job.id), f"could not start the job process: {exc.strerror or exc}")
+                failed = store.job_by_id(db, job.id)
+                self._fail(db, failed, f"could not start the job process: {exc.strerror or exc}")
 
     def _resume_orphans(self, db: Session) -> int:
         """Jobs marked running that no process of this server runs: the server was killed or stopped.
