@@ -16,7 +16,7 @@ decoupled from how stages are organised inside the pipeline. What it relies on, 
   them (:func:`.datafile.scan_rows`; a test keeps its verdicts equal to ``load_preference_rows``).
 
 A key holder is not the administrator: :mod:`.limits` bounds what one job may cost, :mod:`.jobspec` refuses
-the fields that weaken isolation or leave the data folder, and :mod:`.reads` serves the polled status routes.
+the fields that weaken isolation or leave the data folder, and :mod:`.store` holds every database read and write (the polled status routes' too).
 
 Nothing here is imported by the rest of the CLI unless ``serve`` is invoked (FastAPI, SQLAlchemy and uvicorn
 load lazily).

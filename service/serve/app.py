@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from .config import ServeConfig, visible_gpus
 from .db import make_engine, session_factory
@@ -14,6 +15,7 @@ from .deps import ServerContext
 from .errors import ApiError, install_error_handlers
 from .executor import Executor, LocalExecutor
 from .scheduler import Scheduler
+from .schemas import Health
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -98,7 +100,11 @@ def create_app(config: ServeConfig, executor: Executor | None = None) -> FastAPI
         scheduler.stop()
         engine.dispose()
 
-    app = FastAPI(title="hdpo-tune serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # JSONResponse named (not left as the default) keeps FastAPI off its pydantic-to-bytes fast path: responses
+    # are rendered by json.dumps as before the routes declared models, so they stay byte for byte the same
+    # (pydantic would write 1e-05 as 0.00001)
+    app = FastAPI(title="hdpo-tune serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  default_response_class=JSONResponse)
     app.state.ctx = ServerContext(config=config, sessions=sessions, engine=engine)
     app.state.scheduler = scheduler
     install_error_handlers(app)
@@ -109,9 +115,9 @@ def create_app(config: ServeConfig, executor: Executor | None = None) -> FastAPI
 
     install_console(app, data_dir=config.data_dir)  # the web console at / (docs/console.md)
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"ok": True, "workers": scheduler.workers, "running": len(scheduler.running)}
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> Health:
+        return Health(ok=True, workers=scheduler.workers, running=len(scheduler.running))
 
-    app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes)  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, upload_limit=config.max_upload_bytes)
     return app

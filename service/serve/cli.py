@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:  # the server stack loads only when a serve command runs
+    from .config import ServeConfig
+    from .db import Sessions
 
 serve_app = typer.Typer(help="Fine-tuning jobs service speaking OpenAI's fine-tuning API (files, fine_tuning.jobs).",
                         invoke_without_command=True, no_args_is_help=False)
@@ -26,18 +30,16 @@ DbOpt = Annotated[str | None, typer.Option("--db", envvar="HDPO_SERVE_DB", show_
 DEFAULT_DATA = Path("hdpo-serve")
 
 
-def _config(data: Path, db: str | None, **kw: object):  # type: ignore[no-untyped-def]
+def _sessions(data: Path, db: str | None) -> Sessions:
+    """The key commands' database (upgraded as the server would); a database it cannot use is one line."""
+    from service.cli_guard import guarded
+
     from .config import ServeConfig
-
-    return ServeConfig(data_dir=data.resolve(), db_url=db, **kw)  # type: ignore[arg-type]
-
-
-def _sessions(data: Path, db: str | None):  # type: ignore[no-untyped-def]
     from .db import make_engine, session_factory
 
-    cfg = _config(data, db)
+    cfg = ServeConfig(data_dir=data.resolve(), db_url=db)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    return session_factory(make_engine(cfg.database_url))
+    return session_factory(guarded(lambda: make_engine(cfg.database_url)))
 
 
 def describe_db(url: str) -> str:
@@ -79,6 +81,7 @@ def serve(
     from service.cli_guard import guarded
 
     def start() -> None:
+        from .config import ServeConfig
         from .limits import parse_limits
 
         if report_to:  # checked here, not at every job's creation
@@ -88,19 +91,19 @@ def serve(
             from service.spec.tracking import TrackingSpec
 
             try:
-                TrackingSpec(report_to=report_to, mlflow_tracking_uri=mlflow_tracking_uri)  # type: ignore[arg-type]
+                TrackingSpec.model_validate({"report_to": report_to, "mlflow_tracking_uri": mlflow_tracking_uri})
             except ValidationError as exc:
                 raise InputError(f"--report-to / --mlflow-tracking-uri: {exc.errors()[0]['msg']}") from None
 
-        _run(_config(data, db, model_roots=tuple(p.resolve() for p in model_root or ()), allow_hub=not no_hub,
-                     max_upload_bytes=max_upload_mb * 1024 * 1024, workers=workers,
-                     limits=parse_limits(limit or []), allow_unsandboxed_code=allow_unsandboxed_code,
-                     report_to=tuple(report_to or ()), mlflow_tracking_uri=mlflow_tracking_uri), host, port)
+        _run(ServeConfig(data_dir=data.resolve(), db_url=db, model_roots=tuple(p.resolve() for p in model_root or ()),
+                         allow_hub=not no_hub, max_upload_bytes=max_upload_mb * 1024 * 1024, workers=workers,
+                         limits=parse_limits(limit or []), allow_unsandboxed_code=allow_unsandboxed_code,
+                         report_to=tuple(report_to or ()), mlflow_tracking_uri=mlflow_tracking_uri), host, port)
 
     guarded(start)
 
 
-def _run(config, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
+def _run(config: ServeConfig, host: str, port: int) -> None:
     import fcntl
 
     import uvicorn
@@ -129,7 +132,7 @@ def _run(config, host: str, port: int) -> None:  # type: ignore[no-untyped-def]
 def keys_create(name: Annotated[str, typer.Argument(help="Who the key is for (shown in `keys list`).")],
                 data: DataOpt = DEFAULT_DATA, db: DbOpt = None) -> None:
     """Create an API key and print it (the only time it is shown; only its sha256 is stored)."""
-    from .keys import create_key
+    from .store import create_key
 
     with _sessions(data, db)() as session:
         row, key = create_key(session, name)
@@ -142,7 +145,7 @@ def keys_list(data: DataOpt = DEFAULT_DATA, db: DbOpt = None) -> None:
     """List keys: id, name, created, revoked (never the key)."""
     import datetime as dt
 
-    from .keys import list_keys
+    from .store import list_keys
 
     with _sessions(data, db)() as session:
         for row in list_keys(session):
@@ -154,7 +157,7 @@ def keys_list(data: DataOpt = DEFAULT_DATA, db: DbOpt = None) -> None:
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id from `keys list`.")],
                 data: DataOpt = DEFAULT_DATA, db: DbOpt = None) -> None:
     """Revoke a key: requests with it get 401 from then on (its files and jobs stay)."""
-    from .keys import revoke_key
+    from .store import revoke_key
 
     with _sessions(data, db)() as session:
         if not revoke_key(session, key_id):

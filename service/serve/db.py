@@ -11,9 +11,10 @@ The job row is the single source of truth for a job's state; the run folder hold
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import time
-from typing import Any
 
+from pydantic import JsonValue
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -26,7 +27,9 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from .schemas import EventLevel, EventType, FilePurpose, JobStatus
 
 # The seq column: BIGINT on PostgreSQL, INTEGER on SQLite (where only INTEGER PRIMARY KEY autoincrements).
 SeqType = BigInteger().with_variant(Integer(), "sqlite")
@@ -42,15 +45,14 @@ def now() -> int:
     return int(time.time())
 
 
-#: bumped whenever a table changes; a database of another version is refused, never half-read
-SCHEMA_VERSION = "1"
-
-
 class Base(DeclarativeBase):
     pass
 
 
 class Meta(Base):
+    """``schema_version``: the guard of the releases before Alembic, which refuse any value but "1" (the
+    migration to revision 0002 writes "2", so an older hdpo-tune never opens an upgraded database)."""
+
     __tablename__ = "meta"
     key: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[str] = mapped_column(String(200))
@@ -75,7 +77,7 @@ class FileRow(Base):
     id: Mapped[str] = mapped_column(String(40), unique=True, index=True)
     owner: Mapped[str] = mapped_column(String(40), ForeignKey("api_keys.id"), index=True)
     filename: Mapped[str] = mapped_column(String(255))
-    purpose: Mapped[str] = mapped_column(String(40))
+    purpose: Mapped[FilePurpose] = mapped_column(String(40))
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
     rows: Mapped[int] = mapped_column(Integer, default=0)
@@ -90,22 +92,22 @@ class JobRow(Base):
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(40), unique=True, index=True)
     owner: Mapped[str] = mapped_column(String(40), ForeignKey("api_keys.id"), index=True)
-    status: Mapped[str] = mapped_column(String(20), index=True)
+    status: Mapped[JobStatus] = mapped_column(String(20), index=True)
     model: Mapped[str] = mapped_column(String(300))
     training_file: Mapped[str] = mapped_column(String(40))
     validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
     seed: Mapped[int] = mapped_column(BigInteger)
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     job_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
-    method: Mapped[dict[str, Any]] = mapped_column(JSON)
-    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    method: Mapped[dict[str, JsonValue]] = mapped_column(JSON)
+    request: Mapped[dict[str, JsonValue]] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(400), nullable=True)
     result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, JsonValue] | None] = mapped_column(JSON, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     host: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -126,15 +128,18 @@ class EventRow(Base):
     id: Mapped[str] = mapped_column(String(40), unique=True, index=True)
     job_id: Mapped[str] = mapped_column(String(40), ForeignKey("jobs.id"), index=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
-    level: Mapped[str] = mapped_column(String(10))
+    level: Mapped[EventLevel] = mapped_column(String(10))
     message: Mapped[str] = mapped_column(Text)
-    type: Mapped[str] = mapped_column(String(10))
-    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    type: Mapped[EventType] = mapped_column(String(10))
+    data: Mapped[dict[str, JsonValue] | None] = mapped_column(JSON, nullable=True)
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``. SQLite gets WAL (readers never wait for the scheduler's writes) and a busy
-    timeout, and may be used from the API's thread pool and the scheduler thread."""
+    """An engine for ``url``, its schema brought to this version's (:func:`.migrate.upgrade`). SQLite gets WAL
+    (readers never wait for the scheduler's writes) and a busy timeout, and may be used from the API's thread
+    pool and the scheduler thread."""
+    from .migrate import upgrade
+
     if url.startswith("sqlite"):
         # pooled: opening a connection, setting its pragmas and closing it cost ~2 ms of CPU, half of a status
         # read; a large overflow (connections beyond the pool are closed when returned) so a burst never waits
@@ -142,7 +147,7 @@ def make_engine(url: str) -> Engine:
                                max_overflow=120, pool_timeout=30)
 
         @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        def _pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
@@ -150,38 +155,16 @@ def make_engine(url: str) -> Engine:
             cur.close()
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=40)
-    Base.metadata.create_all(engine)
-    _check_schema(engine)
+    try:
+        upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
-def _check_schema(engine: Engine) -> None:
-    from hdpo_core.errors import InputError
-
-    with session_factory(engine)() as session:
-        row = session.get(Meta, "schema_version")
-        if row is None:
-            session.add(Meta(key="schema_version", value=SCHEMA_VERSION))
-            session.commit()
-        elif row.value != SCHEMA_VERSION:
-            raise InputError(f"--db: the database has schema version {row.value}, this hdpo-tune serve needs "
-                             f"{SCHEMA_VERSION}; use the hdpo-tune version that created it, or a new data folder "
-                             "/ database")
+Sessions = sessionmaker[Session]
 
 
-def session_factory(engine: Engine) -> sessionmaker:
+def session_factory(engine: Engine) -> Sessions:
     return sessionmaker(engine, expire_on_commit=False)
-
-
-def add_event(session: Any, job_id: str, message: str, *, level: str = "info", type_: str = "message",
-              data: dict[str, Any] | None = None, created_at: int | None = None) -> None:
-    """Append an event (the caller commits)."""
-    session.add(EventRow(id=new_id("ftevent"), job_id=job_id, created_at=created_at or now(), level=level,
-                         message=message, type=type_, data=data))
-
-
-def job_by_id(session: Any, job_id: str) -> JobRow | None:
-    """The job with public id ``job_id`` (the primary key is ``seq``)."""
-    from sqlalchemy import select
-
-    return session.scalar(select(JobRow).where(JobRow.id == job_id))

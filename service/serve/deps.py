@@ -13,24 +13,31 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from .config import ServeConfig
-from .db import ApiKey
+from .db import ApiKey, Sessions
 from .errors import ApiError
-from .keys import find_key
+from .store import find_key
 
 
 @dataclass
 class ServerContext:
     config: ServeConfig
-    sessions: sessionmaker
-    engine: Engine  # the status path (:mod:`.reads`) runs Core queries on it
+    sessions: Sessions
+    engine: Engine  # the status path (:func:`.store.job_row`) runs Core queries on it
+
+
+def server(request: Request) -> ServerContext:
+    """The context :func:`.app.create_app` put in the app's state."""
+    ctx = request.app.state.ctx
+    if not isinstance(ctx, ServerContext):
+        raise TypeError("the app was not made by service.serve.app.create_app")
+    return ctx
 
 
 async def context(request: Request) -> ServerContext:
-    ctx: ServerContext = request.app.state.ctx
-    return ctx
+    return server(request)
 
 
 async def db_session(ctx: Annotated[ServerContext, Depends(context)]) -> AsyncIterator[Session]:

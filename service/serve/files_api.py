@@ -6,26 +6,25 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import FileResponse
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from . import store
 from .datafile import BadRow, check_jsonl, check_upload
-from .db import FileRow, JobRow, new_id, now
-from .deps import Caller, Ctx, Db
+from .db import ApiKey, FileRow, new_id
+from .deps import Caller, Ctx, Db, ServerContext
 from .errors import ApiError, not_found
-from .paging import page
+from .schemas import ERRORS, CursorPage, FileDeleted, FileObject, FilePurpose, cursor_page
 
-router = APIRouter()
-ACTIVE = ("validating_files", "queued", "running")
+router = APIRouter(responses=ERRORS)
 
 
-def file_object(row: FileRow) -> dict[str, Any]:
-    return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": row.created_at,
-            "filename": row.filename, "purpose": row.purpose, "status": "processed", "status_details": None,
-            "expires_at": None}
+def file_object(row: FileRow) -> FileObject:
+    return FileObject(id=row.id, bytes=row.bytes, created_at=row.created_at, filename=row.filename,
+                      purpose=row.purpose)
 
 
 def stored_path(files_dir: Path, row: FileRow) -> Path:
@@ -38,8 +37,8 @@ def training_path(files_dir: Path, row: FileRow) -> Path:
     return converted if row.data_format == "openai-dpo" else stored_path(files_dir, row)
 
 
-def owned_file(db: Db, owner: str, file_id: str) -> FileRow:
-    row = db.scalar(select(FileRow).where(FileRow.id == file_id, FileRow.owner == owner))
+def owned_file(db: Session, owner: str, file_id: str) -> FileRow:
+    row = store.owned_file(db, owner, file_id)
     if row is None:
         raise not_found("File", file_id)
     return row
@@ -52,7 +51,7 @@ TEMP_RE = re.compile(r"\.tmp-file-[0-9a-f]{24}(\.trl)?\.jsonl")
 def remove_stale_uploads(files_dir: Path) -> list[str]:
     """Remove the temporaries of uploads a killed server left (ours by name, regular files only); at start,
     before any upload can be in flight. Returns the names removed."""
-    removed = []
+    removed: list[str] = []
     for entry in os.scandir(files_dir):
         if TEMP_RE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
             os.unlink(entry.path)
@@ -65,11 +64,21 @@ def _safe_name(name: str | None) -> str:
     return "".join(c for c in base if c.isprintable())[:200] or "upload.jsonl"
 
 
-@router.post("/files")
+@router.post("/files", response_model=FileObject)
 def upload(ctx: Ctx, db: Db, key: Caller, file: Annotated[UploadFile, File()],
-           purpose: Annotated[str, Form()]) -> dict[str, Any]:
+           purpose: Annotated[str, Form()]) -> FileObject:
     """Store and validate a ``fine-tune`` JSONL file; a bad row is a 400 naming ``filename:line``."""
-    if purpose not in ("fine-tune", "user_data"):
+    return store_upload(ctx, db, key, file, purpose)
+
+
+def store_upload(ctx: ServerContext, db: Session, key: ApiKey, file: UploadFile, purpose: str) -> FileObject:
+    """The upload route's work (the console's upload calls it too)."""
+    kind: FilePurpose
+    if purpose == "fine-tune":
+        kind = "fine-tune"
+    elif purpose == "user_data":
+        kind = "user_data"
+    else:
         raise ApiError(400, f"purpose '{purpose}' is not supported here; upload preference pairs with "
                        "purpose='fine-tune' (or an eval task file with 'user_data')", param="purpose",
                        code="invalid_purpose")
@@ -84,7 +93,7 @@ def upload(ctx: Ctx, db: Db, key: Caller, file: Annotated[UploadFile, File()],
     try:
         with tmp.open("wb") as out:
             shutil.copyfileobj(file.file, out, 1 << 20)
-        info = check_upload(tmp, name) if purpose == "fine-tune" else check_jsonl(tmp, name)
+        info = check_upload(tmp, name) if kind == "fine-tune" else check_jsonl(tmp, name)
         if info.data_format == "openai-dpo":
             os.replace(info.train_path, dest.with_suffix(".trl.jsonl"))
         size = tmp.stat().st_size
@@ -94,24 +103,19 @@ def upload(ctx: Ctx, db: Db, key: Caller, file: Annotated[UploadFile, File()],
     finally:  # nothing half-stored stays (a killed server's leftovers go at the next start)
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".trl.jsonl").unlink(missing_ok=True)
-    row = FileRow(id=file_id, owner=key.id, filename=name, purpose=purpose, bytes=size, created_at=now(),
-                  rows=info.rows, data_format=info.data_format)
-    db.add(row)
-    db.commit()
-    return file_object(row)
+    return file_object(store.add_file(db, file_id=file_id, owner=key.id, filename=name, purpose=kind,
+                                      size=size, rows=info.rows, data_format=info.data_format))
 
 
-@router.get("/files")
+@router.get("/files", response_model=CursorPage[FileObject])
 async def list_files(db: Db, key: Caller, after: str | None = None, limit: int = 10000, order: str = "desc",
-               purpose: str | None = None) -> dict[str, Any]:
-    query = select(FileRow).where(FileRow.owner == key.id)
-    if purpose:
-        query = query.where(FileRow.purpose == purpose)
-    return page(db, FileRow, query, after=after, limit=limit, order=order, render=file_object, max_limit=10000)
+                     purpose: str | None = None) -> CursorPage[FileObject]:
+    rows, more = store.file_page(db, key.id, purpose=purpose, after=after, limit=limit, order=order)
+    return cursor_page([file_object(r) for r in rows], more)
 
 
-@router.get("/files/{file_id}")
-async def retrieve(db: Db, key: Caller, file_id: str) -> dict[str, Any]:
+@router.get("/files/{file_id}", response_model=FileObject)
+async def retrieve(db: Db, key: Caller, file_id: str) -> FileObject:
     return file_object(owned_file(db, key.id, file_id))
 
 
@@ -123,16 +127,14 @@ def content(ctx: Ctx, db: Db, key: Caller, file_id: str) -> FileResponse:
     return FileResponse(path, media_type=media, filename=row.filename)
 
 
-@router.delete("/files/{file_id}")
-async def delete(ctx: Ctx, db: Db, key: Caller, file_id: str) -> dict[str, Any]:
+@router.delete("/files/{file_id}", response_model=FileDeleted)
+async def delete(ctx: Ctx, db: Db, key: Caller, file_id: str) -> FileDeleted:
     row = owned_file(db, key.id, file_id)
-    busy = db.scalar(select(JobRow.id).where(JobRow.owner == key.id, JobRow.status.in_(ACTIVE),
-                                             (JobRow.training_file == file_id) | (JobRow.validation_file == file_id)))
+    busy = store.job_using(db, key.id, file_id)
     if busy is not None:
         raise ApiError(409, f"{file_id} is used by {busy}, which has not finished; cancel the job or wait for it "
                        "before deleting the file", param="file_id", code="file_in_use")
     for suffix in (".jsonl", ".trl.jsonl", ".csv"):
         (ctx.config.files_dir / f"{row.id}{suffix}").unlink(missing_ok=True)
-    db.delete(row)
-    db.commit()
-    return {"id": file_id, "object": "file", "deleted": True}
+    store.delete_file(db, row)
+    return FileDeleted(id=file_id, deleted=True)

@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session
 from hdpo_core.io import atomic_write_text
 from hdpo_core.layout import FINAL, MERGED
 
+from . import store
 from .config import ServeConfig
-from .db import FileRow, JobRow, add_event, new_id, now
+from .db import JobRow, new_id
 from .progress import all_metrics
 
 CSV_COLUMNS = ("step", "train_loss", "train_rewards_accuracy", "train_reward_margin", "entropy", "ref_entropy",
@@ -38,11 +39,9 @@ def finish_job(config: ServeConfig, db: Session, job: JobRow) -> None:
     result_id = new_id("file")
     text = buf.getvalue()
     atomic_write_text(config.files_dir / f"{result_id}.csv", text)
-    db.add(FileRow(id=result_id, owner=job.owner, filename="step_metrics.csv", purpose="fine-tune-results",
-                   bytes=len(text.encode()), created_at=now(), rows=len(metrics), data_format="csv"))
+    store.add_file(db, file_id=result_id, owner=job.owner, filename="step_metrics.csv", purpose="fine-tune-results",
+                   size=len(text.encode()), rows=len(metrics), data_format="csv", commit=False)
     job.result_files = [result_id]
     job.trained_tokens = int(sum(int(r.get("tokens") or 0) for r in metrics))
     job.fine_tuned_model = ft_name(job) if (run_dir / MERGED).is_dir() or (run_dir / FINAL).is_dir() else None
-    job.status, job.finished_at, job.pid, job.lease_until = "succeeded", now(), None, None
-    add_event(db, job.id, "The job has successfully completed")
-    db.commit()
+    store.end_job(db, job, "succeeded", "The job has successfully completed")

@@ -14,28 +14,43 @@ from __future__ import annotations
 import math
 import secrets
 import shutil
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row
+from sqlalchemy.orm import Session
 
 from hdpo_core.layout import CHECKPOINT_STATE, RunLayout, step_of
 from service.spec.job import JobSpec
 from service.spec.job import TrainSpec as _TrainSpec
 
-from . import reads
-from .db import EventRow, FileRow, JobRow, add_event, new_id, now
-from .deps import Caller, Ctx, Db
+from . import store
+from .db import EventRow, JobRow, new_id, now
+from .deps import Caller, Ctx, Db, ServerContext, server
 from .errors import ApiError, not_found
 from .finish import ft_name
 from .jobspec import SUFFIX_RE, admin_settings, resolve_refs, run_dir_of, write_spec
 from .limits import check_depth, check_limits
-from .paging import page
 from .progress import all_metrics
+from .schemas import (
+    ERRORS,
+    CheckpointMetrics,
+    CursorPage,
+    DpoHyperparameters,
+    DpoMethod,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobEvent,
+    JobError,
+    JobExtension,
+    JobHyperparameters,
+    JobMethod,
+    MethodExtension,
+    cursor_page,
+)
 
-router = APIRouter()
+router = APIRouter(responses=ERRORS)
 BASE_LR: float = _TrainSpec.model_fields["learning_rate"].default
 HYPERPARAMETERS = ("beta", "batch_size", "learning_rate_multiplier", "n_epochs")
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -128,29 +143,34 @@ def openai_spec(req: CreateJob) -> dict[str, Any]:
 
 
 def method_echo(spec: JobSpec) -> dict[str, Any]:
-    """The effective hyperparameters, in OpenAI's shape plus the H-DPO ones."""
+    """The effective hyperparameters, in OpenAI's shape plus the H-DPO ones (stored as the job's ``method``)."""
     t = spec.train
-    hp = {"beta": spec.hdpo.beta, "batch_size": t.batch_size, "learning_rate_multiplier": t.learning_rate / BASE_LR,
-          "n_epochs": int(t.epochs) if t.epochs is not None and float(t.epochs).is_integer() else (t.epochs or "auto")}
-    return {"type": "dpo", "dpo": {"hyperparameters": hp},
-            "hdpo_tune": {"alpha": spec.hdpo.alpha, "max_steps": t.max_steps, "learning_rate": t.learning_rate,
-                          "lora": spec.lora is not None,
-                          "quantization": spec.quantization.model_dump() if spec.quantization else None}}
+    epochs: int | float | Literal["auto"] = "auto"
+    if t.epochs is not None:
+        epochs = int(t.epochs) if float(t.epochs).is_integer() else t.epochs
+    hp = DpoHyperparameters(beta=spec.hdpo.beta, batch_size=t.batch_size,
+                            learning_rate_multiplier=t.learning_rate / BASE_LR, n_epochs=epochs)
+    extension = MethodExtension(alpha=spec.hdpo.alpha, max_steps=t.max_steps, learning_rate=t.learning_rate,
+                                lora=spec.lora is not None,
+                                quantization=spec.quantization.model_dump() if spec.quantization else None)
+    return JobMethod(dpo=DpoMethod(hyperparameters=hp), hdpo_tune=extension).model_dump(mode="json")
 
 
-def job_object(job: JobRow | Row[Any]) -> dict[str, Any]:
+def job_object(job: JobRow | Row[Any]) -> FineTuningJob:
     """The API's job object, from the ORM row or a Core row of the jobs table (same attribute names)."""
-    hp = (job.method.get("dpo") or {}).get("hyperparameters", {})
-    return {"id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
-            "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at,
-            "hyperparameters": {k: hp.get(k) for k in ("batch_size", "learning_rate_multiplier", "n_epochs")},
-            "model": job.model, "organization_id": job.owner, "result_files": job.result_files or [],
-            "seed": job.seed, "status": job.status, "trained_tokens": job.trained_tokens,
-            "training_file": job.training_file, "validation_file": job.validation_file, "estimated_finish": None,
-            "integrations": [], "metadata": job.job_metadata, "method": job.method,
-            "user_provided_suffix": job.suffix,
-            "hdpo_tune": {"stage": job.last_stage or None, "step": job.last_metrics_step, "attempts": job.attempts,
-                          "cancel_requested": job.cancel_requested, "started_at": job.started_at}}
+    method = JobMethod.model_validate(job.method)
+    hp = method.dpo.hyperparameters if method.dpo is not None else DpoHyperparameters()
+    return FineTuningJob(
+        id=job.id, created_at=job.created_at, error=None if job.error is None else JobError.model_validate(job.error),
+        fine_tuned_model=job.fine_tuned_model, finished_at=job.finished_at,
+        hyperparameters=JobHyperparameters(batch_size=hp.batch_size, learning_rate_multiplier=hp.learning_rate_multiplier,
+                                           n_epochs=hp.n_epochs),
+        model=job.model, organization_id=job.owner, result_files=job.result_files or [], seed=job.seed,
+        status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
+        validation_file=job.validation_file, estimated_finish=None, integrations=[], metadata=job.job_metadata,
+        method=method, user_provided_suffix=job.suffix,
+        hdpo_tune=JobExtension(stage=job.last_stage or None, step=job.last_metrics_step, attempts=job.attempts,
+                               cancel_requested=job.cancel_requested, started_at=job.started_at))
 
 
 def _check_meta(suffix: str | None, metadata: dict[str, str] | None) -> None:
@@ -161,15 +181,17 @@ def _check_meta(suffix: str | None, metadata: dict[str, str] | None) -> None:
                        param="metadata")
 
 
-def _rows(db: Db, owner: str, spec: dict[str, Any], section: str, key: str) -> int | None:
+def _rows(db: Session, owner: str, spec: dict[str, Any], section: str, key: str) -> int | None:
     """Rows of the uploaded file a spec field names (None: a Hub dataset, or the field is not set)."""
-    ref = (spec.get(section) or {}).get(key)
+    sec = spec.get(section)
+    ref = sec.get(key) if isinstance(sec, dict) else None
     if not isinstance(ref, str) or not ref.startswith("file-"):
         return None
-    return db.scalar(select(FileRow.rows).where(FileRow.id == ref, FileRow.owner == owner))
+    row = store.owned_file(db, owner, ref)
+    return row.rows if row is not None else None
 
 
-def create_job(ctx: Ctx, db: Db, owner: str, spec: dict[str, Any], *, model: str, training_file: str,
+def create_job(ctx: ServerContext, db: Session, owner: str, spec: dict[str, Any], *, model: str, training_file: str,
                validation_file: str | None, suffix: str | None, metadata: dict[str, str] | None,
                request: dict[str, Any]) -> JobRow:
     """Resolve, write and check the spec, then queue the job (shared by the OpenAI and native endpoints)."""
@@ -183,28 +205,22 @@ def create_job(ctx: Ctx, db: Db, owner: str, spec: dict[str, Any], *, model: str
     except ApiError:
         shutil.rmtree(run_dir_of(ctx.config, job_id), ignore_errors=True)
         raise
-    job = JobRow(id=job_id, owner=owner, status="validating_files", model=model, training_file=training_file,
-                 validation_file=validation_file, seed=checked.train.seed, suffix=suffix, job_metadata=metadata,
-                 method=method_echo(checked), request=request, created_at=now(), result_files=[])
-    db.add(job)
-    db.flush()  # the job row first: events reference it
-    add_event(db, job_id, f"Created fine-tuning job: {job_id}")
-    add_event(db, job_id, "Validated the training file and the job spec")
-    job.status = "queued"
-    add_event(db, job_id, "Job queued")
-    db.commit()
-    return job
+    return store.queue_job(db, JobRow(
+        id=job_id, owner=owner, status="validating_files", model=model, training_file=training_file,
+        validation_file=validation_file, seed=checked.train.seed, suffix=suffix, job_metadata=metadata,
+        method=method_echo(checked), request=request, created_at=now(), result_files=[], attempts=0,
+        cancel_requested=False, last_metrics_step=0, last_stage="", stages_reported=[]))
 
 
-def owned_job(db: Db, owner: str, job_id: str) -> JobRow:
-    job = db.scalar(select(JobRow).where(JobRow.id == job_id, JobRow.owner == owner))
+def owned_job(db: Session, owner: str, job_id: str) -> JobRow:
+    job = store.owned_job(db, owner, job_id)
     if job is None:
         raise not_found("fine-tuning job", job_id)
     return job
 
 
-@router.post("/fine_tuning/jobs")
-def create(ctx: Ctx, db: Db, key: Caller, body: CreateJob) -> dict[str, Any]:
+@router.post("/fine_tuning/jobs", response_model=FineTuningJob)
+def create(ctx: Ctx, db: Db, key: Caller, body: CreateJob) -> FineTuningJob:
     spec = openai_spec(body)
     job = create_job(ctx, db, key.id, spec, model=body.model, training_file=body.training_file,
                      validation_file=body.validation_file, suffix=body.suffix, metadata=body.metadata,
@@ -212,57 +228,48 @@ def create(ctx: Ctx, db: Db, key: Caller, body: CreateJob) -> dict[str, Any]:
     return job_object(job)
 
 
-@router.get("/fine_tuning/jobs")
-async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> JSONResponse:
-    """The status path (:mod:`.reads`): Core queries on a pooled connection, no dependency chain."""
-    rows, more = reads.job_page(request.app.state.ctx.engine, request.headers.get("authorization", ""),
-                                after=after, limit=limit)
-    return JSONResponse({"object": "list", "data": [job_object(r) for r in rows], "has_more": more,
-                         "first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None})
+@router.get("/fine_tuning/jobs", response_model=CursorPage[FineTuningJob])
+async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> CursorPage[FineTuningJob]:
+    """The status path (:func:`.store.job_page`): Core queries on a pooled connection, no dependency chain."""
+    rows, more = store.job_page(server(request).engine, request.headers.get("authorization", ""), after=after,
+                                limit=limit)
+    return cursor_page([job_object(r) for r in rows], more)
 
 
-@router.get("/fine_tuning/jobs/{job_id}")
-async def retrieve(request: Request, job_id: str) -> JSONResponse:
-    row = reads.job_row(request.app.state.ctx.engine, request.headers.get("authorization", ""), job_id)
+@router.get("/fine_tuning/jobs/{job_id}", response_model=FineTuningJob)
+async def retrieve(request: Request, job_id: str) -> FineTuningJob:
+    row = store.job_row(server(request).engine, request.headers.get("authorization", ""), job_id)
     if row is None:
         raise not_found("fine-tuning job", job_id)
-    return JSONResponse(job_object(row))
+    return job_object(row)
 
 
-@router.post("/fine_tuning/jobs/{job_id}/cancel")
-async def cancel(db: Db, key: Caller, job_id: str) -> dict[str, Any]:
+@router.post("/fine_tuning/jobs/{job_id}/cancel", response_model=FineTuningJob)
+async def cancel(db: Db, key: Caller, job_id: str) -> FineTuningJob:
     """Queued: cancelled at once. Running: SIGTERM from the scheduler, a checkpoint, then ``cancelled``."""
     job = owned_job(db, key.id, job_id)
     if job.status in TERMINAL:
         raise ApiError(400, f"{job_id} has already {'been cancelled' if job.status == 'cancelled' else 'finished'} "
                        f"(status {job.status})", param="fine_tuning_job_id", code="job_not_cancellable")
-    if job.status in ("validating_files", "queued") and db.execute(
-            update(JobRow).where(JobRow.id == job_id, JobRow.status.in_(("validating_files", "queued")))
-            .values(status="cancelled", cancel_requested=True, finished_at=now())).rowcount == 1:
-        add_event(db, job_id, "The job was cancelled before it started")
-    else:
-        job.cancel_requested = True
-        add_event(db, job_id, "Cancellation requested; the job stops at the next step boundary after a checkpoint")
-    db.commit()
-    db.refresh(job)
-    return job_object(job)
+    return job_object(store.request_cancel(db, job))
 
 
-def event_object(ev: EventRow) -> dict[str, Any]:
-    return {"id": ev.id, "object": "fine_tuning.job.event", "created_at": ev.created_at, "level": ev.level,
-            "message": ev.message, "data": ev.data, "type": ev.type}
+def event_object(ev: EventRow) -> FineTuningJobEvent:
+    return FineTuningJobEvent(id=ev.id, created_at=ev.created_at, level=ev.level, message=ev.message, data=ev.data,
+                              type=ev.type)
 
 
-@router.get("/fine_tuning/jobs/{job_id}/events")
-async def events(db: Db, key: Caller, job_id: str, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+@router.get("/fine_tuning/jobs/{job_id}/events", response_model=CursorPage[FineTuningJobEvent])
+async def events(db: Db, key: Caller, job_id: str, after: str | None = None,
+                 limit: int = 20) -> CursorPage[FineTuningJobEvent]:
     owned_job(db, key.id, job_id)
-    return page(db, EventRow, select(EventRow).where(EventRow.job_id == job_id), after=after, limit=limit,
-                order="desc", render=event_object, max_limit=1000)
+    rows, more = store.event_page(db, job_id, after=after, limit=limit)
+    return cursor_page([event_object(r) for r in rows], more)
 
 
-@router.get("/fine_tuning/jobs/{job_id}/checkpoints")
+@router.get("/fine_tuning/jobs/{job_id}/checkpoints", response_model=CursorPage[FineTuningJobCheckpoint])
 def checkpoints(ctx: Ctx, db: Db, key: Caller, job_id: str, after: str | None = None,
-                limit: int = 10) -> dict[str, Any]:
+                limit: int = 10) -> CursorPage[FineTuningJobCheckpoint]:
     """The resumable checkpoints on disk (``train.keep_checkpoints`` most recent), newest first."""
     if not 1 <= limit <= 100:
         raise ApiError(400, f"limit must be between 1 and 100, got {limit}", param="limit", code="invalid_limit")
@@ -273,17 +280,13 @@ def checkpoints(ctx: Ctx, db: Db, key: Caller, job_id: str, after: str | None = 
     for folder in folders:
         step = step_of(folder)
         rec = by_step.get(step, {})
-        items.append({"id": f"ftckpt-{job.id.split('-', 1)[1]}-{step}", "object": "fine_tuning.job.checkpoint",
-                      "created_at": int((folder / CHECKPOINT_STATE).stat().st_mtime),
-                      "fine_tuned_model_checkpoint": f"{ft_name(job)}:ckpt-step-{step}",
-                      "fine_tuning_job_id": job.id, "step_number": step,
-                      "metrics": {"step": step, "train_loss": rec.get("loss"), "valid_loss": rec.get("eval/loss"),
-                                  "train_mean_token_accuracy": None, "valid_mean_token_accuracy": None,
-                                  "full_valid_loss": None, "full_valid_mean_token_accuracy": None}})
-    ids = [i["id"] for i in items]
+        items.append(FineTuningJobCheckpoint(
+            id=f"ftckpt-{job.id.split('-', 1)[1]}-{step}", created_at=int((folder / CHECKPOINT_STATE).stat().st_mtime),
+            fine_tuned_model_checkpoint=f"{ft_name(job)}:ckpt-step-{step}", fine_tuning_job_id=job.id,
+            step_number=step, metrics=CheckpointMetrics(step=step, train_loss=rec.get("loss"),
+                                                        valid_loss=rec.get("eval/loss"))))
+    ids = [i.id for i in items]
     start = ids.index(after) + 1 if after in ids else 0
     if after and after not in ids:
         raise ApiError(400, f"after: no such checkpoint {after}", param="after", code="invalid_cursor")
-    chunk = items[start:start + limit]
-    return {"object": "list", "data": chunk, "has_more": start + limit < len(items),
-            "first_id": chunk[0]["id"] if chunk else None, "last_id": chunk[-1]["id"] if chunk else None}
+    return cursor_page(items[start:start + limit], start + limit < len(items))

@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from hdpo_core.errors import InputError
@@ -23,8 +22,8 @@ from hdpo_core.layout import FINAL, JOB_FILE, MERGED
 from service.runfolder.ownership import claim
 from service.spec.job import JobSpec, dump_yaml, load_spec
 
+from . import store
 from .config import ServeConfig
-from .db import FileRow, JobRow
 from .errors import ApiError
 
 #: (section, field, kind): every path-like field of the spec. kind: model | data | forbidden
@@ -60,8 +59,7 @@ def resolve_model(config: ServeConfig, db: Session, owner: str, name: str, where
     """A model name -> what ``model.name_or_path`` gets: a folder under a model root, the merged model of one
     of the caller's finished jobs (its ``fine_tuned_model``), or a Hub id. Never a client-given path."""
     if name.startswith("ft:"):
-        job = db.scalar(select(JobRow).where(JobRow.owner == owner, JobRow.fine_tuned_model == name,
-                                             JobRow.status == "succeeded"))
+        job = store.succeeded_job(db, owner, name)
         for sub in (MERGED, FINAL):  # final/ may be a LoRA adapter: the pipeline merges it into its base
             if job is not None and (config.runs_dir / job.id / sub).is_dir():
                 return str(config.runs_dir / job.id / sub)
@@ -83,7 +81,7 @@ def resolve_data(config: ServeConfig, db: Session, owner: str, ref: str, where: 
     from .files_api import training_path
 
     if ref.startswith("file-"):
-        row = db.scalar(select(FileRow).where(FileRow.id == ref, FileRow.owner == owner))
+        row = store.owned_file(db, owner, ref)
         if row is None:
             raise ApiError(400, f"{where}: no such file {ref}; upload it first (files.create)", param=where,
                            code="file_not_found")

@@ -19,16 +19,19 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.orm import Session
 
 from hdpo_core import artifact, layout
 from hdpo_core.public_paths import public_path
 
-from .deps import Caller, Ctx, Db
+from .db import ApiKey
+from .deps import Caller, Ctx, Db, ServerContext
 from .errors import ApiError
 from .jobs_api import create_job, job_object, owned_job
 from .limits import check_depth
+from .schemas import ERRORS, FineTuningJob
 
-router = APIRouter()
+router = APIRouter(responses=ERRORS)
 PARTS = (layout.FINAL, layout.MERGED, layout.ONNX, layout.EVAL)
 
 
@@ -39,18 +42,25 @@ class NativeJob(BaseModel):
     metadata: dict[str, str] | None = None
 
 
-@router.post("/hdpo/jobs")
-def create_native(ctx: Ctx, db: Db, key: Caller, body: NativeJob) -> dict[str, Any]:
+@router.post("/hdpo/jobs", response_model=FineTuningJob)
+def create(ctx: Ctx, db: Db, key: Caller, body: NativeJob) -> FineTuningJob:
+    return create_native(ctx, db, key, body)
+
+
+def create_native(ctx: ServerContext, db: Session, key: ApiKey, body: NativeJob) -> FineTuningJob:
+    """A job from a full spec (the console's new-job form calls it too)."""
     check_depth(body.spec, "spec")
     spec = body.spec
-    model = (spec.get("model") or {}).get("name_or_path") if isinstance(spec.get("model"), dict) else None
-    data = spec.get("data") if isinstance(spec.get("data"), dict) else {}
-    if not isinstance(model, str) or not isinstance(data.get("train"), str):
+    model_section, data = spec.get("model"), spec.get("data")
+    model = model_section.get("name_or_path") if isinstance(model_section, dict) else None
+    train = data.get("train") if isinstance(data, dict) else None
+    if not isinstance(model, str) or not isinstance(train, str):
         raise ApiError(400, "spec: needs model.name_or_path (a model name) and data.train (an uploaded file id)",
                        param="spec", code="invalid_spec")
-    job = create_job(ctx, db, key.id, spec, model=model, training_file=data["train"],
-                     validation_file=data.get("eval"), suffix=body.suffix, metadata=body.metadata,
-                     request=body.model_dump(mode="json"))
+    validation = data.get("eval") if isinstance(data, dict) else None
+    job = create_job(ctx, db, key.id, spec, model=model, training_file=train,
+                     validation_file=validation if isinstance(validation, str) else None, suffix=body.suffix,
+                     metadata=body.metadata, request=body.model_dump(mode="json"))
     return job_object(job)
 
 
@@ -71,7 +81,7 @@ class _Sink:
 
 def _files(root: Path) -> list[Path]:
     """Regular files under ``root``; links are neither followed nor sent (nothing outside the run folder)."""
-    out = []
+    out: list[Path] = []
     for folder, _dirs, names in os.walk(root):  # os.walk does not descend into linked folders
         out.extend(Path(folder) / n for n in names if not (Path(folder) / n).is_symlink())
     return sorted(out)
@@ -118,7 +128,7 @@ def check_whole(run_dir: Path, parts: list[str], job_id: str) -> None:
                            "after the job finished, so it is not sent", param="parts", code="artifact_damaged")
 
 
-def _tar_stream(run_dir: Path, parts: list[str], name: str) -> Iterator[bytes]:
+def tar_stream(run_dir: Path, parts: list[str], name: str) -> Iterator[bytes]:
     sink = _Sink()
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         for part in parts:
@@ -153,4 +163,4 @@ def artifacts(ctx: Ctx, db: Db, key: Caller, job_id: str, parts: str | None = No
                        code="invalid_parts")
     check_whole(run_dir, wanted, job_id)
     headers = {"Content-Disposition": f'attachment; filename="{job.id}.tar"'}
-    return StreamingResponse(_tar_stream(run_dir, wanted, job.id), media_type="application/x-tar", headers=headers)
+    return StreamingResponse(tar_stream(run_dir, wanted, job.id), media_type="application/x-tar", headers=headers)

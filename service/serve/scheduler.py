@@ -21,16 +21,17 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
+from . import store
 from .config import ServeConfig
-from .db import JobRow, add_event, job_by_id, now
+from .db import JobRow, Sessions, now
 from .executor import Busy, Executor, JobProcess
 from .finish import finish_job
 from .progress import MetricsReader, metric_event, read_status
+from .schemas import EventLevel
 
 log = logging.getLogger("hdpo_tune.serve")
 
@@ -47,7 +48,7 @@ class Running:
 
 
 class Scheduler:
-    def __init__(self, config: ServeConfig, sessions: sessionmaker, executor: Executor) -> None:
+    def __init__(self, config: ServeConfig, sessions: Sessions, executor: Executor) -> None:
         self.config, self.sessions, self.executor = config, sessions, executor
         self.workers = config.worker_count()
         self.running: dict[str, Running] = {}
@@ -84,11 +85,11 @@ class Scheduler:
                 if run.process.poll() is not None:
                     with self.sessions() as db:
                         self._progress(db, run)
-                        job = job_by_id(db, job_id)
+                        job = store.job_by_id(db, job_id)
                         if job is not None and job.status == "running":
                             job.pid, job.lease_until = None, None
-                            add_event(db, job_id, "Server stopped: the job process wrote a checkpoint and exited; "
-                                      "it resumes when the server starts again", level="warn")
+                            store.add_event(db, job_id, "Server stopped: the job process wrote a checkpoint and "
+                                            "exited; it resumes when the server starts again", level="warn")
                         db.commit()
                     del self.running[job_id]
             time.sleep(0.2)
@@ -116,40 +117,33 @@ class Scheduler:
         job.pid, job.host, job.slot = process.pid, self.config.host_id, slot
         job.lease_until = now() + self.config.lease_s
         job.started_at = job.started_at or now()
-        add_event(db, job.id, note)
+        store.add_event(db, job.id, note)
         db.commit()
         self.running[job.id] = Running(job.id, process, slot, MetricsReader(run_dir))
 
     def _start_queued(self, db: Session, reserved: int) -> None:
         while (slot := self._free_slot(reserved)) is not None and not self._stop.is_set():
-            job = db.scalar(select(JobRow).where(JobRow.status == "queued").order_by(JobRow.seq).limit(1))
+            job = store.next_queued(db)
             if job is None:
                 return
-            claimed = db.execute(update(JobRow).where(JobRow.id == job.id, JobRow.status == "queued")
-                                 .values(status="running", host=self.config.host_id,
-                                         lease_until=now() + self.config.lease_s)).rowcount
-            db.commit()
-            if claimed != 1:
+            if not store.claim(db, job.id, host=self.config.host_id, lease_until=now() + self.config.lease_s):
                 continue  # another scheduler took it
             db.refresh(job)
-            add_event(db, job.id, "Fine-tuning job started")
+            store.add_event(db, job.id, "Fine-tuning job started")
             try:
                 self._launch(db, job, slot, f"Started `hdpo-tune run` (attempt 1) in slot {slot}")
             except Busy:
                 db.rollback()  # the folder is held (cannot happen for a new job); retried as an orphan
             except OSError as exc:
                 db.rollback()
-                self._fail(db, job_by_id(db, job.id), f"could not start the job process: {exc.strerror or exc}")
+                failed = store.job_by_id(db, job.id)
+                self._fail(db, failed, f"could not start the job process: {exc.strerror or exc}")
 
     def _resume_orphans(self, db: Session) -> int:
         """Jobs marked running that no process of this server runs: the server was killed or stopped.
         Returns how many still wait (their folder is held by the old process, or no slot is free): their slots
         are kept from queued jobs, so a resumed job never loses its place to a job queued after it."""
-        t = now()
-        orphans = db.scalars(select(JobRow).where(
-            JobRow.status == "running", JobRow.id.not_in(list(self.running) or [""]),
-            or_(JobRow.host == self.config.host_id, JobRow.host.is_(None), JobRow.lease_until < t))
-            .order_by(JobRow.seq)).all()
+        orphans = store.orphans(db, list(self.running), host=self.config.host_id, at=now())
         waiting = 0
         for job in orphans:
             run_dir = self.config.runs_dir / job.id
@@ -177,7 +171,7 @@ class Scheduler:
     # --- watching ----------------------------------------------------------------------------------------
 
     def _progress(self, db: Session, run: Running) -> JobRow | None:
-        job = job_by_id(db, run.job_id)
+        job = store.job_by_id(db, run.job_id)
         if job is None:
             return None
         status = read_status(self.config.runs_dir / job.id) or {}
@@ -187,19 +181,19 @@ class Scheduler:
         if status and stage_key != job.last_stage:
             job.last_stage = stage_key
             if status.get("stage") != "done":
-                add_event(db, job.id, f"Stage {status.get('stage')}: {status.get('state')}",
+                store.add_event(db, job.id, f"Stage {status.get('stage')}: {status.get('state')}",
                           data={"stage": status.get("stage"), "state": status.get("state")})
         # finished stages come from status.json's list, so a stage shorter than one poll is still reported
         done = [s for s in status.get("stages_done") or [] if s not in (job.stages_reported or [])]
         for stage in done:
-            add_event(db, job.id, f"Stage {stage}: done", data={"stage": stage, "state": "done"})
+            store.add_event(db, job.id, f"Stage {stage}: done", data={"stage": stage, "state": "done"})
         if done:
             job.stages_reported = [*(job.stages_reported or []), *done]
         for rec in run.reader.new_records():
             if rec["step"] <= job.last_metrics_step:
                 continue
             message, data = metric_event(rec, run.total_steps)
-            add_event(db, job.id, message, type_="metrics", data=data)
+            store.add_event(db, job.id, message, type_="metrics", data=data)
             job.last_metrics_step = rec["step"]
         t = now()
         if job.lease_until is None or job.lease_until - t < self.config.lease_s // 2:
@@ -213,7 +207,7 @@ class Scheduler:
         if job.cancel_requested and not run.term_sent:
             run.process.terminate()
             run.term_sent = True
-            add_event(db, job.id, "Cancellation requested: SIGTERM sent; the job writes a checkpoint and stops")
+            store.add_event(db, job.id, "Cancellation requested: SIGTERM sent; the job writes a checkpoint and stops")
         db.commit()
         code = run.process.poll()
         if code is None:
@@ -228,10 +222,9 @@ class Scheduler:
             reason = status.get("error") or f"the job process exited with code {code}; see its log"
             self._fail(db, job, str(reason), code="invalid_input" if code == 2 else "job_failed")
 
-    def _finish(self, db: Session, job: JobRow, state: str, message: str, level: str = "info") -> None:
-        job.status, job.finished_at, job.pid, job.lease_until = state, now(), None, None
-        add_event(db, job.id, message, level=level)
-        db.commit()
+    def _finish(self, db: Session, job: JobRow, state: Literal["failed", "cancelled"], message: str,
+                level: EventLevel = "info") -> None:
+        store.end_job(db, job, state, message, level=level)
 
     def _fail(self, db: Session, job: JobRow | None, message: str, code: str = "job_failed") -> None:
         if job is None:

@@ -23,7 +23,7 @@ from service.serve.console.series import keep_extremes, read_columns, series_pay
 from service.serve.console.session import COOKIE  # noqa: E402
 from service.serve.console.ui import create_ui_app  # noqa: E402
 from service.serve.db import JobRow, new_id, now  # noqa: E402
-from service.serve.keys import create_key  # noqa: E402
+from service.serve.store import create_key  # noqa: E402
 
 H = {"X-HDPO-Console": "1"}
 
@@ -190,7 +190,7 @@ def test_ui_on_a_folder_without_runs_is_one_line_and_exit_2(tmp_path: Path) -> N
 
 
 def test_a_revoked_key_ends_its_sessions(served) -> None:  # type: ignore[no-untyped-def]
-    from service.serve.keys import find_key, revoke_key
+    from service.serve.store import find_key, revoke_key
 
     client, key, _ = served
     client.post("/console/api/session", json={"key": key}, headers=H)
@@ -218,7 +218,7 @@ def test_jobs_sharing_metadata_sweep_form_a_sweep_and_a_bad_metric_is_a_400(serv
     client, key, _ = served
     client.post("/console/api/session", json={"key": key}, headers=H)
     with client.app.state.ctx.sessions() as db:
-        from service.serve.keys import find_key
+        from service.serve.store import find_key
 
         owner = find_key(db, key).id
         ids = []

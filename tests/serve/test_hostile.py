@@ -250,7 +250,7 @@ def test_status_path_equals_the_orm_path(srv: dict[str, Any]) -> None:
     from service.serve.db import ApiKey, JobRow, make_engine, session_factory
     from service.serve.jobs_api import job_object
     from service.serve.keys import hash_key
-    from service.serve.paging import page
+    from service.serve.store import _page
 
     http = srv["http"]
     ids = [_create(srv, {"train": {"max_steps": 2}}, suffix=f"s{i}", metadata={"i": str(i)}).json()["id"]
@@ -268,14 +268,16 @@ def test_status_path_equals_the_orm_path(srv: dict[str, Any]) -> None:
         owner = db.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(srv["key"])))
         for job_id in ids:
             assert http.get(f"/v1/fine_tuning/jobs/{job_id}").json() == job_object(
-                db.scalar(select(JobRow).where(JobRow.id == job_id)))
+                db.scalar(select(JobRow).where(JobRow.id == job_id))).model_dump(mode="json")
         after = None
         for _ in range(20):
             q = {"limit": 3, **({"after": after} if after else {})}
             fast = http.get("/v1/fine_tuning/jobs", params=q).json()
-            slow = page(db, JobRow, select(JobRow).where(JobRow.owner == owner), after=after, limit=3, order="desc",
-                        render=job_object)
-            assert fast == json.loads(json.dumps(slow))
+            rows, more = _page(db, JobRow, select(JobRow).where(JobRow.owner == owner), after=after, limit=3,
+                               order="desc", max_limit=100)
+            slow = {"object": "list", "data": [job_object(r).model_dump(mode="json") for r in rows],
+                    "has_more": more, "first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None}
+            assert fast == slow
             if not fast["has_more"]:
                 break
             after = fast["last_id"]

@@ -90,3 +90,20 @@ def test_service_on_postgresql(pg_url, tmp_path, model_root):
     finally:
         server.stop()
     assert not (data / "serve.db").exists()  # the state went to PostgreSQL
+
+
+def test_a_postgresql_database_of_the_release_before_alembic_is_upgraded(pg_url: str, tmp_path: Path) -> None:
+    """The upgrade of tests/serve/test_migrations.py on PostgreSQL (its own database in the same cluster)."""
+    pytest.importorskip("psycopg")
+    import sqlalchemy as sa
+
+    from .test_migrations import build_legacy, check_served_unchanged
+
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql("CREATE DATABASE legacy")
+    admin.dispose()
+    url = pg_url.rsplit("/", 1)[0] + "/legacy"
+    build_legacy(url, "postgresql")
+    check_served_unchanged(tmp_path / "data", url)
+    check_served_unchanged(tmp_path / "data", url)  # a second start: already at the head

@@ -61,7 +61,7 @@ def test_keys_are_stored_hashed_and_revocable(tmp_path):
     assert runner.invoke(app, ["serve", "keys", "revoke", key_id, "--data", data]).exit_code == 0
     assert runner.invoke(app, ["serve", "keys", "list", "--data", data]).stdout.strip().endswith("revoked")
     from service.serve.db import make_engine, session_factory
-    from service.serve.keys import find_key
+    from service.serve.store import find_key
 
     with session_factory(make_engine(f"sqlite:///{tmp_path / 'd' / 'serve.db'}"))() as s:
         assert find_key(s, key) is None
@@ -99,7 +99,8 @@ def test_second_server_on_one_data_folder_is_refused(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_a_database_of_another_schema_version_is_refused(tmp_path):
+def test_a_database_of_an_unknown_schema_is_refused(tmp_path):
+    """A newer hdpo-tune's revision, or a pre-Alembic version other than 1: one line, nothing touched."""
     import sqlite3
 
     import pytest
@@ -110,8 +111,14 @@ def test_a_database_of_another_schema_version_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'serve.db'}"
     make_engine(url).dispose()
     with sqlite3.connect(tmp_path / "serve.db") as con:
+        con.execute("update alembic_version set version_num = '0999'")
+    with pytest.raises(InputError, match=r"at schema revision 0999, which this hdpo-tune serve does not know"):
+        make_engine(url)
+    with sqlite3.connect(tmp_path / "serve.db") as con:
+        assert con.execute("select version_num from alembic_version").fetchall() == [("0999",)]
+        con.execute("drop table alembic_version")
         con.execute("update meta set value = '0' where key = 'schema_version'")
-    with pytest.raises(InputError, match="schema version 0, this hdpo-tune serve needs 1"):
+    with pytest.raises(InputError, match=r"at schema version 0 \(meta.schema_version\)"):
         make_engine(url)
 
 
@@ -150,8 +157,9 @@ def test_an_interrupted_job_keeps_its_slot_until_its_folder_is_free(tmp_path):
     """After a crash the old job process may still be writing its checkpoint: the queued job must not take
     the slot meanwhile, and the job resumes (attempt 2) as soon as the folder is free."""
     from service.serve.config import ServeConfig
-    from service.serve.db import ApiKey, JobRow, job_by_id, make_engine, session_factory
+    from service.serve.db import ApiKey, JobRow, make_engine, session_factory
     from service.serve.scheduler import Scheduler
+    from service.serve.store import job_by_id
 
     config = ServeConfig(data_dir=tmp_path, workers=1, host_id="here")
     sessions = session_factory(make_engine(config.database_url))

@@ -26,4 +26,4 @@ def install(app: FastAPI, *, data_dir: Path | None = None, catalogue: Catalogue 
     app.state.console_secret = load_secret(data_dir) if data_dir is not None else b""
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=STATIC), name="console-static")
-    app.add_middleware(SecurityHeaders)  # type: ignore[arg-type]
+    app.add_middleware(SecurityHeaders)

@@ -5,22 +5,39 @@ two set up (:func:`install`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, JsonValue
+from sqlalchemy.orm import Session
 
 from hdpo_core.layout import METRICS
 
+from .. import store
 from ..db import ApiKey
+from ..deps import server
 from ..errors import ApiError
+from ..schemas import FileObject, FineTuningJob
 from .local import Catalogue, LocalView
 from .runinfo import inside
+from .schemas import (
+    Comparison,
+    ConsoleEvents,
+    ConsoleJobDetails,
+    ConsoleJobs,
+    Files,
+    MetricSeries,
+    Names,
+    SessionInfo,
+    SignedIn,
+    SignedOut,
+    Sweeps,
+)
 from .series import DEFAULT_POINTS, series_payload
+from .served import ServedView
 from .session import COOKIE, cookie_args, cross_site, make_token, read_token
 from .view import NotFound, View, compare
 
@@ -29,10 +46,19 @@ router = APIRouter()
 api = "/console/api"
 
 
-def _key(request: Request, db: Any) -> ApiKey | None:
-    key_id = read_token(request.app.state.console_secret, request.cookies.get(COOKIE))
-    row = db.get(ApiKey, key_id) if key_id else None
-    return row if row is not None and not row.revoked else None
+def _secret(request: Request) -> bytes:
+    secret = request.app.state.console_secret
+    return secret if isinstance(secret, bytes) else b""
+
+
+def _catalogue(request: Request) -> Catalogue | None:
+    catalogue = request.app.state.console_catalogue
+    return catalogue if isinstance(catalogue, Catalogue) else None
+
+
+def _key(request: Request, db: Session) -> ApiKey | None:
+    key_id = read_token(_secret(request), request.cookies.get(COOKIE))
+    return store.live_key(db, key_id) if key_id else None
 
 
 def _signin_needed() -> ApiError:
@@ -40,15 +66,13 @@ def _signin_needed() -> ApiError:
                     code="not_signed_in")
 
 
-def get_view(request: Request) -> Iterator[View]:
+def get_view(request: Request) -> Generator[View]:
     """The caller's view: every local run under ``hdpo-tune ui``, else the signed-in key's jobs (401 without)."""
-    catalogue: Catalogue | None = request.app.state.console_catalogue
+    catalogue = _catalogue(request)
     if catalogue is not None:
         yield LocalView(catalogue)
         return
-    from .served import ServedView
-
-    ctx = request.app.state.ctx
+    ctx = server(request)
     with ctx.sessions() as db:
         key = _key(request, db)
         if key is None:
@@ -66,15 +90,15 @@ def guard(request: Request) -> None:
 ViewDep = Annotated[View, Depends(get_view)]
 
 
-def _job(view: View, job_id: str) -> dict[str, Any]:
+def _job(view: View, job_id: str) -> ConsoleJobDetails:
     try:
-        return view.job(job_id)
+        return ConsoleJobDetails.model_validate(view.job(job_id))
     except NotFound:
         raise ApiError(404, f"No such job: {job_id[:80]}", param="id", code="not_found") from None
 
 
-def _writable(view: View) -> Any:
-    if view.read_only:
+def _writable(view: View) -> ServedView:
+    if not isinstance(view, ServedView):
         raise ApiError(405, "hdpo-tune ui is read-only; start jobs with hdpo-tune serve", code="read_only")
     return view
 
@@ -113,51 +137,47 @@ class SignIn(BaseModel):
     key: str
 
 
-@router.get(f"{api}/session")
-def session_info(request: Request) -> dict[str, Any]:
-    if request.app.state.console_catalogue is not None:
-        return {"mode": "local", "signed_in": True, "read_only": True, "name": None}
-    with request.app.state.ctx.sessions() as db:
+@router.get(f"{api}/session", response_model=SessionInfo)
+def session_info(request: Request) -> SessionInfo:
+    if _catalogue(request) is not None:
+        return SessionInfo(mode="local", signed_in=True, read_only=True, name=None)
+    with server(request).sessions() as db:
         key = _key(request, db)
-        return {"mode": "serve", "signed_in": key is not None, "read_only": False,
-                "name": key.name if key else None}
+        return SessionInfo(mode="serve", signed_in=key is not None, read_only=False,
+                           name=key.name if key else None)
 
 
-@router.post(f"{api}/session", dependencies=[Depends(guard)])
-def sign_in(request: Request, body: SignIn) -> JSONResponse:
-    from ..keys import find_key
-
-    if request.app.state.console_catalogue is not None:
+@router.post(f"{api}/session", dependencies=[Depends(guard)], response_model=SignedIn)
+def sign_in(request: Request, response: Response, body: SignIn) -> SignedIn:
+    if _catalogue(request) is not None:
         raise ApiError(405, "hdpo-tune ui needs no sign-in", code="read_only")
-    with request.app.state.ctx.sessions() as db:
-        row = find_key(db, body.key.strip())
+    with server(request).sessions() as db:
+        row = store.find_key(db, body.key.strip())
         if row is None:
             raise ApiError(401, "Incorrect API key.", param="key", code="invalid_api_key")
-        out = JSONResponse({"signed_in": True, "name": row.name})
-        out.set_cookie(COOKIE, make_token(request.app.state.console_secret, row.id), **cookie_args(request))
-        return out
+        response.set_cookie(COOKIE, make_token(_secret(request), row.id), **cookie_args(request))
+        return SignedIn(name=row.name)
 
 
-@router.delete(f"{api}/session", dependencies=[Depends(guard)])
-def sign_out(request: Request) -> JSONResponse:
-    out = JSONResponse({"signed_in": False})
-    out.delete_cookie(COOKIE, **cookie_args(request))
-    return out
+@router.delete(f"{api}/session", dependencies=[Depends(guard)], response_model=SignedOut)
+def sign_out(request: Request, response: Response) -> SignedOut:
+    response.delete_cookie(COOKIE, **cookie_args(request))
+    return SignedOut()
 
 
 # ---- reads -----------------------------------------------------------------------------------------------------
-@router.get(f"{api}/jobs")
-def jobs(view: ViewDep) -> dict[str, Any]:
-    return {"data": view.jobs(), "read_only": view.read_only}
+@router.get(f"{api}/jobs", response_model=ConsoleJobs)
+def jobs(view: ViewDep) -> ConsoleJobs:
+    return ConsoleJobs.model_validate({"data": view.jobs(), "read_only": view.read_only})
 
 
-@router.get(f"{api}/jobs/{{job_id}}")
-def job(view: ViewDep, job_id: str) -> dict[str, Any]:
+@router.get(f"{api}/jobs/{{job_id}}", response_model=ConsoleJobDetails)
+def job(view: ViewDep, job_id: str) -> ConsoleJobDetails:
     return _job(view, job_id)
 
 
-@router.get(f"{api}/jobs/{{job_id}}/metrics")
-def metrics(view: ViewDep, job_id: str, after: int | None = None, points: int = DEFAULT_POINTS) -> dict[str, Any]:
+@router.get(f"{api}/jobs/{{job_id}}/metrics", response_model=MetricSeries)
+def metrics(view: ViewDep, job_id: str, after: int | None = None, points: int = DEFAULT_POINTS) -> MetricSeries:
     """Every metric's curve, downsampled keeping extremes; ``after=STEP`` returns only later steps."""
     if not 10 <= points <= 20000:
         raise ApiError(400, "points: use 10 to 20000", param="points")
@@ -167,14 +187,14 @@ def metrics(view: ViewDep, job_id: str, after: int | None = None, points: int = 
         raise ApiError(404, f"No such job: {job_id[:80]}", param="id", code="not_found") from None
     path = inside(run, METRICS)
     if path is None:
-        return {"rows": 0, "last_step": after, "downsampled": False, "curves": {}}
-    return series_payload(path, after, points)
+        return MetricSeries(rows=0, last_step=after, downsampled=False, curves={})
+    return MetricSeries.model_validate(series_payload(path, after, points))
 
 
-@router.get(f"{api}/jobs/{{job_id}}/events")
-def events(view: ViewDep, job_id: str) -> dict[str, Any]:
+@router.get(f"{api}/jobs/{{job_id}}/events", response_model=ConsoleEvents)
+def events(view: ViewDep, job_id: str) -> ConsoleEvents:
     try:
-        return {"data": view.events(job_id)}
+        return ConsoleEvents.model_validate({"data": view.events(job_id)})
     except NotFound:
         raise ApiError(404, f"No such job: {job_id[:80]}", param="id", code="not_found") from None
 
@@ -182,29 +202,29 @@ def events(view: ViewDep, job_id: str) -> dict[str, Any]:
 @router.get(f"{api}/jobs/{{job_id}}/artifacts")
 def artifacts(view: ViewDep, job_id: str, part: str) -> StreamingResponse:
     """One part of a finished run (``final``, ``merged``, ``onnx``, ``gguf``, ``eval``) as a tar stream."""
-    from ..native_api import _tar_stream, check_whole  # the API's own tar writer: regular files, no links
+    from ..native_api import check_whole, tar_stream  # the API's own tar writer: regular files, no links
 
     info = _job(view, job_id)
-    if info["state"] == "running" or info.get("status") in ("queued", "running", "validating_files"):
+    if info.state == "running" or info.status in ("queued", "running", "validating_files"):
         raise ApiError(409, f"{job_id} is still running; download once it has finished", code="job_not_finished")
-    if part not in info["parts"]:
-        raise ApiError(400, f"part: '{part[:40]}' is not available; this job has {info['parts']}", param="part")
+    if part not in info.parts:
+        raise ApiError(400, f"part: '{part[:40]}' is not available; this job has {info.parts}", param="part")
     check_whole(view.run_dir(job_id), [part], job_id)
     headers = {"Content-Disposition": f'attachment; filename="{job_id}-{part}.tar"'}
-    return StreamingResponse(_tar_stream(view.run_dir(job_id), [part], job_id), media_type="application/x-tar",
+    return StreamingResponse(tar_stream(view.run_dir(job_id), [part], job_id), media_type="application/x-tar",
                              headers=headers)
 
 
-@router.get(f"{api}/sweeps")
-def sweeps(view: ViewDep) -> dict[str, Any]:
-    return {"data": view.sweeps()}
+@router.get(f"{api}/sweeps", response_model=Sweeps)
+def sweeps(view: ViewDep) -> Sweeps:
+    return Sweeps.model_validate({"data": view.sweeps()})
 
 
-@router.get(f"{api}/compare")
-def compare_jobs(view: ViewDep, ids: str, select: str | None = None) -> dict[str, Any]:
+@router.get(f"{api}/compare", response_model=Comparison)
+def compare_jobs(view: ViewDep, ids: str, select: str | None = None) -> Comparison:
     wanted = [i for i in ids.split(",") if i][:24]
     try:
-        return compare(view, wanted, select or None)
+        return Comparison.model_validate(compare(view, wanted, select or None))
     except NotFound as exc:
         raise ApiError(404, f"No such job: {str(exc)[:80]}", param="ids", code="not_found") from None
     except ValueError as exc:
@@ -212,53 +232,50 @@ def compare_jobs(view: ViewDep, ids: str, select: str | None = None) -> dict[str
 
 
 # ---- changes (hdpo-tune serve only) ----------------------------------------------------------------------------
-@router.get(f"{api}/models")
-def models(request: Request, view: ViewDep) -> dict[str, Any]:
-    _writable(view)
-    roots = request.app.state.ctx.config.model_roots
+@router.get(f"{api}/models", response_model=Names)
+def models(view: ViewDep) -> Names:
+    served = _writable(view)
+    roots = served.config.model_roots
     names = sorted({p.name for r in roots if r.is_dir() for p in r.iterdir() if p.is_dir()})
-    done = [j["fine_tuned_model"] for j in view.jobs() if j.get("fine_tuned_model")]
-    return {"data": names + done}
+    done = [j["fine_tuned_model"] for j in served.jobs() if j.get("fine_tuned_model")]
+    return Names(data=names + done)
 
 
-@router.get(f"{api}/files")
-def files(view: ViewDep) -> dict[str, Any]:
-    from ..db import FileRow
+@router.get(f"{api}/files", response_model=Files)
+def files(view: ViewDep) -> Files:
     from ..files_api import file_object
 
     served = _writable(view)
-    rows = served.db.scalars(select(FileRow).where(FileRow.owner == served.key.id).order_by(FileRow.seq.desc())
-                             .limit(200))
-    return {"data": [file_object(r) for r in rows]}
+    return Files(data=[file_object(r) for r in store.recent_files(served.db, served.key.id, 200)])
 
 
-@router.post(f"{api}/files", dependencies=[Depends(guard)])
+@router.post(f"{api}/files", dependencies=[Depends(guard)], response_model=FileObject)
 def upload(request: Request, view: ViewDep, file: Annotated[UploadFile, File()],
-           purpose: Annotated[str, Form()]) -> dict[str, Any]:
-    from ..files_api import upload as api_upload
+           purpose: Annotated[str, Form()]) -> FileObject:
+    from ..files_api import store_upload
 
     served = _writable(view)
-    return api_upload(request.app.state.ctx, served.db, served.key, file, purpose)
+    return store_upload(server(request), served.db, served.key, file, purpose)
 
 
 class NewJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    spec: dict[str, Any]
+    spec: dict[str, JsonValue]
     suffix: str | None = None
     metadata: dict[str, str] | None = None
 
 
-@router.post(f"{api}/jobs", dependencies=[Depends(guard)])
-def create(request: Request, view: ViewDep, body: NewJob) -> dict[str, Any]:
+@router.post(f"{api}/jobs", dependencies=[Depends(guard)], response_model=FineTuningJob)
+def create(request: Request, view: ViewDep, body: NewJob) -> FineTuningJob:
     from ..native_api import NativeJob, create_native
 
     served = _writable(view)
-    return create_native(request.app.state.ctx, served.db, served.key,
+    return create_native(server(request), served.db, served.key,
                          NativeJob(spec=body.spec, suffix=body.suffix, metadata=body.metadata))
 
 
-@router.post(f"{api}/jobs/{{job_id}}/cancel", dependencies=[Depends(guard)])
-async def cancel(view: ViewDep, job_id: str) -> dict[str, Any]:
+@router.post(f"{api}/jobs/{{job_id}}/cancel", dependencies=[Depends(guard)], response_model=FineTuningJob)
+async def cancel(view: ViewDep, job_id: str) -> FineTuningJob:
     from ..jobs_api import cancel as api_cancel
 
     served = _writable(view)
@@ -267,4 +284,3 @@ async def cancel(view: ViewDep, job_id: str) -> dict[str, Any]:
     except NotFound:
         raise ApiError(404, f"No such job: {job_id[:80]}", param="id", code="not_found") from None
     return await api_cancel(served.db, served.key, job_id)
-

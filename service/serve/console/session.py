@@ -19,6 +19,7 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Literal, TypedDict
 
 from starlette.requests import Request
 
@@ -71,5 +72,12 @@ def cross_site(request: Request) -> str | None:
     return None
 
 
-def cookie_args(request: Request) -> dict[str, object]:
+class CookieArgs(TypedDict):
+    httponly: bool
+    samesite: Literal["strict"]
+    secure: bool
+    path: str
+
+
+def cookie_args(request: Request) -> CookieArgs:
     return {"httponly": True, "samesite": "strict", "secure": request.url.scheme == "https", "path": "/"}

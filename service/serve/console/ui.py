@@ -31,7 +31,7 @@ def create_ui_app(paths: list[Path]) -> FastAPI:
     app = FastAPI(title="hdpo-tune ui", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     install(app, catalogue=catalogue)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=[HOST, "localhost"])  # type: ignore[arg-type]
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=[HOST, "localhost"])
     return app
 
 

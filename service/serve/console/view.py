@@ -57,9 +57,14 @@ def compare(view: View, ids: list[str], select: str | None) -> dict[str, Any]:
                      "alpha_value": job.get("alpha_value"), "target_entropy": job.get("target_entropy"),
                      "state": job.get("state"), "eval": results,
                      "score": None if math.isnan(score) else score})
-    scored = [r for r in runs if r["score"] is not None]
-    best = max(scored, key=lambda r: r["score"])["id"] if scored else None
+    scores = {str(r["id"]): r["score"] for r in runs if isinstance(r["score"], float)}
+    best = max(scores, key=lambda i: scores[i]) if scores else None
     return {"select": select, "best": best, "runs": runs}
+
+
+def scrub_fields(row: dict[str, Any], secret_paths: tuple[str, ...]) -> dict[str, Any]:
+    """:func:`scrub` of each value of ``row``."""
+    return {k: scrub(v, secret_paths) for k, v in row.items()}
 
 
 def scrub(value: Any, secret_paths: tuple[str, ...]) -> Any:
@@ -75,4 +80,4 @@ def scrub(value: Any, secret_paths: tuple[str, ...]) -> Any:
     return value
 
 
-__all__ = ["NotFound", "View", "compare", "numeric_alpha", "scrub"]
+__all__ = ["NotFound", "View", "compare", "numeric_alpha", "scrub", "scrub_fields"]
