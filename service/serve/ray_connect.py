@@ -9,6 +9,7 @@ wrote there). Each failure is an :class:`InputError`: one line, exit 2.
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import socket
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from hdpo_core.errors import InputError
 
-from .ray_executor import NAMESPACE, RayExecutor, describe
+from .ray_executor import NAMESPACE, RayExecutor, describe, live_nodes
+from .ray_runner import Probe
 
 #: seconds for ray.init (after the address answered TCP) and for the per-node probes
 CONNECT_TIMEOUT_S = 60.0
@@ -94,7 +96,7 @@ def connect(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
 
     def init() -> None:
         try:
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
         except BaseException as exc:  # handed to the caller's thread
             failure.append(exc)
 
@@ -124,8 +126,7 @@ def check_nodes(data_dir: Path, bundle: Mapping[str, float], timeout_s: float = 
     path.write_text(token, encoding="utf-8")
     ours = version("hdpo-tune")
     task = ray.remote(probe)
-    nodes = [n for n in ray.nodes() if n.get("Alive") and
-             all(n["Resources"].get(k, 0.0) >= v for k, v in bundle.items())]
+    nodes = [n for n in live_nodes() if all(n["Resources"].get(k, 0.0) >= v for k, v in bundle.items())]
     refs = [task.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
             .remote(str(path), token) for n in nodes]
     try:
@@ -136,17 +137,24 @@ def check_nodes(data_dir: Path, bundle: Mapping[str, float], timeout_s: float = 
     finally:
         path.unlink(missing_ok=True)
     for node, answer in zip(nodes, answers, strict=True):
-        where = f"Ray node {answer.address} ({node['NodeID'][:8]})"
-        if not answer.sees:
-            raise InputError(f"--data: {where} cannot see the data folder {data_dir}; mount the shared folder "
-                             "(NFS, a ReadWriteMany volume) at the same path on every node")
-        if not answer.writable:
-            raise InputError(f"--data: {where} cannot write the data folder {data_dir}; give the job processes' "
-                             "user write access to it there")
-        if answer.version != ours:
-            raise InputError(f"--executor ray: {where} has hdpo-tune {answer.version}, this server {ours}; run the "
-                             "same hdpo-tune image on the server and every node")
+        problem = node_problem(node["NodeID"], answer, data_dir, ours)
+        if problem is not None:
+            raise InputError(problem)
     return len(nodes)
+
+
+def node_problem(node_id: str, answer: Probe, data_dir: Path, version: str) -> str | None:
+    """The one line refusing a node whose probe says it cannot serve jobs, or None."""
+    where = f"Ray node {answer.address} ({node_id[:8]})"
+    if not answer.sees:
+        return (f"--data: {where} cannot see the data folder {data_dir}; mount the shared folder (NFS, a "
+                "ReadWriteMany volume) at the same path on every node")
+    if not answer.writable:
+        return f"--data: {where} cannot write the data folder {data_dir}; let the job processes' user write it there"
+    if answer.version != version:
+        return (f"--executor ray: {where} has hdpo-tune {answer.version}, this server {version}; run the same "
+                "hdpo-tune on the server and every node")
+    return None
 
 
 def ray_executor(address: str | None, data_dir: Path, configured: Mapping[str, float]) -> tuple[RayExecutor, str]:
@@ -154,9 +162,9 @@ def ray_executor(address: str | None, data_dir: Path, configured: Mapping[str, f
     import ray
 
     connect(address)
-    cluster = ray.cluster_resources()
+    cluster: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     bundle = job_bundle(configured, cluster)
     usable = check_nodes(data_dir, bundle)
-    summary = (f"Ray {ray.__version__} at {address or 'the local cluster'}: {len(ray.nodes())} node(s), "
+    summary = (f"Ray {ray.__version__} at {address or 'the local cluster'}: {len(live_nodes())} node(s), "
                f"{usable} can run a job process of {describe(bundle)}")
     return RayExecutor(bundle), summary

@@ -103,6 +103,13 @@ def rank_envs(job_file: Path, infos: list[NodeInfo]) -> list[dict[str, str]]:
     return envs
 
 
+def live_nodes() -> list[dict[str, Any]]:
+    """The cluster's live nodes as ``ray.nodes()`` describes them (``NodeID``, ``Resources``, ...)."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+
+
 class RayJob:
     """One job's actors as the scheduler sees them: placed -> located -> started -> ended (or lost)."""
 
@@ -114,8 +121,10 @@ class RayJob:
         self._notes: list[tuple[str, str]] = []
         self._since = time.monotonic()
         self._queued_noted = False
+        self._ready = group.ready()
         self._infos: list[Any] | None = None
-        self._done: list[Any] | None = [a.wait.remote() for a in actors] if started else None
+        self._started = started
+        self._pending: dict[int, Any] = {}  # rank -> the outstanding ``result`` call (one per actor at a time)
         self._results: dict[int, int] = {}
         self._code: int | None = None
         self._stopping = False
@@ -130,19 +139,26 @@ class RayJob:
         if self._code is not None:
             return self._code
         try:
-            if self._done is None:
+            if not self._started:
                 self._place(ray)
                 return None
             return self._collect(ray)
         except ray.exceptions.ActorUnavailableError:
-            return None  # transient (the actor's node is slow to answer); asked again next tick
+            # an actor's node stopped answering: dead or slow, Ray does not know yet. That answer is final for the
+            # calls already made, so they are made again: they end with ActorDiedError once the node is declared
+            # dead, or with the real answer
+            if self._started:
+                self._pending.clear()
+            else:
+                self._infos = None
+            return None
         except ray.exceptions.RayActorError as exc:
             self.cleanup()
             raise Lost(lost_reason(exc)) from None
 
     def _place(self, ray: Any) -> None:
         if self._infos is None:
-            ready, _ = ray.wait([self.group.ready()], timeout=0)
+            ready, _ = ray.wait([self._ready], timeout=0)
             if not ready:
                 if not self._queued_noted and time.monotonic() - self._since > QUEUED_NOTE_S:
                     self._queued_noted = True
@@ -157,23 +173,34 @@ class RayJob:
         envs = rank_envs(self.run_dir / "job.yaml", infos)
         for actor, env in zip(self.actors, envs, strict=True):
             actor.start.remote(env)
-        self._done = [a.wait.remote() for a in self.actors]
+        self._started = True
         where = ", ".join(f"rank {r} on {i.address} (node {i.node_id[:8]})" for r, i in enumerate(infos))
         self._notes.append(("info", f"Placed by Ray: {where}"))
         if self._stopping:
             self.terminate()
 
     def _collect(self, ray: Any) -> int | None:
-        assert self._done is not None
-        for rank, ref in enumerate(self._done):
-            if rank not in self._results and ray.wait([ref], timeout=0)[0]:
-                code, error = ray.get(ref)
-                self._results[rank] = int(code)
-                if error and self.error is None:
-                    self.error = error
-                if code != 0 and len(self._results) < len(self._done):
-                    self.terminate()  # a rank failed: the others would wait for it forever
-        if len(self._results) < len(self._done):
+        """Ask each running rank for its result (a call that returns at once), one outstanding call each."""
+        for rank, actor in enumerate(self.actors):
+            if rank in self._results:
+                continue
+            ref = self._pending.get(rank)
+            if ref is None:
+                self._pending[rank] = actor.result.remote()
+                continue
+            if not ray.wait([ref], timeout=0)[0]:
+                continue
+            del self._pending[rank]
+            answer = ray.get(ref)
+            if answer is None:
+                continue  # still running
+            code, error = answer
+            self._results[rank] = int(code)
+            if error and self.error is None:
+                self.error = error
+            if code != 0 and len(self._results) < len(self.actors):
+                self.terminate()  # a rank failed: the others would wait for it forever
+        if len(self._results) < len(self.actors):
             return None
         self.cleanup()
         self._code = self._results[0] or next((c for c in self._results.values() if c), 0)
@@ -182,7 +209,7 @@ class RayJob:
     def terminate(self) -> None:
         """SIGTERM every rank's process (each writes a checkpoint); before the job started, just remove it."""
         self._stopping = True
-        if self._done is None:
+        if not self._started:
             if self._infos is None or not self._placed_yet():
                 self.cleanup()
                 self._code = 130
@@ -259,9 +286,9 @@ class RayExecutor:
         import ray
 
         count = self.processes(run_dir)
-        actors = [self._actor(job_id, r) for r in range(count)]
+        actors = [a for a in (self._actor(job_id, r) for r in range(count)) if a is not None]
         group = self._group(job_id)
-        if group is None or any(a is None for a in actors):
+        if group is None or len(actors) < count:
             self._remove(job_id, count)
             return None
         try:
@@ -281,7 +308,7 @@ class RayExecutor:
             raise Busy(str(run_dir))  # still running on Ray: the scheduler re-attaches to it
         count = self.processes(run_dir)
         self._remove(job_id, count)  # what a lost attempt left (its placement group)
-        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        nodes = [n["Resources"] for n in live_nodes()]
         reason = unfit_reason(self.bundle, count, nodes)
         if reason is not None:
             raise CannotRun(reason, code="no_resources_fit")

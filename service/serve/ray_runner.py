@@ -46,6 +46,13 @@ class NodeInfo:
     port: int = 0
 
 
+def node_address() -> str:
+    """This node's address as Ray knows it."""
+    import ray
+
+    return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -91,7 +98,7 @@ class JobRunner:
         import ray
 
         ctx = ray.get_runtime_context()
-        return NodeInfo(node_id=ctx.get_node_id(), address=ray.util.get_node_ip_address(),
+        return NodeInfo(node_id=ctx.get_node_id(), address=node_address(),
                         gpu_ids=[str(g) for g in ray.get_gpu_ids()], port=free_port() if self.rank == 0 else 0)
 
     def started(self) -> bool:
@@ -113,9 +120,7 @@ class JobRunner:
 
     def _spawn_and_wait(self, extra: dict[str, str]) -> int:
         if not (self.run_dir / "job.yaml").is_file():
-            import ray
-
-            self.error = (f"Ray node {ray.util.get_node_ip_address()} cannot see the data folder (no "
+            self.error = (f"Ray node {node_address()} cannot see the data folder (no "
                           f"{self.run_dir}/job.yaml there): every node must mount the data folder at the same path")
             return 2
         fd = self._lock() if self.rank == 0 else None
@@ -154,9 +159,11 @@ class JobRunner:
                 raise OSError(exc.message) from None
         return None
 
-    def wait(self) -> tuple[int, str | None]:
-        """(exit code, an error of the runner itself or None), once the job process has ended."""
-        self._done.wait()
+    def result(self) -> tuple[int, str | None] | None:
+        """(exit code, an error of the runner itself or None) once the job process has ended, else None. Returns
+        at once: the server asks every tick, so no actor thread is ever parked on a call."""
+        if not self._done.is_set():
+            return None
         return (self._code if self._code is not None else 1), self.error
 
     def terminate(self) -> None:
@@ -181,12 +188,10 @@ def probe(path: str, token: str) -> Probe:
     hold ``token`` here, can this node write the folder, which hdpo-tune is installed here."""
     from importlib.metadata import version
 
-    import ray
-
     file = Path(path)
     try:
         sees = file.read_text(encoding="utf-8") == token
     except OSError:
         sees = False
-    return Probe(address=ray.util.get_node_ip_address(), sees=sees,
+    return Probe(address=node_address(), sees=sees,
                  writable=sees and os.access(file.parent, os.W_OK), version=version("hdpo-tune"))

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RAY = str(Path(sys.executable).parent / "ray")
-#: GCS health checks every 0.5 s, a node dead after 3 misses: a killed node is noticed in seconds, not 30 s
-SYSTEM_CONFIG = '{"health_check_period_ms": 500, "health_check_failure_threshold": 3}'
+#: GCS health checks every second, a node dead after 8 misses: a killed node is noticed in about 10 s, not 30 s,
+#: and a node starved of CPU on a busy machine is not taken for dead
+SYSTEM_CONFIG = '{"health_check_period_ms": 1000, "health_check_failure_threshold": 8}'
 OBJECT_STORE = str(80 * 1024 * 1024)
 
 
@@ -96,7 +97,9 @@ class Cluster:
 
     def __init__(self, env: dict[str, str], workers: int = 2) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="hdpo-ray-", dir="/tmp"))  # short: Ray's socket paths must fit
-        self.env = {**env, "RAY_USAGE_STATS_ENABLED": "0"}
+        # no idle Ray workers started ahead of use (each is a Python process of ~100 MB)
+        self.env = {**env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_worker_prestart": "0",
+                    "RAY_prestart_worker_first_driver": "0"}
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.workers = workers
@@ -108,33 +111,38 @@ class Cluster:
         base = _free_port()
         worker_ports = ["--min-worker-port", str(base), "--max-worker-port", str(min(base + 40, 65535))]
         argv = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir", str(self.tmp / name),
-                "--object-store-memory", OBJECT_STORE, "--disable-usage-stats",
+                "--object-store-memory", OBJECT_STORE, "--disable-usage-stats", "--include-log-monitor", "false",
                 *[x for p in ports for x in (p, str(_free_port()))], *worker_ports, *args]
         log = self.tmp / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        node = Node(name, proc, log)
-        self.nodes[name] = node
-        return node
+        return Node(name, proc, log)
 
-    def _wait_started(self, nodes: list[Node], timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        for node in nodes:
+    def _started(self, name: str, args: list[str], tries: int = 2, timeout: float = 180) -> Node:
+        """Start a node and wait for it; once more if it fails (`ray start` gives a raylet 30 s to register,
+        which a machine under heavy load can miss)."""
+        for attempt in range(tries):
+            node = self._start(f"{name}-{attempt}" if attempt else name, args)
+            self.nodes[name] = node
+            deadline = time.monotonic() + timeout
             while b"Ray runtime started" not in node.log.read_bytes():
                 if node.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ray node {node.name} did not start: {node.log.read_text()[-3000:]}")
+                    break
                 time.sleep(0.2)
+            else:
+                return node
+            node.kill()
+        raise RuntimeError(f"ray node {name} did not start: {node.log.read_text()[-3000:]}")
 
     def start(self) -> Cluster:
-        head = self._start("head", ["--head", "--port", str(self.port), "--num-cpus", "0", "--num-gpus", "0",
-                                    "--include-dashboard", "false", "--dashboard-port", str(_free_port()),
-                                    "--ray-client-server-port", str(_free_port()),
-                                    "--system-config", SYSTEM_CONFIG])
-        self._wait_started([head])
-        workers = [self._start(f"w{i}", ["--address", self.address, "--num-cpus", "1", "--num-gpus", "1",
-                                         "--resources", f'{{"w{i}": 1}}']) for i in range(self.workers)]
-        self._wait_started(workers)
+        """The head, then the workers one after the other (starting them together only adds load)."""
+        self._started("head", ["--head", "--port", str(self.port), "--num-cpus", "0", "--num-gpus", "0",
+                               "--include-dashboard", "false", "--dashboard-port", str(_free_port()),
+                               "--ray-client-server-port", str(_free_port()), "--system-config", SYSTEM_CONFIG])
+        for i in range(self.workers):
+            self._started(f"w{i}", ["--address", self.address, "--num-cpus", "1", "--num-gpus", "1",
+                                    "--resources", f'{{"w{i}": 1}}'])
         return self
 
     def node_of(self, pid: int) -> Node | None:

@@ -1,0 +1,78 @@
+"""The Ray executor's decisions that need no cluster: which requests can never fit, what each process asks
+for, and the one line each bad set-up gives (a real server started against nothing)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hdpo_core.errors import InputError
+from service.serve.ray_connect import connection_error, job_bundle, node_problem, parse_resources
+from service.serve.ray_executor import actor_options, lost_reason, unfit_reason
+from service.serve.ray_runner import Probe
+
+from .._server import HDPO_TUNE, env, free_port
+
+NODE = {"CPU": 1.0, "GPU": 1.0, "memory": 8e9}
+
+
+def test_unfit_counts_whole_processes_per_node():
+    gpu = {"CPU": 1.0, "GPU": 1.0}
+    assert unfit_reason(gpu, 2, [NODE, NODE]) is None
+    assert unfit_reason(gpu, 2, [{"CPU": 4.0, "GPU": 2.0}]) is None  # both on one node
+    why = unfit_reason(gpu, 3, [NODE, NODE, {"CPU": 8.0}])  # a CPU-only node holds no GPU process
+    assert why is not None and "asks for 3 process(es) of {CPU: 1, GPU: 1}" in why and "hold 2" in why
+    assert unfit_reason({"CPU": 2.0}, 1, [NODE, NODE]) is not None  # no node has 2 CPUs: half a node each is no use
+    assert unfit_reason({"CPU": 1.0, "w9": 1.0}, 1, [NODE]) is not None  # a custom resource nobody has
+    assert unfit_reason(gpu, 1, []) is not None
+
+
+def test_bundle_and_actor_options():
+    assert job_bundle({}, {"CPU": 8.0}) == {"CPU": 1.0}
+    assert job_bundle({}, {"CPU": 8.0, "GPU": 2.0}) == {"CPU": 1.0, "GPU": 1.0}
+    assert job_bundle({"CPU": 4.0, "GPU": 0.0}, {"GPU": 2.0}) == {"CPU": 4.0}  # the administrator's word wins
+    assert actor_options({"CPU": 2.0, "GPU": 1.0, "memory": 1e9, "a100": 1.0}) == {
+        "num_cpus": 2.0, "num_gpus": 1.0, "memory": 1e9, "resources": {"a100": 1.0}}
+    assert parse_resources(["CPU=2", "memory=16e9", "GPU=1"]) == (("CPU", 2.0), ("memory", 16e9), ("GPU", 1.0))
+    for bad in ("CPU", "CPU=-1", "=3", "GPU=nan", "GPU=inf", "GPU=two"):
+        with pytest.raises(InputError, match=r"--ray-resources"):
+            parse_resources([bad])
+
+
+def test_ray_errors_become_one_line():
+    mismatch = RuntimeError("Version mismatch: The cluster was started with:\n    Ray: 2.59.0\n    Python: 3.11.7\n"
+                            "This process on node 10.0.0.2 was started with:\n    Ray: 2.60.0\n    Python: 3.11.7\n")
+    msg = connection_error("head:6379", mismatch).message
+    assert msg == ("--ray-address head:6379: the cluster runs Ray 2.59.0 (Python 3.11.7) but this server has Ray "
+                   "2.60.0 (Python 3.11.7); install the same Ray and Python on the server and every node")
+    assert "\n" not in connection_error(None, ConnectionError("no cluster\nmore")).message
+    died = "The actor died unexpectedly before finishing this task.\n\tclass_name: JobRunner\nThe actor died because " \
+           "its node has died. Node Id: abc"
+    assert lost_reason(RuntimeError(died)) == "its Ray node died"
+    assert lost_reason(RuntimeError("The actor died unexpectedly.\nmore")) == "The actor died unexpectedly"
+
+
+def test_node_that_cannot_see_or_write_the_data_folder_or_runs_another_version(tmp_path: Path):
+    ok = Probe(address="10.0.0.7", sees=True, writable=True, version="0.1.0")
+    assert node_problem("abcdef123456", ok, tmp_path, "0.1.0") is None
+    blind = node_problem("abcdef123456", Probe("10.0.0.7", False, False, "0.1.0"), tmp_path, "0.1.0")
+    assert blind == (f"--data: Ray node 10.0.0.7 (abcdef12) cannot see the data folder {tmp_path}; mount the "
+                     "shared folder (NFS, a ReadWriteMany volume) at the same path on every node")
+    assert "cannot write" in (node_problem("ab", Probe("h", True, False, "0.1.0"), tmp_path, "0.1.0") or "")
+    assert "has hdpo-tune 0.0.9, this server 0.1.0" in (node_problem("ab", Probe("h", True, True, "0.0.9"), tmp_path,
+                                                                     "0.1.0") or "")
+
+
+def test_an_address_that_does_not_answer_is_one_line_exit_2(tmp_path: Path):
+    port = free_port()  # nothing listens there
+    res = subprocess.run([HDPO_TUNE, "serve", "--data", str(tmp_path / "data"), "--executor", "ray",
+                          "--ray-address", f"127.0.0.1:{port}"], env=env(), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"error: --ray-address 127.0.0.1:{port}: no Ray cluster answers there (Connection "
+                                  "refused); start its head (`ray start --head`) or fix the address")
+    res = subprocess.run([HDPO_TUNE, "serve", "--data", str(tmp_path / "data"), "--ray-address", "h:1"], env=env(),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip() == "error: --ray-address/--ray-resources: only with --executor ray"
