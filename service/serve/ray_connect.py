@@ -22,8 +22,9 @@ from hdpo_core.errors import InputError
 from .ray_executor import NAMESPACE, RayExecutor, describe, live_nodes
 from .ray_runner import Probe
 
-#: seconds for ray.init (after the address answered TCP) and for the per-node probes
-CONNECT_TIMEOUT_S = 60.0
+#: seconds for ray.init (after the address answered TCP; Ray's own wait for a local node is 60 s, so its message
+#: comes first) and for the per-node probes
+CONNECT_TIMEOUT_S = 90.0
 PROBE_FILE = ".ray-probe"
 _VERSIONS = re.compile(r"Ray: (\S+)\s+Python: (\S+)")
 
@@ -77,6 +78,9 @@ def connection_error(address: str | None, exc: BaseException) -> InputError:
         return InputError(f"{where}: Ray version mismatch between the cluster and this server; install the same "
                           "Ray and Python everywhere")
     first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    if "No node info found" in text or "Could not find any running Ray instance" in text:
+        return InputError(f"{where}: this machine runs no Ray node ({first}); a Ray driver needs one: run `ray start "
+                          "--address HEAD:6379 --num-cpus 0` here first, or use --ray-address ray://HEAD:10001")
     return InputError(f"{where}: cannot connect to the Ray cluster ({first}); start it (`ray start --head`) or fix "
                       "the address")
 

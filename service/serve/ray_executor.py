@@ -244,9 +244,15 @@ class RayExecutor:
         self.bundle = dict(bundle)
 
     def processes(self, run_dir: Path) -> int:
+        """How many processes the job asks for (``distributed.num_processes``, checked against the limits when
+        the job was created)."""
+        from hdpo_core.errors import InputError
         from service.spec.job import load_spec
 
-        return load_spec(run_dir / "job.yaml").distributed.num_processes
+        try:
+            return load_spec(run_dir / "job.yaml").distributed.num_processes
+        except InputError as exc:
+            raise CannotRun(exc.message, code="invalid_input") from None
 
     def _actor(self, job_id: str, rank: int) -> Any | None:
         import ray
@@ -285,7 +291,10 @@ class RayExecutor:
         what is left of them is removed, so the job can start again)."""
         import ray
 
-        count = self.processes(run_dir)
+        try:
+            count = self.processes(run_dir)
+        except CannotRun:
+            return None  # start() fails the job with the reason
         actors = [a for a in (self._actor(job_id, r) for r in range(count)) if a is not None]
         group = self._group(job_id)
         if group is None or len(actors) < count:

@@ -48,6 +48,8 @@ def test_ray_errors_become_one_line():
     assert msg == ("--ray-address head:6379: the cluster runs Ray 2.59.0 (Python 3.11.7) but this server has Ray "
                    "2.60.0 (Python 3.11.7); install the same Ray and Python on the server and every node")
     assert "\n" not in connection_error(None, ConnectionError("no cluster\nmore")).message
+    no_node = connection_error("head:6379", RuntimeError("Could not find any running Ray instance. Please specify"))
+    assert "this machine runs no Ray node" in no_node.message and "ray://HEAD:10001" in no_node.message
     died = "The actor died unexpectedly before finishing this task.\n\tclass_name: JobRunner\nThe actor died because " \
            "its node has died. Node Id: abc"
     assert lost_reason(RuntimeError(died)) == "its Ray node died"
