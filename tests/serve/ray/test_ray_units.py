@@ -78,3 +78,84 @@ def test_an_address_that_does_not_answer_is_one_line_exit_2(tmp_path: Path):
     res = subprocess.run([HDPO_TUNE, "serve", "--data", str(tmp_path / "data"), "--ray-address", "h:1"], env=env(),
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.strip() == "error: --ray-address/--ray-resources: only with --executor ray"
+
+
+class _Process:
+    """A job process that is lost with its node at every poll (``lost``), or runs until told its exit code."""
+
+    def __init__(self, lost: bool) -> None:
+        self.pid, self.error, self.lost, self.code = None, None, lost, None
+
+    def notes(self) -> list[tuple[str, str]]:
+        return [("info", "Placed by Ray: rank 0 on n1 (node abc)")]
+
+    def poll(self) -> int | None:
+        if self.lost:
+            from service.serve.executor import Lost
+
+            raise Lost("its Ray node died")
+        return self.code
+
+    def terminate(self) -> None:
+        self.code = 130
+
+
+class _Executor:
+    """keeps_jobs like the Ray executor: ``ftjob-attached`` still runs from before, ``ftjob-unfit`` can never run,
+    ``ftjob-lost`` loses its node every time."""
+
+    keeps_jobs = True
+
+    def __init__(self) -> None:
+        self.starts: list[str] = []
+
+    def attach(self, job_id: str, run_dir: Path) -> _Process | None:
+        return _Process(lost=False) if job_id == "ftjob-attached" else None
+
+    def busy(self, run_dir: Path) -> bool:
+        return False
+
+    def start(self, job_id: str, run_dir: Path, *, attempt: int, slot: int) -> _Process:
+        from service.serve.executor import CannotRun
+
+        if job_id == "ftjob-unfit":
+            raise CannotRun("Ray: no set of nodes could ever run this job", code="no_resources_fit")
+        self.starts.append(job_id)
+        return _Process(lost=job_id == "ftjob-lost")
+
+
+def test_scheduler_reattaches_refuses_and_gives_up_after_repeated_node_losses(tmp_path: Path):
+    from service.serve.config import ServeConfig
+    from service.serve.db import ApiKey, EventRow, JobRow, job_by_id, make_engine, session_factory
+    from service.serve.scheduler import MAX_LOSSES, Scheduler
+
+    config = ServeConfig(data_dir=tmp_path, workers=4, host_id="here", executor="ray")
+    sessions = session_factory(make_engine(config.database_url))
+    common = {"owner": "k", "model": "demo", "training_file": "file-x", "seed": 0, "method": {}, "request": {},
+              "created_at": 1, "result_files": [], "last_metrics_step": 0, "last_stage": "", "stages_reported": [],
+              "cancel_requested": False}
+    with sessions() as db:
+        db.add(ApiKey(id="k", name="k", key_hash="h", created_at=1, revoked=False))
+        db.add(JobRow(id="ftjob-attached", status="running", host=None, attempts=1, **common))
+        db.add(JobRow(id="ftjob-unfit", status="queued", attempts=0, **common))
+        db.add(JobRow(id="ftjob-lost", status="queued", attempts=0, **common))
+        db.commit()
+    executor = _Executor()
+    scheduler = Scheduler(config, sessions, executor)  # type: ignore[arg-type]
+    for _ in range(MAX_LOSSES + 3):
+        scheduler.tick()
+    with sessions() as db:
+        attached, unfit, lost = (job_by_id(db, j) for j in ("ftjob-attached", "ftjob-unfit", "ftjob-lost"))
+        assert attached is not None and attached.status == "running" and attached.attempts == 1  # not restarted
+        assert unfit is not None and unfit.status == "failed" and unfit.error is not None
+        assert unfit.error["code"] == "no_resources_fit"
+        assert lost is not None and lost.status == "failed" and lost.error is not None
+        assert lost.error["code"] == "node_lost" and lost.attempts == MAX_LOSSES + 1
+        msgs = [e.message for e in db.query(EventRow).filter(EventRow.job_id == "ftjob-lost").order_by(EventRow.seq)]
+        attached_msgs = [e.message for e in db.query(EventRow).filter(EventRow.job_id == "ftjob-attached")]
+    assert "ftjob-attached" not in executor.starts
+    assert attached_msgs[0] == "Re-attached to attempt 1, still running on the cluster"
+    assert "Placed by Ray: rank 0 on n1 (node abc)" in attached_msgs
+    assert sum(m.startswith("Lost the job's process: its Ray node died") for m in msgs) == MAX_LOSSES
+    assert sum(m.startswith("Resuming after its process was lost") for m in msgs) == MAX_LOSSES
+    assert msgs[-1].startswith(f"The job failed: the job's process was lost {MAX_LOSSES + 1} times")
