@@ -156,6 +156,10 @@ def test_server_restart_reattaches_and_a_killed_node_resumes_elsewhere(cluster, 
         node = cluster.node_of(pid)
         assert node is not None, "the job process runs on no worker node"
         node.kill()  # the machine dies: raylet, Ray workers, the job process
+        killed = time.monotonic()
+        wait_for(c, job.id, until=lambda j: any(m.startswith("Lost the job's process") for m in messages(c, job.id)),
+                 timeout=300)
+        print(f"Ray: node SIGKILLed -> 'Lost' event in {time.monotonic() - killed:.1f} s")
 
         done = wait_for(c, job.id, timeout=600)
         assert done.status == "succeeded", done.error
