@@ -19,6 +19,8 @@ from .._server import TINY, Server, create_key, demo_rows, wait_for
 from ._cluster import Cluster
 
 SPEC = {**TINY, "train": {**TINY["train"], "batch_size": 4, "micro_batch_size": 2}}
+#: the jobs that only need training skip the merge stage (test time)
+BARE = {**SPEC, "merge": {"enabled": False}}
 PLACED = re.compile(r"rank (\d) on \S+ \(node (\w+)\)")
 
 
@@ -85,9 +87,9 @@ def test_jobs_placed_queued_cancelled_refused_and_two_nodes_equal_one(cluster, t
                                              extra_body={"hdpo_tune": spec})
 
         one = create(SPEC, 3, "one")
-        gated = create({**SPEC, "train": {**SPEC["train"], "max_steps": 50}}, 11, "gated")
-        two = create({**SPEC, "distributed": {"num_processes": 2}}, 3, "two")
-        three = create({**SPEC, "distributed": {"num_processes": 3}}, 3, "three")
+        gated = create({**BARE, "train": {**SPEC["train"], "max_steps": 50}}, 11, "gated")
+        two = create({**BARE, "distributed": {"num_processes": 2}}, 3, "two")
+        three = create({**BARE, "distributed": {"num_processes": 3}}, 3, "three")
 
         refused = wait_for(c, three.id, timeout=120)
         assert refused.status == "failed" and refused.error.code == "no_resources_fit"
@@ -141,7 +143,7 @@ def test_server_restart_reattaches_and_a_killed_node_resumes_elsewhere(cluster, 
         f = c.files.create(file=("prefs.jsonl", demo_rows(16)), purpose="fine-tune")
         gates = hold(cluster, 21, 2, 4)
         job = c.fine_tuning.jobs.create(model="demo", training_file=f.id, seed=21, extra_body={"hdpo_tune": {
-            **SPEC, "train": {**SPEC["train"], "max_steps": 6}}})
+            **BARE, "train": {**SPEC["train"], "max_steps": 6}}})
         run = data / "runs" / job.id
 
         reached(gates, job.id, 2)
