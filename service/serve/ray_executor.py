@@ -73,10 +73,9 @@ def lost_reason(exc: BaseException) -> str:
     text = str(exc)
     if "node has died" in text or "node was terminated" in text:
         return "its Ray node died"
-    for line in text.splitlines():
-        if line.strip().startswith("The actor died"):
-            return line.strip().rstrip(".")
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()]
+    why = next((line for line in lines if " because " in line), None)  # "The actor is dead because its worker..."
+    return (why or (lines[0] if lines else type(exc).__name__))[:300]
 
 
 def rank_envs(job_file: Path, infos: list[NodeInfo]) -> list[dict[str, str]]:

@@ -168,7 +168,10 @@ def test_server_restart_reattaches_and_a_killed_node_resumes_elsewhere(cluster, 
         assert done.hdpo_tune["attempts"] == 2  # the restart re-attached; only the lost node cost an attempt
         ev = messages(c, job.id)
         assert sum(m.startswith("Re-attached to attempt 1") for m in ev) == 1
-        assert sum(m.startswith("Lost the job's process: its Ray node died") for m in ev) == 1, ev
+        # which Ray notices first, the dead raylet or the dead actor worker, is a race: either is the node's loss
+        lost = [m for m in ev if m.startswith("Lost the job's process: ")]
+        print("Ray:", lost)
+        assert len(lost) == 1 and lost[0].endswith("; it resumes from its last checkpoint"), ev
         assert any(m.startswith("Resuming after its process was lost") for m in ev)
         first, second = placements(ev)
         assert first[0] != second[0]  # the second attempt ran on the other node

@@ -54,6 +54,10 @@ def test_ray_errors_become_one_line():
            "its node has died. Node Id: abc"
     assert lost_reason(RuntimeError(died)) == "its Ray node died"
     assert lost_reason(RuntimeError("The actor died unexpectedly.\nmore")) == "The actor died unexpectedly"
+    worker = ("The actor died unexpectedly before finishing this task.\n\tclass_name: JobRunner\n\tThe actor is dead "
+              "because its worker process has died. Worker exit type: SYSTEM_ERROR")
+    assert lost_reason(RuntimeError(worker)) == ("The actor is dead because its worker process has died. Worker exit "
+                                                 "type: SYSTEM_ERROR")
 
 
 def test_node_that_cannot_see_or_write_the_data_folder_or_runs_another_version(tmp_path: Path):
