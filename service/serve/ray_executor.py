@@ -14,7 +14,8 @@ with that reason instead of waiting in Ray's queue forever).
 
 Multi-process jobs: one bundle per process, packed onto as few nodes as fit (``PACK``); once placed, each rank
 gets the torch.distributed variables (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` = rank 0's node) and the
-accelerate variables `hdpo-tune launch` would set (:func:`.ray_runner.distributed_env`), i.e. accelerate
+accelerate variables `hdpo-tune launch` would set (:func:`.ray_runner.rank_env`, on the rank's node, so the
+server never imports accelerate or torch), i.e. accelerate
 inside a placement group, not Ray Train: the job stays the CLI's own ``hdpo-tune run`` (same checkpoints, run
 folder and lock), which Ray Train's function-based workers and its own checkpoint storage would replace.
 """
@@ -76,30 +77,6 @@ def lost_reason(exc: BaseException) -> str:
     lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()]
     why = next((line for line in lines if " because " in line), None)  # "The actor is dead because its worker..."
     return (why or (lines[0] if lines else type(exc).__name__))[:300]
-
-
-def rank_envs(job_file: Path, infos: list[NodeInfo]) -> list[dict[str, str]]:
-    """Each rank's environment once all ranks are placed (empty for a one-process job). GPUs Ray gave the ranks
-    of one node are all visible to each of them (``LOCAL_RANK`` picks its own), so NCCL can use the links
-    between them, as under torchrun."""
-    if len(infos) == 1:
-        return [{}]
-    from .ray_runner import distributed_env
-
-    on_node: dict[str, list[int]] = {}
-    for rank, info in enumerate(infos):
-        on_node.setdefault(info.node_id, []).append(rank)
-    envs = []
-    for rank, info in enumerate(infos):
-        peers = on_node[info.node_id]
-        gpus = [g for r in peers for g in infos[r].gpu_ids]
-        env = distributed_env(job_file, rank=rank, world=len(infos), master=infos[0].address, port=infos[0].port,
-                              local_rank=peers.index(rank), local_world=len(peers), cpu=not gpus)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-            env["LOCAL_RANK"] = str(gpus.index(info.gpu_ids[0]))
-        envs.append(env)
-    return envs
 
 
 def live_nodes() -> list[dict[str, Any]]:
@@ -169,9 +146,8 @@ class RayJob:
         if len(ready) < len(self._infos):
             return
         infos: list[NodeInfo] = ray.get(self._infos)
-        envs = rank_envs(self.run_dir / "job.yaml", infos)
-        for actor, env in zip(self.actors, envs, strict=True):
-            actor.start.remote(env)
+        for actor in self.actors:
+            actor.start.remote(infos)  # each rank works out its own environment on its node (accelerate, torch)
         self._started = True
         where = ", ".join(f"rank {r} on {i.address} (node {i.node_id[:8]})" for r, i in enumerate(infos))
         self._notes.append(("info", f"Placed by Ray: {where}"))
@@ -209,15 +185,12 @@ class RayJob:
         """SIGTERM every rank's process (each writes a checkpoint); before the job started, just remove it."""
         self._stopping = True
         if not self._started:
-            if self._infos is None or not self._placed_yet():
+            if self._infos is None:  # still in Ray's queue; otherwise _place starts it, then stops it at once
                 self.cleanup()
                 self._code = 130
             return
         for actor in self.actors:
             actor.terminate.remote()
-
-    def _placed_yet(self) -> bool:
-        return self._infos is not None
 
     def cleanup(self) -> None:
         """Remove the job's actors (freeing their names) and its placement group."""

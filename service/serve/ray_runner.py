@@ -82,6 +82,23 @@ def distributed_env(job_file: Path, *, rank: int, world: int, master: str, port:
     return env
 
 
+def rank_env(job_file: Path, infos: list[NodeInfo], rank: int) -> dict[str, str]:
+    """Rank ``rank``'s environment once all ranks are placed (empty for a one-process job). GPUs Ray gave the
+    ranks of one node are all visible to each of them (``LOCAL_RANK`` picks its own), so NCCL can use the links
+    between them, as under torchrun."""
+    if len(infos) == 1:
+        return {}
+    info = infos[rank]
+    peers = [r for r, other in enumerate(infos) if other.node_id == info.node_id]
+    gpus = [g for r in peers for g in infos[r].gpu_ids]
+    env = distributed_env(job_file, rank=rank, world=len(infos), master=infos[0].address, port=infos[0].port,
+                          local_rank=peers.index(rank), local_world=len(peers), cpu=not gpus)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        env["LOCAL_RANK"] = str(gpus.index(info.gpu_ids[0]))
+    return env
+
+
 class JobRunner:
     """One process of one job on the node Ray placed it on (made a Ray actor by :mod:`.ray_executor`)."""
 
@@ -104,13 +121,15 @@ class JobRunner:
     def started(self) -> bool:
         return self._started
 
-    def start(self, env: dict[str, str]) -> None:
-        """Start the job process in a thread of its own (returns at once); :meth:`wait` gives its exit code."""
+    def start(self, infos: list[NodeInfo]) -> None:
+        """Start the job process in a thread of its own (returns at once); :meth:`result` gives its exit code.
+        ``infos`` says where every rank of the job landed."""
         self._started = True
-        threading.Thread(target=self._run, args=(env,), name=f"hdpo-job-{self.job_id}", daemon=True).start()
+        threading.Thread(target=self._run, args=(infos,), name=f"hdpo-job-{self.job_id}", daemon=True).start()
 
-    def _run(self, extra: dict[str, str]) -> None:
+    def _run(self, infos: list[NodeInfo]) -> None:
         try:
+            extra = rank_env(self.run_dir / "job.yaml", infos, self.rank)
             self._code = self._spawn_and_wait(extra)
         except Exception as exc:  # reported as the job's failure, never lost in an actor log
             self.error = f"{type(exc).__name__}: {exc}"

@@ -163,3 +163,29 @@ def test_scheduler_reattaches_refuses_and_gives_up_after_repeated_node_losses(tm
     assert sum(m.startswith("Lost the job's process: its Ray node died") for m in msgs) == MAX_LOSSES
     assert sum(m.startswith("Resuming after its process was lost") for m in msgs) == MAX_LOSSES
     assert msgs[-1].startswith(f"The job failed: the job's process was lost {MAX_LOSSES + 1} times")
+
+
+def test_rank_env_is_torchrun_and_accelerate_for_where_each_rank_landed(tmp_path: Path):
+    """Ranks 0 and 1 on node A (GPUs 0 and 1), rank 2 on node B: each sees its node's GPUs and picks its own."""
+    import yaml
+
+    from service.serve.ray_runner import NodeInfo, rank_env
+
+    from .._server import REPO
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"model": {"name_or_path": str(REPO / "examples/demo/model")},
+                                   "data": {"train": str(REPO / "examples/demo/data/train.jsonl")},
+                                   "distributed": {"num_processes": 3}, "output": {"dir": str(tmp_path / "run")}}))
+    infos = [NodeInfo("A", "10.0.0.1", ["0"], 29511), NodeInfo("A", "10.0.0.1", ["1"]), NodeInfo("B", "10.0.0.2", ["0"])]
+    one = rank_env(job, infos, 1)
+    assert {k: one[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                                "CUDA_VISIBLE_DEVICES")} == {
+        "RANK": "1", "WORLD_SIZE": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1",
+        "MASTER_PORT": "29511", "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert one["ACCELERATE_MIXED_PRECISION"] == "no"  # accelerate's own launch code filled in its variables
+    two = rank_env(job, infos, 2)
+    assert (two["LOCAL_RANK"], two["LOCAL_WORLD_SIZE"], two["CUDA_VISIBLE_DEVICES"]) == ("0", "1", "0")
+    cpu = rank_env(job, [NodeInfo("A", "h", [], 1), NodeInfo("B", "g", [])], 1)
+    assert cpu["ACCELERATE_USE_CPU"] == "1" and "CUDA_VISIBLE_DEVICES" not in cpu  # gloo on CPU-only bundles
+    assert rank_env(job, infos[:1], 0) == {}  # one process: nothing to add
