@@ -137,6 +137,12 @@ def step_of(checkpoint: Path) -> int:
     return step
 
 
+def job_log(rank: int) -> str:
+    """The log of one process of a served job: rank 0 (or a one-process job) writes ``job.log``; the other
+    ranks of a job the Ray executor spreads over nodes write ``job.rankR.log`` beside it."""
+    return JOB_LOG if rank == 0 else f"job.rank{rank}.log"
+
+
 def sweep_run(alpha: float) -> str:
     """The run folder name of a sweep's run at ``alpha`` (in ``sweep/``)."""
     return f"{SWEEP_RUN_PREFIX}{alpha:g}"

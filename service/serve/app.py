@@ -82,6 +82,16 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def make_executor(config: ServeConfig) -> tuple[Executor, str]:
+    """The executor ``config`` asks for, with one line describing it (the Ray one connects and checks the
+    cluster first: a bad set-up is an InputError, one line at start)."""
+    if config.executor == "ray":
+        from .ray_connect import ray_executor
+
+        return ray_executor(config.ray_address, config.data_dir, dict(config.ray_resources))
+    return LocalExecutor(visible_gpus()), "local processes"
+
+
 def create_app(config: ServeConfig, executor: Executor | None = None) -> FastAPI:
     from . import files_api, jobs_api, native_api
 
@@ -91,7 +101,10 @@ def create_app(config: ServeConfig, executor: Executor | None = None) -> FastAPI
     config.runs_dir.mkdir(exist_ok=True)
     engine = make_engine(config.database_url)
     sessions = session_factory(engine)
-    scheduler = Scheduler(config, sessions, executor or LocalExecutor(visible_gpus()))
+    summary = "given"
+    if executor is None:
+        executor, summary = make_executor(config)
+    scheduler = Scheduler(config, sessions, executor)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -107,6 +120,7 @@ def create_app(config: ServeConfig, executor: Executor | None = None) -> FastAPI
                   default_response_class=JSONResponse)
     app.state.ctx = ServerContext(config=config, sessions=sessions, engine=engine)
     app.state.scheduler = scheduler
+    app.state.executor_summary = summary
     install_error_handlers(app)
     for router in (files_api.router, jobs_api.router, native_api.router):
         app.include_router(router, prefix="/v1")

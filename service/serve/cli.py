@@ -6,6 +6,7 @@ commands of ``hdpo-tune`` do not pay for them.
 
 from __future__ import annotations
 
+import enum
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -28,6 +29,13 @@ DbOpt = Annotated[str | None, typer.Option("--db", envvar="HDPO_SERVE_DB", show_
                                            "sqlite in the data folder. Prefer the env var: a URL may hold a "
                                            "password.")]
 DEFAULT_DATA = Path("hdpo-serve")
+
+
+class ExecutorName(enum.StrEnum):
+    """Where job processes run (``--executor``)."""
+
+    local = "local"
+    ray = "ray"
 
 
 def _sessions(data: Path, db: str | None) -> Sessions:
@@ -74,6 +82,15 @@ def serve(
                          "to: mlflow, wandb or trackio (repeatable; a request cannot set tracking).")] = None,
     mlflow_tracking_uri: Annotated[str | None, typer.Option("--mlflow-tracking-uri", help="MLflow tracking URI "
                                    "for --report-to mlflow.")] = None,
+    executor: Annotated[ExecutorName, typer.Option("--executor", envvar="HDPO_SERVE_EXECUTOR", help="Where job processes run: local (this machine) or ray (a Ray cluster; needs the ray "
+        "extra of hdpo-tune; docs/service.md).")] = ExecutorName.local,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", envvar="HDPO_SERVE_RAY_ADDRESS",
+                           show_default=False, help="The Ray cluster for --executor ray, as ray.init takes it "
+                           "(e.g. head-svc:6379); default: Ray's usual lookup (RAY_ADDRESS, a cluster started "
+                           "on this machine).")] = None,
+    ray_resources: Annotated[list[str] | None, typer.Option("--ray-resources", help="What each job process asks "
+                             "Ray for, NAME=AMOUNT (repeatable): CPU=4, GPU=1, memory=16e9 (bytes), a custom "
+                             "resource; default CPU=1, plus GPU=1 when the cluster has GPUs.")] = None,
 ) -> None:
     """Start the server (http://HOST:PORT/v1). Create a key first: `hdpo-tune serve keys create NAME`."""
     if ctx.invoked_subcommand is not None:
@@ -95,8 +112,16 @@ def serve(
             except ValidationError as exc:
                 raise InputError(f"--report-to / --mlflow-tracking-uri: {exc.errors()[0]['msg']}") from None
 
-        _run(ServeConfig(data_dir=data.resolve(), db_url=db, model_roots=tuple(p.resolve() for p in model_root or ()),
-                         allow_hub=not no_hub, max_upload_bytes=max_upload_mb * 1024 * 1024, workers=workers,
+        from .ray_connect import parse_resources
+
+        if executor != ExecutorName.ray and (ray_address or ray_resources):
+            from hdpo_core.errors import InputError
+
+            raise InputError("--ray-address/--ray-resources: only with --executor ray")
+        _run(ServeConfig(data_dir=data.resolve(), db_url=db, executor=executor.value, ray_address=ray_address,
+                         ray_resources=parse_resources(ray_resources or []),
+                         model_roots=tuple(p.resolve() for p in model_root or ()), allow_hub=not no_hub,
+                         max_upload_bytes=max_upload_mb * 1024 * 1024, workers=workers,
                          limits=parse_limits(limit or []), allow_unsandboxed_code=allow_unsandboxed_code,
                          report_to=tuple(report_to or ()), mlflow_tracking_uri=mlflow_tracking_uri), host, port)
 
@@ -124,7 +149,8 @@ def _run(config: ServeConfig, host: str, port: int) -> None:
             raise InputError(f"--model-root: {root} is not a folder")
     app = create_app(config)
     typer.echo(f"hdpo-tune serve: http://{host}:{port}/v1  data {config.data_dir}  database "
-               f"{describe_db(config.database_url)}  workers {app.state.scheduler.workers}", err=True)
+               f"{describe_db(config.database_url)}  workers {app.state.scheduler.workers}  jobs on "
+               f"{app.state.executor_summary}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
 
 

@@ -8,10 +8,13 @@ import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .limits import Limits
 
 DEFAULT_MAX_UPLOAD_MB = 512
+#: jobs the server hands to a Ray cluster at once by default (Ray queues those the cluster cannot hold yet)
+DEFAULT_RAY_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,8 @@ class ServeConfig:
     ``model_roots`` (a model is a folder name directly inside one of them), from a finished job of the same
     key (its ``fine_tuned_model``), or, with ``allow_hub``, from Hub ids (``org/name``). ``limits`` bound what
     one job may cost; ``allow_unsandboxed_code`` and the tracking settings apply to every job and cannot be set
-    by a request (:mod:`.jobspec`).
+    by a request (:mod:`.jobspec`). ``executor`` says where job processes run: ``local`` (this machine) or
+    ``ray`` (a Ray cluster at ``ray_address``, each process asking for ``ray_resources``; :mod:`.ray_executor`).
     """
 
     data_dir: Path
@@ -40,6 +44,9 @@ class ServeConfig:
     allow_unsandboxed_code: bool = False
     report_to: tuple[str, ...] = ()
     mlflow_tracking_uri: str | None = None
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    ray_resources: tuple[tuple[str, float], ...] = ()
 
     @property
     def database_url(self) -> str:
@@ -61,7 +68,9 @@ class ServeConfig:
         return text
 
     def worker_count(self) -> int:
-        return self.workers if self.workers is not None else default_workers()
+        if self.workers is not None:
+            return self.workers
+        return DEFAULT_RAY_WORKERS if self.executor == "ray" else default_workers()
 
 
 def visible_gpus() -> list[str]:

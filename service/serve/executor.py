@@ -1,9 +1,14 @@
 """How a job's process is started, watched and stopped: an interface, and the local process pool behind it.
 
 A job is ``hdpo-tune run job.yaml`` in its run folder: the CLI's own pipeline, in its own process, so a crash
-of a job never takes the server down and the server never holds a model in memory. An executor for
-Kubernetes Jobs would implement the same two methods (start a pod running the same command on the same run
-folder, read the same files back); none is built here, since there is no cluster to test one on.
+of a job never takes the server down and the server never holds a model in memory. Two executors implement
+the interface: :class:`LocalExecutor` (processes on this machine, the default) and
+:class:`.ray_executor.RayExecutor` (``--executor ray``: the same command on the nodes of a Ray cluster, on a
+run folder every node mounts; docs/service.md, "The Ray executor"). An executor may report more than an exit:
+a job whose process was lost with its machine (:class:`Lost`: the scheduler starts it again, and it resumes
+from its checkpoint), a job that can never run (:class:`CannotRun`: it fails with that reason), notes that
+become job events, and jobs that outlive the server (``keeps_jobs``: a restarted server re-attaches with
+``attach``).
 
 "No job runs twice at the same time" is kept by the run folder, not by the database alone: the local
 executor takes the run folder's own lock (:mod:`service.runfolder.lock`, the same lock and file as ``hdpo-tune run``)
@@ -22,7 +27,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from hdpo_core.errors import InputError
 from hdpo_core.layout import JOB_FILE, JOB_LOG
@@ -31,12 +36,32 @@ from service.runfolder.lock import FD_ENV, InUse, lock_fd, lock_held
 _PR_SET_PDEATHSIG = 1
 
 
+#: An event the executor has for the job (placement, queueing): its level and message.
+Note = tuple[Literal["info", "warn", "error"], str]
+
 class Busy(Exception):
     """The run folder is still held by a job process (of this server or of a previous one)."""
 
 
+class Lost(Exception):
+    """The job's process ended without exiting (its machine or its executor's worker died): not the job's own
+    failure; the scheduler starts it again from its last checkpoint. The message says what was lost."""
+
+
+class CannotRun(Exception):
+    """The job can never start as asked (no machine could ever hold it): it fails with this message."""
+
+    def __init__(self, message: str, code: str = "job_failed") -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
 class JobProcess(Protocol):
     pid: int | None
+    error: str | None  # why it failed, when the executor (not the job's status.json) knows
+
+    def notes(self) -> list[Note]:
+        """(level, message) pairs that happened since the last call (placement, queueing), for the job's events."""
 
     def poll(self) -> int | None:
         """The exit code once the process has ended (negative: killed by that signal), else None."""
@@ -46,6 +71,11 @@ class JobProcess(Protocol):
 
 
 class Executor(Protocol):
+    keeps_jobs: bool  # True: jobs run outside the server's process tree and are left running when it stops
+
+    def attach(self, job_id: str, run_dir: Path) -> JobProcess | None:
+        """The job's process if it still runs from before the server restarted (None: start it again)."""
+
     def start(self, job_id: str, run_dir: Path, *, attempt: int, slot: int) -> JobProcess:
         """Start ``hdpo-tune run run_dir/job.yaml``; raise :class:`Busy` if the folder is still in use."""
 
@@ -82,6 +112,10 @@ class LocalProcess:
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self._p = popen
         self.pid: int | None = popen.pid
+        self.error: str | None = None
+
+    def notes(self) -> list[Note]:
+        return []
 
     def poll(self) -> int | None:
         return self._p.poll()
@@ -94,8 +128,13 @@ class LocalProcess:
 class LocalExecutor:
     """Job processes on this machine; ``gpus`` (device ids) are handed out one per slot."""
 
+    keeps_jobs = False  # job processes die with the server (parent-death signal) and are resumed
+
     def __init__(self, gpus: list[str] | None = None) -> None:
         self.gpus = gpus or []
+
+    def attach(self, job_id: str, run_dir: Path) -> JobProcess | None:
+        return None  # a process of a previous server is not this one's child: it is waited for, then resumed
 
     def busy(self, run_dir: Path) -> bool:
         return lock_held(run_dir) is True

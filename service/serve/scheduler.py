@@ -28,12 +28,14 @@ from sqlalchemy.orm import Session
 from . import store
 from .config import ServeConfig
 from .db import JobRow, Sessions, now
-from .executor import Busy, Executor, JobProcess
+from .executor import Busy, CannotRun, Executor, JobProcess, Lost
 from .finish import finish_job
 from .progress import MetricsReader, metric_event, read_status
 from .schemas import EventLevel
 
 log = logging.getLogger("hdpo_tune.serve")
+#: a job whose process is lost (its machine died) more often than this fails instead of starting again
+MAX_LOSSES = 3
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Scheduler:
         self.config, self.sessions, self.executor = config, sessions, executor
         self.workers = config.worker_count()
         self.running: dict[str, Running] = {}
+        self.losses: dict[str, int] = {}  # job id -> processes lost under it (this server's count)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -77,6 +80,9 @@ class Scheduler:
         self._shutdown()
 
     def _shutdown(self, grace_s: float = 120.0) -> None:
+        if self.executor.keeps_jobs:
+            self._leave_running()
+            return
         for run in self.running.values():
             run.process.terminate()
         deadline = time.monotonic() + grace_s
@@ -93,6 +99,18 @@ class Scheduler:
                         db.commit()
                     del self.running[job_id]
             time.sleep(0.2)
+
+    def _leave_running(self) -> None:
+        """Stop watching jobs that run outside the server (a cluster): they go on; any server re-attaches."""
+        with self.sessions() as db:
+            for job_id in list(self.running):
+                job = store.job_by_id(db, job_id)
+                if job is not None and job.status == "running":
+                    job.host, job.lease_until = None, None
+                    store.add_event(db, job_id, "Server stopped: the job keeps running on the cluster; the next server "
+                              "re-attaches to it")
+            db.commit()
+        self.running.clear()
 
     # --- one tick ----------------------------------------------------------------------------------------
 
@@ -134,6 +152,9 @@ class Scheduler:
                 self._launch(db, job, slot, f"Started `hdpo-tune run` (attempt 1) in slot {slot}")
             except Busy:
                 db.rollback()  # the folder is held (cannot happen for a new job); retried as an orphan
+            except CannotRun as exc:
+                db.rollback()
+                self._fail(db, store.job_by_id(db, job.id), exc.message, code=exc.code)
             except OSError as exc:
                 db.rollback()
                 failed = store.job_by_id(db, job.id)
@@ -147,6 +168,8 @@ class Scheduler:
         waiting = 0
         for job in orphans:
             run_dir = self.config.runs_dir / job.id
+            if self._attach(db, job):
+                continue
             if job.cancel_requested:
                 if not self.executor.busy(run_dir):
                     self._finish(db, job, "cancelled", "The job was cancelled")
@@ -156,17 +179,36 @@ class Scheduler:
                 waiting += 1
                 continue
             step = (read_status(run_dir) or {}).get("step")
+            why = "its process was lost" if job.id in self.losses else "a server restart"
             try:
-                self._launch(db, job, slot, f"Resuming after a server restart: `hdpo-tune run` attempt "
+                self._launch(db, job, slot, f"Resuming after {why}: `hdpo-tune run` attempt "
                              f"{job.attempts + 1} continues from the last checkpoint (last reported step "
                              f"{job.last_metrics_step or step or 0})")
             except Busy:
                 db.rollback()  # the previous process is still writing its checkpoint; next tick
                 waiting += 1
+            except CannotRun as exc:
+                db.rollback()
+                self._fail(db, job, exc.message, code=exc.code)
             except OSError as exc:
                 db.rollback()
                 self._fail(db, job, f"could not start the job process: {exc.strerror or exc}")
         return waiting
+
+    def _attach(self, db: Session, job: JobRow) -> bool:
+        """Take back a job the executor still runs from before this server started (a cluster's job)."""
+        if not self.executor.keeps_jobs:
+            return False
+        process = self.executor.attach(job.id, self.config.runs_dir / job.id)
+        if process is None:
+            return False
+        slot = self._free_slot()
+        slot = slot if slot is not None else len(self.running)  # it runs whether or not a slot is free
+        job.host, job.slot, job.lease_until = self.config.host_id, slot, now() + self.config.lease_s
+        store.add_event(db, job.id, f"Re-attached to attempt {job.attempts}, still running on the cluster")
+        db.commit()
+        self.running[job.id] = Running(job.id, process, slot, MetricsReader(self.config.runs_dir / job.id))
+        return True
 
     # --- watching ----------------------------------------------------------------------------------------
 
@@ -204,12 +246,19 @@ class Scheduler:
         job = self._progress(db, run)
         if job is None:
             return
+        for level, message in run.process.notes():
+            store.add_event(db, job.id, self.config.public(message), level=level)
         if job.cancel_requested and not run.term_sent:
             run.process.terminate()
             run.term_sent = True
             store.add_event(db, job.id, "Cancellation requested: SIGTERM sent; the job writes a checkpoint and stops")
         db.commit()
-        code = run.process.poll()
+        try:
+            code = run.process.poll()
+        except Lost as exc:
+            del self.running[job.id]
+            self._lost(db, job, str(exc))
+            return
         if code is None:
             return
         del self.running[job.id]
@@ -219,8 +268,21 @@ class Scheduler:
             finish_job(self.config, db, job)
         else:
             status = read_status(self.config.runs_dir / job.id) or {}
-            reason = status.get("error") or f"the job process exited with code {code}; see its log"
+            reason = status.get("error") or run.process.error or f"the job process exited with code {code}; see its log"
             self._fail(db, job, str(reason), code="invalid_input" if code == 2 else "job_failed")
+
+    def _lost(self, db: Session, job: JobRow, reason: str) -> None:
+        """The job's process was lost (not its own failure): start it again from its checkpoint, a few times."""
+        self.losses[job.id] = self.losses.get(job.id, 0) + 1
+        if job.cancel_requested:
+            self._finish(db, job, "cancelled", "The job was cancelled")
+        elif self.losses[job.id] > MAX_LOSSES:
+            self._fail(db, job, f"the job's process was lost {self.losses[job.id]} times ({reason})", code="node_lost")
+        else:
+            job.pid, job.lease_until = None, None
+            store.add_event(db, job.id, f"Lost the job's process: {reason}; it resumes from its last checkpoint",
+                      level="warn")
+            db.commit()
 
     def _finish(self, db: Session, job: JobRow, state: Literal["failed", "cancelled"], message: str,
                 level: EventLevel = "info") -> None:

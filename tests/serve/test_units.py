@@ -126,6 +126,10 @@ class _FakeProcess:
     def __init__(self) -> None:
         self.pid = 4242
         self.code: int | None = None
+        self.error: str | None = None
+
+    def notes(self) -> list[tuple[str, str]]:
+        return []
 
     def poll(self) -> int | None:
         return self.code
@@ -136,6 +140,8 @@ class _FakeProcess:
 
 class _FakeExecutor:
     """Holds run folders as a dead server's job processes would (``held``); records what it starts."""
+
+    keeps_jobs = False
 
     def __init__(self) -> None:
         self.held: set[str] = set()
