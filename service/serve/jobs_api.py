@@ -129,10 +129,10 @@ def openai_spec(req: CreateJob) -> dict[str, Any]:
 def method_echo(spec: JobSpec) -> dict[str, Any]:
     """The effective hyperparameters, in OpenAI's shape plus the H-DPO ones."""
     t = spec.train
-    hp = {"beta": spec.hdpo.beta, "batch_size": t.batch_size, "learning_rate_multiplier": t.learning_rate / BASE_LR,
+    hp = {"beta": spec.hdpo.core.beta, "batch_size": t.batch_size, "learning_rate_multiplier": t.learning_rate / BASE_LR,
           "n_epochs": int(t.epochs) if t.epochs is not None and float(t.epochs).is_integer() else (t.epochs or "auto")}
     return {"type": "dpo", "dpo": {"hyperparameters": hp},
-            "hdpo_tune": {"alpha": spec.hdpo.alpha, "max_steps": t.max_steps, "learning_rate": t.learning_rate,
+            "hdpo_tune": {"alpha": spec.hdpo.core.alpha, "max_steps": t.max_steps, "learning_rate": t.learning_rate,
                           "lora": spec.lora is not None,
                           "quantization": spec.quantization.model_dump() if spec.quantization else None}}
 
