@@ -20,7 +20,7 @@ from hdpo_core.settings import LossSettings
 from service.spec.base import StrictModel
 from service.spec.core_fields import section_fields
 
-__all__ = ["BOUNDS", "HdpoSection", "HdpoSpec", "hdpo_section", "parse_relative"]
+__all__ = ["BOUNDS", "HdpoSection", "HdpoSpec", "hdpo_section"]
 
 #: What the spec checks beyond the type (pydantic ``Field`` constraints), per field. A new setting needs an
 #: entry only when it has a bound; ``alpha`` has its own validator (one line for 'auto' or a bad number).

@@ -1,7 +1,10 @@
 """The job spec: one strict pydantic model per concern, documented in its own JSON schema.
 
-Defaults live here and only here (``Field(default, description=...)``); code downstream reads the validated
-spec and never ``.get(key, default)``. Cross-field rules are ``model_validator``s that collect every problem
+Each default is written once: a field the section shares with the core object it produces
+(:mod:`hdpo_core.settings`: ``ModelOptions``, ``LoraOptions``, ``TrainOptions``, ``LossSettings``) takes the
+core's default, the others are written here; ``hdpo:`` is built from ``LossSettings`` whole
+(:mod:`service.spec.hdpo`). Sections hand the engine those objects (``.core``); code downstream never
+``.get(key, default)``. Cross-field rules are ``model_validator``s that collect every problem
 of their section and raise them at once, one per line. :func:`load_spec` adds what pydantic cannot know:
 the job file's line numbers for malformed YAML, "did you mean" for misspelled keys, refusal of secrets, and
 paths resolved against the job file's folder. Every problem comes out as one line

@@ -12,7 +12,7 @@ from hdpo_core import steps
 from hdpo_core.alpha import EntropyTargetAlpha, ScheduledAlpha, alpha_controller
 from hdpo_core.choices import check_batch_split
 from hdpo_core.errors import InputError
-from hdpo_core.loss import HDPOLossOutput
+from hdpo_core.loss import HDPOLossOutput, hdpo_loss_with
 from hdpo_core.settings import LossSettings, TrainOptions
 from hdpo_core.tokenize import TokenizedPair, largest_token, token_id_problems
 from hdpo_core.trainer import EvalSet, TrainHooks, TrainPaths, train
@@ -44,11 +44,10 @@ def test_the_loss_gets_the_configured_settings_unchanged(tmp_path: Path, monkeyp
     """A field the trainer has never heard of reaches the loss, in training and in evaluation: only alpha is
     this step's value (here the configured constant)."""
     seen: list[LossSettings] = []
-    real = steps.hdpo_loss_with
 
     def spy(settings: LossSettings, *args: object, **kwargs: object) -> HDPOLossOutput:
         seen.append(settings)
-        return real(settings, *args, **kwargs)  # type: ignore[arg-type]
+        return hdpo_loss_with(settings, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(steps, "hdpo_loss_with", spy)
     loss = WithSmoothing(alpha=0.7, beta=0.2, sft_weight=0.5, label_smoothing=0.3)

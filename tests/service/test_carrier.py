@@ -12,16 +12,12 @@ import pytest
 from pydantic import ValidationError
 
 from hdpo_core.settings import LoraOptions, LossSettings, ModelOptions, TrainOptions
-from service.spec.core_fields import attribute_docs
+from service.spec.core_fields import attribute_docs, core_defaults
 from service.spec.hdpo import HdpoSpec, hdpo_section
-from service.spec.job import JobSpec, json_schema
+from service.spec.job import JobSpec, TrainSpec, json_schema
 from service.spec.template import _render_model, render_example_spec
 
 SECTIONS = {"ModelSpec": ModelOptions, "LoraSpec": LoraOptions, "TrainSpec": TrainOptions, "HdpoSpec": LossSettings}
-
-
-def _core_default(f: dataclasses.Field[Any]) -> Any:
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("section", sorted(SECTIONS))
@@ -30,11 +26,10 @@ def test_spec_defaults_are_the_core_defaults(section: str) -> None:
     docs/spec.md, `hdpo-tune init` and job.resolved.yaml show)."""
     props = json_schema()["$defs"][section]["properties"]
     core = SECTIONS[section]
-    shared = [f for f in dataclasses.fields(core)
-              if f.name in props and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)]
+    shared = {name: default for name, default in core_defaults(core).items() if name in props}
     assert len(shared) >= {"ModelSpec": 6, "LoraSpec": 4, "TrainSpec": 18, "HdpoSpec": 10}[section]
-    for f in shared:
-        assert props[f.name]["default"] == _core_default(f), f"{section}.{f.name}"
+    for name, default in shared.items():
+        assert props[name]["default"] == default, f"{section}.{name}"
     if core is TrainOptions:
         assert (props["adam_beta1"]["default"], props["adam_beta2"]["default"]) == TrainOptions(1).adam_betas
 
@@ -74,7 +69,7 @@ def test_a_new_loss_setting_is_a_spec_key_without_a_spec_edit() -> None:
         section.model_validate({"alpha": "auto", "label_smoothing": 0.1})  # the section's rules still hold
     lines = _render_model(("hdpo",), section, 0, False)
     assert "  label_smoothing: 0.0" in lines and "  # Probability that a preference label is flipped (cDPO)." in lines
-    opts = JobSpec.model_fields["train"].default_factory().core(10, loss=core)  # type: ignore[misc]
+    opts = TrainSpec().core(10, loss=core)
     assert opts.loss is core
 
 
