@@ -7,8 +7,11 @@ description plus a pure ``value(step)``; the adaptive controller also has ``upda
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
+
+from .settings import AlphaSchedule, LossSettings
 
 
 class AlphaController(Protocol):
@@ -30,7 +33,7 @@ class ScheduledAlpha:
 
     start: float
     end: float | None = None
-    kind: Literal["constant", "linear", "cosine"] = "constant"
+    kind: AlphaSchedule = "constant"
     total_steps: int = 1
 
     def value(self, step: int) -> float:
@@ -95,3 +98,23 @@ class EntropyTargetAlpha:
             self.log_alpha = float(state["log_alpha"])
         if "entropy_target" in state:
             self.target = float(state["entropy_target"])
+
+
+def parse_relative(text: str) -> float | None:
+    """``'0.8x'`` -> 0.8 (a target entropy relative to the reference's); None when ``text`` is not such a
+    multiple. The spec validates ``hdpo.target_entropy`` with it, :func:`alpha_controller` reads it."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*[xX]\s*", text)
+    return float(m.group(1)) if m and float(m.group(1)) > 0 else None
+
+
+def alpha_controller(settings: LossSettings, total_steps: int) -> AlphaController:
+    """The controller ``settings`` describe: entropy-targeting for ``alpha: auto``, else constant or scheduled
+    from ``alpha`` to ``alpha_end`` over ``total_steps``. ``settings`` are valid (the spec checked them)."""
+    if settings.alpha == "auto":
+        target = settings.target_entropy
+        relative = parse_relative(target) if isinstance(target, str) else None
+        absolute = None if relative is not None or target is None else float(target)
+        return EntropyTargetAlpha(target=absolute, relative=relative, init=settings.alpha_init, lr=settings.alpha_lr,
+                                  alpha_min=settings.alpha_min, alpha_max=settings.alpha_max)
+    return ScheduledAlpha(start=float(settings.alpha), end=settings.alpha_end, kind=settings.alpha_schedule,
+                          total_steps=total_steps)

@@ -19,6 +19,11 @@ Facts the tests pin down:
 
 ``sft_weight`` adds RPO / TRL ``sft``-style NLL on the chosen response (mean per token) against likelihood
 displacement; it needs ``chosen_token_counts``.
+
+The loss takes its configuration as one object, :class:`~hdpo_core.settings.LossSettings` (the job spec's
+``hdpo:`` section builds exactly that object), through :func:`hdpo_loss_with`; :func:`hdpo_loss` is the same
+loss spelled with plain numbers. A new loss setting is two edits: its field on ``LossSettings`` and its use in
+:func:`hdpo_loss_with` (see docs/architecture.md, "Settings: one carrier").
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .settings import LossSettings
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,12 @@ def hdpo_loss(
     ref_rejected_logps: torch.Tensor,
     *,
     beta: float,
-    alpha: float | torch.Tensor,
+    alpha: float,
     sft_weight: float = 0.0,
     chosen_token_counts: torch.Tensor | None = None,
 ) -> HDPOLossOutput:
-    """H-DPO loss per pair.
+    """H-DPO loss per pair, from plain numbers: :func:`hdpo_loss_with` with ``LossSettings(alpha, beta,
+    sft_weight)`` (every other setting at its default).
 
     Args:
         policy_chosen_logps: ``[pairs]`` summed log-probs of the chosen completions under the policy.
@@ -60,20 +68,38 @@ def hdpo_loss(
         ref_chosen_logps: ``[pairs]`` chosen completions under the reference (no grad needed).
         ref_rejected_logps: ``[pairs]`` rejected completions under the reference.
         beta: KL strength, > 0.
-        alpha: entropy coefficient, > 0 (1 = DPO); a float or a 0-d tensor (schedules, auto-alpha).
+        alpha: entropy coefficient, > 0 (1 = DPO): this step's value (schedules and controllers give one).
         sft_weight: weight of the chosen-response NLL term (0 = off).
         chosen_token_counts: ``[pairs]`` completion token counts, required when ``sft_weight > 0``.
 
     Returns:
         :class:`HDPOLossOutput` with unreduced ``losses`` (the caller takes the mean).
     """
+    return hdpo_loss_with(LossSettings(alpha=alpha, beta=beta, sft_weight=sft_weight), policy_chosen_logps,
+                          policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                          chosen_token_counts=chosen_token_counts)
+
+
+def hdpo_loss_with(
+    settings: LossSettings,
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    *,
+    chosen_token_counts: torch.Tensor | None = None,
+) -> HDPOLossOutput:
+    """H-DPO loss per pair with the loss configured by ``settings`` (tensors as in :func:`hdpo_loss`).
+
+    ``settings.alpha`` must be this step's number (:meth:`LossSettings.with_alpha`), not ``'auto'``."""
+    alpha, beta, sft_weight = settings.alpha, settings.beta, settings.sft_weight
     shapes = {t.shape for t in (policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)}
     if len(shapes) != 1:
         raise ValueError(f"hdpo_loss: the four log-prob tensors must share one shape, got {sorted(map(tuple, shapes))}")
     if beta <= 0:
         raise ValueError(f"hdpo_loss: beta must be > 0, got {beta}")
-    if float(alpha) <= 0:
-        raise ValueError(f"hdpo_loss: alpha must be > 0, got {float(alpha)}")
+    if isinstance(alpha, str) or alpha <= 0:
+        raise ValueError(f"hdpo_loss: alpha must be a number > 0 (this step's value), got {alpha!r}")
     ref_chosen_logps = ref_chosen_logps.detach()
     ref_rejected_logps = ref_rejected_logps.detach()
     policy_delta = policy_chosen_logps - policy_rejected_logps

@@ -15,7 +15,6 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +23,12 @@ from torch import nn
 
 from .errors import InputError
 from .inputs import check_model_folder
-from .quant import QuantOptions
+from .settings import LoraOptions, ModelOptions
+
+__all__ = ["DTYPES", "LoraOptions", "ModelOptions", "apply_lora", "build_policy_and_reference", "disable_dropout",
+           "has_tokenizer_files", "load_causal_lm", "load_tokenizer", "model_fingerprint"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    name_or_path: str
-    dtype: str = "float32"
-    revision: str | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    attn_implementation: str = "sdpa"
-    gradient_checkpointing: bool = False
-    quantization: QuantOptions | None = None
-
-
-@dataclass(frozen=True)
-class LoraOptions:
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    target_modules: str | tuple[str, ...] = "all-linear"
 
 
 def has_tokenizer_files(folder: Path) -> bool:

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from .batching import TokenBatch, to_device
 from .forward import SequenceScores, score
-from .loss import hdpo_loss
+from .loss import hdpo_loss_with
+from .settings import LossSettings
+
+__all__ = ["DEVICE_SUMS", "METRIC_SUMS", "LossSettings", "StepSums", "evaluate_pairs", "metric_means", "pair_loss",
+           "run_micro_batches", "saved_tensors_on_host"]
 from .tokenize import TokenizedPair
 
 #: Sums kept on the device, in this order.
@@ -71,20 +74,13 @@ def metric_means(values: dict[str, float]) -> dict[str, float]:
     return out
 
 
-@dataclass(frozen=True)
-class LossSettings:
-    alpha: float
-    beta: float
-    sft_weight: float = 0.0
-
-
 def pair_loss(policy: SequenceScores, ref: SequenceScores, settings: LossSettings, sums: StepSums) -> torch.Tensor:
-    """Per-pair H-DPO losses ``[pairs]``; adds this micro-batch's metric sums to ``sums`` (on the device)."""
+    """Per-pair H-DPO losses ``[pairs]``; adds this micro-batch's metric sums to ``sums`` (on the device).
+    ``settings`` go to the loss as they are (``settings.alpha``: this step's value)."""
     device = policy.logps.device
     ref_chosen, ref_rejected = ref.chosen.to(device), ref.rejected.to(device)
-    out = hdpo_loss(policy.chosen, policy.rejected, ref_chosen, ref_rejected, beta=settings.beta,
-                    alpha=settings.alpha, sft_weight=settings.sft_weight,
-                    chosen_token_counts=policy.token_counts[0::2].float())
+    out = hdpo_loss_with(settings, policy.chosen, policy.rejected, ref_chosen, ref_rejected,
+                         chosen_token_counts=policy.token_counts[0::2].float())
     c, r = out.chosen_rewards.detach(), out.rejected_rewards.detach()
     with torch.no_grad():
         vec = torch.stack([out.losses.detach().sum(), c.sum(), r.sum(), (c > r).float().sum(), (c - r).sum(),

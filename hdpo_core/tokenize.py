@@ -19,6 +19,7 @@ TRL only *warns* when ``ids(prompt)`` is not a prefix of ``ids(prompt + chosen)`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -170,3 +171,27 @@ def tokenize_rows(
         first = f" (first problem: {problems.messages[0]})" if problems.messages else ""
         raise InputError(f"data: no usable preference pairs after tokenization{first}")
     return out, problems
+
+
+def largest_token(pairs: Iterable[TokenizedPair]) -> tuple[int, str] | None:
+    """The largest token id in ``pairs`` and the ``file:row`` of the first pair holding it (None: no ids)."""
+    best: tuple[int, str] | None = None
+    for p in pairs:
+        top = max((max(ids, default=-1) for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids)), default=-1)
+        if top >= 0 and (best is None or top > best[0]):
+            best = (top, p.source)
+    return best
+
+
+def token_id_problems(embedding_rows: int, *, eos_token_id: int | None, pad_token_id: int | None,
+                      largest: tuple[int, str] | None) -> list[str]:
+    """Every id a run feeds the model (eos, pad, the data's largest, from :func:`largest_token`) needs an
+    embedding row: a tokenizer from another model otherwise fails deep in the forward pass with an IndexError.
+    The one rule and message of ``hdpo-tune validate`` and the train stage; one line per offending id."""
+    named = [(f"the tokenizer's {name} token id {value}", value)
+             for name, value in (("eos", eos_token_id), ("pad", pad_token_id)) if isinstance(value, int)]
+    if largest is not None:
+        named.append((f"{largest[1]}: token id {largest[0]}", largest[0]))
+    return [f"model.name_or_path: {what} is beyond the model's embedding ({embedding_rows} rows); the tokenizer "
+            "does not belong to this model: use the model's own tokenizer or resize its embeddings"
+            for what, value in named if value >= embedding_rows]

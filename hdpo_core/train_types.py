@@ -1,5 +1,6 @@
 """What the training loop is given and gives back: options, paths, hooks into the service layer, the result,
-and the held-out set. Plain frozen dataclasses (the core never sees the job spec)."""
+and the held-out set. Plain frozen dataclasses (the core never sees the job spec). :class:`TrainOptions` and
+the :class:`LossSettings` it carries live in :mod:`hdpo_core.settings` (torch-free: the spec builds on them)."""
 
 from __future__ import annotations
 
@@ -9,35 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .choices import OnNonfinite, Scheduler
 from .refcache import RefLogps
+from .settings import LossSettings, TrainOptions
 from .tokenize import TokenizedPair
 
-
-@dataclass(frozen=True)
-class TrainOptions:
-    total_steps: int
-    batch_size: int = 8
-    micro_batch_size: int = 4
-    learning_rate: float = 1e-6
-    scheduler: Scheduler = "cosine"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    seed: int = 0
-    log_every: int = 1
-    save_every: int = 50
-    eval_every: int | None = None
-    keep_checkpoints: int = 2
-    packing: bool = True
-    row_tokens: int = 4096
-    share_prompt: bool = True
-    on_nonfinite: OnNonfinite = "stop"
-    beta: float = 0.1
-    sft_weight: float = 0.0
-    activation_offloading: bool = False
+__all__ = ["EvalSet", "LossSettings", "TrainHooks", "TrainOptions", "TrainPaths", "TrainResult"]
 
 
 @dataclass(frozen=True)

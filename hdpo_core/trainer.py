@@ -23,14 +23,14 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .alpha import AlphaController
+from .alpha import AlphaController, alpha_controller
 from .batching import TokenBatch, packed_batch, padded_batch, to_device
-from .choices import batch_split_problem
+from .choices import check_batch_split
 from .errors import Interrupted, RunError
 from .forward import SequenceScorer, SequenceScores, uses_segment_kernel
 from .progress import StopFlag, progress_printer
 from .refcache import RefLogps, live_reference
-from .steps import METRIC_SUMS, LossSettings, evaluate_pairs, metric_means, run_micro_batches
+from .steps import METRIC_SUMS, evaluate_pairs, metric_means, run_micro_batches
 from .tokenize import TokenizedPair
 from .train_types import EvalSet, TrainHooks, TrainOptions, TrainPaths, TrainResult
 
@@ -108,10 +108,10 @@ def train(
     pairs: Sequence[TokenizedPair],
     *,
     pad_token_id: int,
-    alpha: AlphaController,
     opts: TrainOptions,
     paths: TrainPaths,
     save_final: Callable[..., None],
+    alpha: AlphaController | None = None,
     ref_cache: RefLogps | None = None,
     evaluation: EvalSet | None = None,
     hooks: TrainHooks | None = None,
@@ -124,7 +124,10 @@ def train(
         policy: the causal LM to train (a peft model under LoRA).
         reference: frozen reference model for full fine-tuning; ``None`` under LoRA (adapter switched off).
         pairs: tokenised training pairs.
-        alpha: gives alpha per step (constant, schedule or controller).
+        opts: the loop's settings; ``opts.loss`` (:class:`~hdpo_core.settings.LossSettings`) goes to the loss
+            as configured, with each step's alpha filled in.
+        alpha: gives alpha per step; ``None`` (the service) builds the one ``opts.loss`` describes
+            (:func:`~hdpo_core.alpha.alpha_controller`). Tests and benchmarks hand in their own.
         save_final: writes the final adapter/model folder from the unwrapped policy (main process only);
             under FSDP/DeepSpeed it is also given ``state_dict=`` (the gathered full weights).
         ref_cache: precomputed reference log-probs per pair (skips the reference forward).
@@ -144,14 +147,14 @@ def train(
 
 
 def prepare(accelerator: Any, policy: nn.Module, reference: nn.Module | None, pairs: Sequence[TokenizedPair], *,
-            pad_token_id: int, alpha: AlphaController, opts: TrainOptions, paths: TrainPaths,
+            pad_token_id: int, alpha: AlphaController | None, opts: TrainOptions, paths: TrainPaths,
             ref_cache: RefLogps | None, evaluation: EvalSet | None, hooks: TrainHooks,
             chunk_size: int) -> _Session:
     """Place (or shard) the policy, build optimizer, scheduler and the reference, and restore a checkpoint."""
     world = accelerator.num_processes
-    split = batch_split_problem(opts.batch_size, opts.micro_batch_size, processes=world)
-    if split is not None:
-        raise RunError(split)
+    check_batch_split(opts.batch_size, opts.micro_batch_size, processes=world)
+    if alpha is None:
+        alpha = alpha_controller(opts.loss, opts.total_steps)
     torch.manual_seed(opts.seed)
     policy.train()
     kind = ckpt.backend(accelerator)
@@ -266,7 +269,7 @@ def _train_step(s: _Session, step: int, signalled: bool) -> tuple[dict[str, Any]
     a = s.alpha.value(step)
     with acc.autocast():
         sums = run_micro_batches(micro, s.pairs, s.make_batch, s.scorer, s.ref_scores,
-                                 LossSettings(a, opts.beta, opts.sft_weight), loss_scale=world / opts.batch_size,
+                                 opts.loss.with_alpha(a), loss_scale=world / opts.batch_size,
                                  backward=lambda loss, last: _backward(s, loss, last), device=acc.device,
                                  offload=opts.activation_offloading)
     grad_norm = _grad_norm(acc, s.scorer, opts.max_grad_norm)
@@ -327,7 +330,7 @@ def evaluate(s: _Session, step: int) -> dict[str, float]:
     """``eval/*`` means over the held-out pairs, through the prepared scorer and the session's reference."""
     assert s.evaluation is not None and s.eval_ref_scores is not None
     means = evaluate_pairs(s.scorer, s.eval_ref_scores, s.evaluation.pairs, s.make_batch,
-                           LossSettings(s.alpha.value(step - 1), s.opts.beta, s.opts.sft_weight),
+                           s.opts.loss.with_alpha(s.alpha.value(step - 1)),
                            micro_batch_size=s.opts.micro_batch_size, device=s.accelerator.device,
                            autocast=s.accelerator.autocast)
     return {f"eval/{k}": v for k, v in means.items()}

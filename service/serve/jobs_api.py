@@ -148,9 +148,9 @@ def method_echo(spec: JobSpec) -> dict[str, Any]:
     epochs: int | float | Literal["auto"] = "auto"
     if t.epochs is not None:
         epochs = int(t.epochs) if float(t.epochs).is_integer() else t.epochs
-    hp = DpoHyperparameters(beta=spec.hdpo.beta, batch_size=t.batch_size,
+    hp = DpoHyperparameters(beta=spec.hdpo.core.beta, batch_size=t.batch_size,
                             learning_rate_multiplier=t.learning_rate / BASE_LR, n_epochs=epochs)
-    extension = MethodExtension(alpha=spec.hdpo.alpha, max_steps=t.max_steps, learning_rate=t.learning_rate,
+    extension = MethodExtension(alpha=spec.hdpo.core.alpha, max_steps=t.max_steps, learning_rate=t.learning_rate,
                                 lora=spec.lora is not None,
                                 quantization=spec.quantization.model_dump() if spec.quantization else None)
     return JobMethod(dpo=DpoMethod(hyperparameters=hp), hdpo_tune=extension).model_dump(mode="json")

@@ -1,41 +1,46 @@
-"""The job spec's ``hdpo:`` section (imported by the JobSpec): the loss coefficients and how alpha moves."""
+"""The job spec's ``hdpo:`` section (imported by the JobSpec): the loss coefficients and how alpha moves.
+
+Its fields are :class:`hdpo_core.settings.LossSettings`'s, built from that dataclass (:func:`hdpo_section`):
+names, types, defaults and descriptions are written once, in the core. This module adds only what the spec
+owns: the bounds (``beta > 0`` ...) and the cross-field rules. A validated section hands the trainer the
+core object itself (:attr:`HdpoSection.core`), which goes unchanged to the loss.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from hdpo_core.alpha import parse_relative
+from hdpo_core.settings import LossSettings
 from service.spec.base import StrictModel
+from service.spec.core_fields import section_fields
+
+__all__ = ["BOUNDS", "HdpoSection", "HdpoSpec", "hdpo_section"]
+
+#: What the spec checks beyond the type (pydantic ``Field`` constraints), per field. A new setting needs an
+#: entry only when it has a bound; ``alpha`` has its own validator (one line for 'auto' or a bad number).
+BOUNDS: dict[str, dict[str, Any]] = {
+    "beta": {"gt": 0}, "sft_weight": {"ge": 0}, "alpha_end": {"gt": 0}, "alpha_init": {"gt": 0},
+    "alpha_lr": {"gt": 0}, "alpha_min": {"gt": 0}, "alpha_max": {"gt": 0},
+}
 
 
-class HdpoSpec(StrictModel):
-    """H-DPO loss: ``-log sigmoid(alpha*beta*(logp_w - logp_l) - beta*(logp_ref_w - logp_ref_l))``."""
+class HdpoSection(StrictModel):
+    """The rules of the ``hdpo:`` section; its fields come from the core dataclass (:func:`hdpo_section`)."""
 
+    core_class: ClassVar[type[LossSettings]] = LossSettings
 
-    alpha: float | Literal["auto"] = Field(
-        0.9, description="Entropy coefficient: 1 is plain DPO; below 1 sharpens the policy (lower entropy), above "
-        "1 flattens it. 'auto' adapts it during training to reach hdpo.target_entropy (see docs/alpha.md).")
-    beta: float = Field(0.1, gt=0, description="KL strength, as in DPO.")
-    sft_weight: float = Field(0.0, ge=0, description="Weight of an added NLL loss on the chosen completions "
-                              "(0 = off); counters likelihood displacement, as TRL's 'sft' loss and RPO do.")
-    alpha_schedule: Literal["constant", "linear", "cosine"] = Field(
-        "constant", description="How alpha moves over training: constant, or linear/cosine from hdpo.alpha at "
-        "the first step to hdpo.alpha_end at the last.")
-    alpha_end: float | None = Field(None, gt=0, description="Final alpha of a linear or cosine schedule.")
-    target_entropy: float | str | None = Field(
-        None, description="With alpha: auto, the per-token policy entropy to reach: nats per token (e.g. 0.5) or "
-        "relative to the reference model's entropy at the first step (e.g. '0.8x').")
-    alpha_init: float = Field(1.0, gt=0, description="With alpha: auto, the starting alpha.")
-    alpha_lr: float = Field(0.05, gt=0, description="With alpha: auto, the dual step size: log(alpha) += "
-                            "alpha_lr * (target_entropy - entropy) after each optimizer step.")
-    alpha_min: float = Field(0.5, gt=0, description="With alpha: auto, the lowest alpha allowed.")
-    alpha_max: float = Field(2.0, gt=0, description="With alpha: auto, the highest alpha allowed.")
+    @property
+    def core(self) -> LossSettings:
+        """The validated section as the core's settings object (what the trainer and the loss take)."""
+        return self.core_class(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self.core_class)})
 
-    @field_validator("alpha", mode="before")
+    @field_validator("alpha", mode="before", check_fields=False)
     @classmethod
     def _alpha_positive(cls, value: Any) -> Any:
         """One line for a bad number (the union with 'auto' would otherwise report two contradicting ones)."""
@@ -46,34 +51,44 @@ class HdpoSpec(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _alpha_rules(self) -> HdpoSpec:
+    def _alpha_rules(self) -> HdpoSection:
+        h = self.core
         issues = []
-        if self.alpha == "auto":
-            if self.target_entropy is None:
+        if h.alpha == "auto":
+            if h.target_entropy is None:
                 issues.append("hdpo.target_entropy: required with hdpo.alpha: auto; give nats per token (e.g. 0.5) "
                               "or a multiple of the reference entropy (e.g. '0.8x')")
-            if self.alpha_schedule != "constant":
+            if h.alpha_schedule != "constant":
                 issues.append("hdpo.alpha_schedule: a schedule needs a numeric hdpo.alpha, not auto; choose one")
-            if not self.alpha_min <= self.alpha_init <= self.alpha_max:
-                issues.append(f"hdpo.alpha_init ({self.alpha_init}) must lie within [hdpo.alpha_min, "
-                              f"hdpo.alpha_max] = [{self.alpha_min}, {self.alpha_max}]")
-        elif self.target_entropy is not None:
+            if not h.alpha_min <= h.alpha_init <= h.alpha_max:
+                issues.append(f"hdpo.alpha_init ({h.alpha_init}) must lie within [hdpo.alpha_min, "
+                              f"hdpo.alpha_max] = [{h.alpha_min}, {h.alpha_max}]")
+        elif h.target_entropy is not None:
             issues.append("hdpo.target_entropy: only used with hdpo.alpha: auto; set alpha: auto or remove it")
-        if isinstance(self.target_entropy, str) and parse_relative(self.target_entropy) is None:
-            issues.append(f"hdpo.target_entropy: '{self.target_entropy}' is not a number or a multiple like "
-                          "'0.8x'")
-        if isinstance(self.target_entropy, float | int) and self.target_entropy <= 0:
+        if isinstance(h.target_entropy, str) and parse_relative(h.target_entropy) is None:
+            issues.append(f"hdpo.target_entropy: '{h.target_entropy}' is not a number or a multiple like '0.8x'")
+        if isinstance(h.target_entropy, float | int) and h.target_entropy <= 0:
             issues.append("hdpo.target_entropy: must be > 0 nats per token")
-        if self.alpha_schedule != "constant" and self.alpha_end is None:
-            issues.append(f"hdpo.alpha_end: required with hdpo.alpha_schedule: {self.alpha_schedule}")
-        if self.alpha_min >= self.alpha_max:
-            issues.append(f"hdpo.alpha_min ({self.alpha_min}) must be below hdpo.alpha_max ({self.alpha_max})")
+        if h.alpha_schedule != "constant" and h.alpha_end is None:
+            issues.append(f"hdpo.alpha_end: required with hdpo.alpha_schedule: {h.alpha_schedule}")
+        if h.alpha_min >= h.alpha_max:
+            issues.append(f"hdpo.alpha_min ({h.alpha_min}) must be below hdpo.alpha_max ({h.alpha_max})")
         if issues:
             raise ValueError("\n".join(issues))
         return self
 
 
-def parse_relative(text: str) -> float | None:
-    """'0.8x' -> 0.8; None when ``text`` is not such a multiple."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*[xX]\s*", text)
-    return float(m.group(1)) if m and float(m.group(1)) > 0 else None
+def hdpo_section(settings: type[LossSettings], name: str = "HdpoSpec") -> type[HdpoSection]:
+    """The ``hdpo:`` section for ``settings`` (:class:`LossSettings` or a subclass with more fields): one
+    pydantic field per dataclass field, in its order, with its type, default and docstring, plus
+    :data:`BOUNDS`. Its ``core`` is an instance of ``settings``."""
+    section = create_model(name, __base__=HdpoSection, __module__=__name__,
+                           __doc__=settings.__doc__, **section_fields(settings, BOUNDS))
+    section.core_class = settings
+    return section
+
+
+if TYPE_CHECKING:
+    HdpoSpec = HdpoSection
+else:
+    HdpoSpec = hdpo_section(LossSettings)

@@ -1,7 +1,10 @@
 """The job spec: one strict pydantic model per concern, documented in its own JSON schema.
 
-Defaults live here and only here (``Field(default, description=...)``); code downstream reads the validated
-spec and never ``.get(key, default)``. Cross-field rules are ``model_validator``s that collect every problem
+Each default is written once: a field the section shares with the core object it produces
+(:mod:`hdpo_core.settings`: ``ModelOptions``, ``LoraOptions``, ``TrainOptions``, ``LossSettings``) takes the
+core's default, the others are written here; ``hdpo:`` is built from ``LossSettings`` whole
+(:mod:`service.spec.hdpo`). Sections hand the engine those objects (``.core``); code downstream never
+``.get(key, default)``. Cross-field rules are ``model_validator``s that collect every problem
 of their section and raise them at once, one per line. :func:`load_spec` adds what pydantic cannot know:
 the job file's line numbers for malformed YAML, "did you mean" for misspelled keys, refusal of secrets, and
 paths resolved against the job file's folder. Every problem comes out as one line
@@ -13,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -21,12 +24,17 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from hdpo_core.choices import OnNonfinite, Scheduler, batch_split_problem
 from hdpo_core.data import MAX_ROW_BYTES
 from hdpo_core.errors import InputError
+from hdpo_core.settings import LoraOptions, LossSettings, ModelOptions, TrainOptions
 from service.spec.base import StrictModel
+from service.spec.core_fields import core_defaults, shared_values
 from service.spec.distributed import DistributedSpec
 from service.spec.messages import find_secrets, format_validation_error, model_of, redact_secrets
 from service.spec.paths import resolve_paths
 from service.spec.quant import QuantizationSpec, quantization_problems
 from service.spec.yaml_io import load_yaml
+
+if TYPE_CHECKING:
+    from hdpo_core.quant import QuantOptions
 
 __all__ = ["JobSpec", "dump_yaml", "json_schema", "load_spec", "model_of", "redact_secrets",
            "spec_from_resolved", "spec_to_dict", "valid_sections"]
@@ -42,6 +50,9 @@ from service.spec.tracking import TrackingSpec  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------
 
+#: The defaults of the core objects these sections produce: written once, in :mod:`hdpo_core.settings`.
+_MODEL, _LORA, _TRAIN = core_defaults(ModelOptions), core_defaults(LoraOptions), core_defaults(TrainOptions)
+
 
 class ModelSpec(StrictModel):
     """The base model (policy initialisation and, frozen, the reference)."""
@@ -51,30 +62,50 @@ class ModelSpec(StrictModel):
                               "Hub model id. The folder needs config.json, safetensors weights and a tokenizer. "
                               "A peft adapter folder (e.g. an SFT LoRA) is merged into its base first "
                               "(RUN/start_model): policy and reference then start from the adapted model.")
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when name_or_path is a "
-                                 "Hub id; ignored for local folders.")
+    revision: str | None = Field(
+        _MODEL["revision"], description="Hub revision (branch, tag or commit) when name_or_path is a Hub "
+        "id; ignored for local folders.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="dtype the weights are loaded in. float32 is the exact, CPU-friendly choice.")
-    trust_remote_code: bool = Field(False, description="Run the model repo's own Python code (auto_map). Only turn "
-                                    "on for repos you trust.")
-    allow_pickle: bool = Field(False, description="Also load pickle weights (pytorch_model*.bin). Off: safetensors "
-                               "only, since unpickling can run arbitrary code.")
+        _MODEL["dtype"], description="dtype the weights are loaded in. float32 is the exact, CPU-friendly "
+        "choice.")
+    trust_remote_code: bool = Field(
+        _MODEL["trust_remote_code"], description="Run the model repo's own Python code (auto_map). Only "
+        "turn on for repos you trust.")
+    allow_pickle: bool = Field(
+        _MODEL["allow_pickle"], description="Also load pickle weights (pytorch_model*.bin). Off: "
+        "safetensors only, since unpickling can run arbitrary code.")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
-        "sdpa", description="Attention kernel passed to transformers.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory "
-                                         "(about 30% slower).")
+        _MODEL["attn_implementation"], description="Attention kernel passed to transformers.")
+    gradient_checkpointing: bool = Field(
+        _MODEL["gradient_checkpointing"], description="Recompute activations in backward to save memory "
+        "(about 30% slower).")
+
+
+    def core(self, quantization: QuantOptions | None = None) -> ModelOptions:
+        """The core's :class:`ModelOptions` for this section (``quantization``: from the quantization section,
+        which needs the device)."""
+        return ModelOptions(**shared_values(self, ModelOptions), quantization=quantization)
 
 
 class LoraSpec(StrictModel):
     """LoRA adapters (peft). The reference model is the same network with the adapter switched off."""
 
 
-    r: int = Field(16, gt=0, description="Adapter rank.")
-    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    r: int = Field(_LORA["r"], gt=0, description="Adapter rank.")
+    alpha: float = Field(_LORA["alpha"], gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(_LORA["dropout"], ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: str | list[str] = Field(
-        "all-linear", min_length=1, description="Module names to adapt, or 'all-linear' (every linear layer except "
-        "the output head).")
+        _LORA["target_modules"], min_length=1, description="Module names to adapt, or 'all-linear' (every "
+        "linear layer except the output head).")
+
+
+    @property
+    def core(self) -> LoraOptions:
+        """The core's :class:`LoraOptions` for this section."""
+        values = shared_values(self, LoraOptions)
+        if not isinstance(self.target_modules, str):
+            values["target_modules"] = tuple(self.target_modules)
+        return LoraOptions(**values)
 
 
 class DataSpec(StrictModel):
@@ -109,40 +140,55 @@ class TrainSpec(StrictModel):
                                   "with neither, epochs is 1.")
     epochs: float | None = Field(None, gt=0, description="Passes over data.train (may be fractional). Set this or "
                                  "max_steps; filled in as 1 when neither is set.")
-    batch_size: int = Field(8, gt=0, description="Pairs per optimizer step, over all processes (global batch).")
-    micro_batch_size: int = Field(4, gt=0, description="Pairs per forward pass; gradient accumulation steps = "
-                                  "batch_size / (micro_batch_size x processes).")
-    learning_rate: float = Field(1e-6, gt=0, description="Peak AdamW learning rate.")
+    batch_size: int = Field(
+        _TRAIN["batch_size"], gt=0, description="Pairs per optimizer step, over all processes (global "
+        "batch).")
+    micro_batch_size: int = Field(
+        _TRAIN["micro_batch_size"], gt=0, description="Pairs per forward pass; gradient accumulation steps "
+        "= batch_size / (micro_batch_size x processes).")
+    learning_rate: float = Field(_TRAIN["learning_rate"], gt=0, description="Peak AdamW learning rate.")
     scheduler: Scheduler = Field(
-        "cosine", description="Learning-rate decay after warmup (to 0 for cosine/linear).")
-    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps. Set this or warmup_ratio, not both.")
+        _TRAIN["scheduler"], description="Learning-rate decay after warmup (to 0 for cosine/linear).")
+    warmup_steps: int = Field(
+        _TRAIN["warmup_steps"], ge=0, description="Linear warmup steps. Set this or warmup_ratio, not "
+        "both.")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of the total steps.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; null = no "
-                                        "clipping (the norm is still logged).")
-    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
-    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
-    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for weights of new layers, dropout and data order.")
-    log_every: int = Field(1, gt=0, description="Write metrics every this many steps.")
-    save_every: int = Field(50, gt=0, description="Write a resumable checkpoint every this many steps.")
-    eval_every: int | None = Field(None, gt=0, description="Held-out loss and reward accuracy on data.eval every "
-                                   "this many steps (logged as eval/*); null = none during training.")
-    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept on disk.")
+    weight_decay: float = Field(_TRAIN["weight_decay"], ge=0, description="AdamW decoupled weight decay.")
+    max_grad_norm: float | None = Field(
+        _TRAIN["max_grad_norm"], gt=0, description="Clip the global gradient norm to this; null = no "
+        "clipping (the norm is still logged).")
+    adam_beta1: float = Field(_TRAIN["adam_betas"][0], ge=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(_TRAIN["adam_betas"][1], ge=0, lt=1, description="AdamW beta2.")
+    adam_eps: float = Field(_TRAIN["adam_eps"], gt=0, description="AdamW epsilon.")
+    seed: int = Field(
+        _TRAIN["seed"], ge=0, le=2**32 - 1, description="Seed for weights of new layers, dropout and data "
+        "order.")
+    log_every: int = Field(_TRAIN["log_every"], gt=0, description="Write metrics every this many steps.")
+    save_every: int = Field(
+        _TRAIN["save_every"], gt=0, description="Write a resumable checkpoint every this many steps.")
+    eval_every: int | None = Field(
+        _TRAIN["eval_every"], gt=0, description="Held-out loss and reward accuracy on data.eval every this "
+        "many steps (logged as eval/*); null = none during training.")
+    keep_checkpoints: int = Field(
+        _TRAIN["keep_checkpoints"], ge=1, description="Most recent checkpoints kept on disk.")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field(
         "no", description="Autocast compute dtype (accelerate). 'no' computes in model.dtype.")
-    packing: bool = Field(True, description="Pack sequences without padding; attention stays within each "
-                          "sequence (segment kernel, or a block-causal mask) instead of padding each to the longest.")
-    row_tokens: int = Field(4096, gt=0, description="Token budget of one packed row where attention needs a "
-                            "[rows, T, T] block mask (eager attention, model families without the segment kernel); "
-                            "a longer sequence gets its own row. With the segment kernel (sdpa on Llama/Qwen2/...) "
-                            "a micro-batch is one row and this is unused.")
-    share_prompt: bool = Field(True, description="With packing, score chosen and rejected in one packed segment "
-                               "that holds the shared prompt once (rejected attends to the prompt, not to chosen); "
-                               "the same numbers, fewer tokens.")
-    activation_offloading: bool = Field(False, description="Keep the activations saved for backward in host memory "
-                                        "(pinned) instead of GPU memory: larger batches for some speed; the same "
-                                        "numbers. Pairs well with model.gradient_checkpointing off.")
+    packing: bool = Field(
+        _TRAIN["packing"], description="Pack sequences without padding; attention stays within each "
+        "sequence (segment kernel, or a block-causal mask) instead of padding each to the longest.")
+    row_tokens: int = Field(
+        _TRAIN["row_tokens"], gt=0, description="Token budget of one packed row where attention needs a "
+        "[rows, T, T] block mask (eager attention, model families without the segment kernel); a longer "
+        "sequence gets its own row. With the segment kernel (sdpa on Llama/Qwen2/...) a micro-batch is one "
+        "row and this is unused.")
+    share_prompt: bool = Field(
+        _TRAIN["share_prompt"], description="With packing, score chosen and rejected in one packed segment "
+        "that holds the shared prompt once (rejected attends to the prompt, not to chosen); the same "
+        "numbers, fewer tokens.")
+    activation_offloading: bool = Field(
+        _TRAIN["activation_offloading"], description="Keep the activations saved for backward in host "
+        "memory (pinned) instead of GPU memory: larger batches for some speed; the same numbers. Pairs "
+        "well with model.gradient_checkpointing off.")
     logps_chunk_size: int = Field(1024, gt=0, description="Positions per chunk when computing log-probs through "
                                   "the output head (bounds the logits memory).")
     precompute_ref_logps: bool = Field(False, description="Compute reference log-probs once before training and "
@@ -151,7 +197,16 @@ class TrainSpec(StrictModel):
                                       "(shared between runs, keyed by model, data and tokenization); null = "
                                       "$HDPO_CACHE, else ~/.cache/hdpo-tune.")
     on_nonfinite: OnNonfinite = Field(
-        "stop", description="A NaN/inf loss or gradient: skip that step (no update) or stop the run, naming the step.")
+        _TRAIN["on_nonfinite"], description="A NaN/inf loss or gradient: skip that step (no update) or "
+        "stop the run, naming the step.")
+
+    def core(self, total_steps: int, *, loss: LossSettings) -> TrainOptions:
+        """The core's :class:`TrainOptions` for a run of ``total_steps`` steps, carrying ``loss`` (the ``hdpo``
+        section's core object). Shared fields go over by name; warmup and the Adam betas are resolved here."""
+        values = shared_values(self, TrainOptions)
+        values["warmup_steps"] = self.warmup_steps or int(round(self.warmup_ratio * total_steps))
+        return TrainOptions(**values, total_steps=total_steps, adam_betas=(self.adam_beta1, self.adam_beta2),
+                            loss=loss)
 
     @model_validator(mode="before")
     @classmethod

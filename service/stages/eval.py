@@ -195,7 +195,7 @@ def run_eval_for_job(run: Run) -> dict[str, Any]:
     results = run_eval_stage(
         run.path, spec.eval or EvalSpec(), model_dir=run.path / layout.FINAL,
         reference_dir=None if spec.lora is not None else Path(spec.model.name_or_path),
-        alpha=final_alpha(spec.hdpo.alpha, run.path), beta=spec.hdpo.beta, eval_pairs_path=spec.data.eval,
+        alpha=final_alpha(spec.hdpo.core.alpha, run.path), beta=spec.hdpo.core.beta, eval_pairs_path=spec.data.eval,
         max_length=spec.data.max_length)
     log_final_eval(spec, run.path, results["headline"])
     return {"headline": headline_lines(results), "numbers": results["headline"],
@@ -268,15 +268,15 @@ def evaluate_target(target_path: str, *, job: str | None = None, overrides: dict
     if reference is None and target.kind != "peft" and ctx.base_model and Path(ctx.base_model).is_dir():
         reference = Path(ctx.base_model)
     hdpo = ctx.hdpo or HdpoSpec()
-    alpha = final_alpha(hdpo.alpha if ctx.hdpo else UNKNOWN_ALPHA, target.run_dir)
+    alpha = final_alpha(hdpo.core.alpha if ctx.hdpo else UNKNOWN_ALPHA, target.run_dir)
     if out is None and target.run_dir:  # the run's own eval/: replaced whole, as by the pipeline's stage
         with artifact.building(target.run_dir / layout.EVAL, required=(layout.EVAL_RESULTS,)) as tmp:
-            results = evaluate(target, spec, out_dir=tmp, reference_dir=reference, alpha=alpha, beta=hdpo.beta,
+            results = evaluate(target, spec, out_dir=tmp, reference_dir=reference, alpha=alpha, beta=hdpo.core.beta,
                                eval_pairs_path=ctx.eval_pairs, max_length=ctx.max_length)
         results["files"] = [str(target.run_dir / layout.EVAL / Path(f).name) for f in results["files"]]
         return results
     out_dir = Path(out) if out else Path("eval_results") / target.model_dir.name
-    return evaluate(target, spec, out_dir=out_dir, reference_dir=reference, alpha=alpha, beta=hdpo.beta,
+    return evaluate(target, spec, out_dir=out_dir, reference_dir=reference, alpha=alpha, beta=hdpo.core.beta,
                     eval_pairs_path=ctx.eval_pairs, max_length=ctx.max_length)
 
 
@@ -299,7 +299,7 @@ def _trained_alpha(folder: Path) -> float | None:
         return None
     data = load_yaml(resolved)
     hdpo = sections_of(data, ("hdpo",), source=resolved)["hdpo"] if isinstance(data, dict) else None
-    alpha = hdpo.alpha if isinstance(hdpo, HdpoSpec) else None
+    alpha = hdpo.core.alpha if isinstance(hdpo, HdpoSpec) else None
     return float(alpha) if isinstance(alpha, int | float) else None
 
 

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hdpo_core import artifact, layout, refcache
-from hdpo_core.alpha import AlphaController, EntropyTargetAlpha, ScheduledAlpha
-from hdpo_core.choices import batch_split_problem
+from hdpo_core.choices import check_batch_split
 from hdpo_core.data import file_fingerprint, load_preference_rows
 from hdpo_core.errors import HdpoError, InputError, RunError
 from hdpo_core.io import atomic_write_json
 from hdpo_core.model import (
-    LoraOptions,
     ModelOptions,
     build_policy_and_reference,
     disable_dropout,
@@ -27,7 +25,7 @@ from hdpo_core.model import (
     model_fingerprint,
 )
 from hdpo_core.quant import write_settings as write_quant_settings
-from hdpo_core.tokenize import TokenizedPair, tokenize_rows
+from hdpo_core.tokenize import TokenizedPair, largest_token, token_id_problems, tokenize_rows
 from hdpo_core.trainer import EvalSet, TrainHooks, TrainOptions, TrainPaths, make_batcher, train
 from service.faults import fault_error
 from service.runfolder import ownership
@@ -50,20 +48,7 @@ class PreparedData:
 
 def model_options(spec: JobSpec, device: str = "cpu") -> ModelOptions:
     """The core's model options; ``device`` is where a quantized base is placed (bitsandbytes quantizes there)."""
-    m = spec.model
-    quant = quant_options(spec.quantization, m.dtype, device)
-    return ModelOptions(name_or_path=m.name_or_path, dtype=m.dtype, revision=m.revision,
-                        trust_remote_code=m.trust_remote_code, allow_pickle=m.allow_pickle,
-                        attn_implementation=m.attn_implementation, gradient_checkpointing=m.gradient_checkpointing,
-                        quantization=quant)
-
-
-def lora_options(spec: JobSpec) -> LoraOptions | None:
-    lo = spec.lora
-    if lo is None:
-        return None
-    targets = lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules)
-    return LoraOptions(r=lo.r, alpha=lo.alpha, dropout=lo.dropout, target_modules=targets)
+    return spec.model.core(quant_options(spec.quantization, spec.model.dtype, device))
 
 
 _PREPARED: dict[tuple[Any, ...], PreparedData] = {}
@@ -115,29 +100,9 @@ def total_steps(spec: JobSpec, num_pairs: int) -> int:
 
 
 def train_options(spec: JobSpec, steps: int) -> TrainOptions:
-    t = spec.train
-    warmup = t.warmup_steps or int(round(t.warmup_ratio * steps))
-    return TrainOptions(
-        total_steps=steps, batch_size=t.batch_size, micro_batch_size=t.micro_batch_size,
-        learning_rate=t.learning_rate, scheduler=t.scheduler, warmup_steps=warmup, weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm, adam_betas=(t.adam_beta1, t.adam_beta2), adam_eps=t.adam_eps, seed=t.seed,
-        log_every=t.log_every, save_every=t.save_every, eval_every=t.eval_every, keep_checkpoints=t.keep_checkpoints,
-        packing=t.packing, row_tokens=t.row_tokens, share_prompt=t.share_prompt, on_nonfinite=t.on_nonfinite, beta=spec.hdpo.beta,
-        sft_weight=spec.hdpo.sft_weight, activation_offloading=t.activation_offloading,
-    )
-
-
-def alpha_controller(spec: JobSpec, steps: int) -> AlphaController:
-    """Constant, scheduled, or entropy-targeting alpha, from the ``hdpo`` section."""
-    h = spec.hdpo
-    if h.alpha == "auto":
-        from service.spec.hdpo import parse_relative
-
-        relative = parse_relative(h.target_entropy) if isinstance(h.target_entropy, str) else None
-        target = None if relative is not None else float(h.target_entropy)
-        return EntropyTargetAlpha(target=target, relative=relative, init=h.alpha_init, lr=h.alpha_lr,
-                                  alpha_min=h.alpha_min, alpha_max=h.alpha_max)
-    return ScheduledAlpha(start=float(h.alpha), end=h.alpha_end, kind=h.alpha_schedule, total_steps=steps)
+    """The loop's options for ``steps`` steps, carrying the ``hdpo`` section's :class:`LossSettings` (the
+    trainer builds the alpha controller from them and hands them to the loss)."""
+    return spec.train.core(steps, loss=spec.hdpo.core)
 
 
 def _save_final(model: Any, tokenizer: Any, final: Path, state_dict: dict[str, Any] | None = None) -> None:
@@ -223,11 +188,9 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     data = prepare_data(spec, tokenizer)
     steps = total_steps(spec, len(data.train))
     opts = train_options(spec, steps)
-    split = batch_split_problem(opts.batch_size, opts.micro_batch_size, processes=accelerator.num_processes)
-    if split:
-        raise InputError(split)
+    check_batch_split(opts.batch_size, opts.micro_batch_size, processes=accelerator.num_processes)  # before loading
     _check_backend(spec, accelerator)
-    policy, reference = build_policy_and_reference(mopts, lora_options(spec))
+    policy, reference = build_policy_and_reference(mopts, spec.lora.core if spec.lora is not None else None)
     for m in (policy, reference):
         if m is not None and spec.lora is None:
             disable_dropout(m)
@@ -240,7 +203,6 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
     if spec.train.precompute_ref_logps:
         ref_cache, eval_cache, data.info["ref_cache"] = _precompute(spec, accelerator, policy, reference, data,
                                                                     make_batch, chunk, mopts)
-    alpha = alpha_controller(spec, steps)
     if accelerator.is_main_process:
         atomic_write_json(rd.path / layout.DATA_INFO, data.info, indent=1)
     resume = _resume_step(rd.path / layout.CHECKPOINTS)
@@ -250,8 +212,8 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
         on_progress=lambda s, n: rd.write_status("train", "running", step=s, total_steps=n),
     )
     try:
-        result = train(accelerator, policy, reference, data.train, pad_token_id=tokenizer.pad_token_id, alpha=alpha,
-                       opts=opts, paths=TrainPaths(rd.path / layout.CHECKPOINTS, rd.path / layout.FINAL), ref_cache=ref_cache,
+        result = train(accelerator, policy, reference, data.train, pad_token_id=tokenizer.pad_token_id, opts=opts,
+                       paths=TrainPaths(rd.path / layout.CHECKPOINTS, rd.path / layout.FINAL), ref_cache=ref_cache,
                        evaluation=EvalSet(data.eval, eval_cache) if data.eval else None,
                        save_final=lambda m, state_dict=None: _save_final(m, tokenizer, rd.path / layout.FINAL, state_dict),
                        hooks=hooks, chunk_size=chunk)
@@ -264,15 +226,11 @@ def run_train_stage(run: Run, *, fresh: bool = False) -> dict[str, Any]:
 
 def _check_token_ids(policy: Any, tokenizer: Any, data: PreparedData) -> None:
     """Refuse ids without an embedding row (a tokenizer from another model) before the forward pass fails
-    with an IndexError; ``hdpo-tune validate`` reports the same."""
-    rows = policy.get_input_embeddings().num_embeddings
-    top = max((max(ids, default=-1) for p in (*data.train, *data.eval)
-               for ids in (p.prompt_ids, p.chosen_ids, p.rejected_ids)), default=-1)
-    top = max(top, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1)
-    if top >= rows:
-        raise InputError(f"model.name_or_path: token id {top} is beyond the model's embedding ({rows} rows); the "
-                         "tokenizer does not belong to this model: use the model's own tokenizer or resize its "
-                         "embeddings")
+    with an IndexError: the core's rule and message, as ``hdpo-tune validate`` reports it (first line here)."""
+    problems = token_id_problems(policy.get_input_embeddings().num_embeddings, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id, largest=largest_token((*data.train, *data.eval)))
+    if problems:
+        raise InputError(problems[0])
 
 
 def start_model(spec: JobSpec, rd: RunDir, accelerator: Accelerator) -> ModelOptions:

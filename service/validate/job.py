@@ -25,7 +25,7 @@ from typing import Any
 
 from hdpo_core.data import PreferenceRow, iter_raw_rows, normalise_row
 from hdpo_core.errors import HdpoError, InputError
-from hdpo_core.tokenize import tokenize_rows
+from hdpo_core.tokenize import largest_token, token_id_problems, tokenize_rows
 from service.runfolder.record import RunDir
 from service.runfolder.run import LATER_INPUTS, input_kind_problems
 from service.spec.job import (
@@ -352,22 +352,13 @@ def _report_bad_rows(name: str, bad: list[str], d: DataSpec, report: Report, *, 
 
 
 def _check_token_ids(tok: Any, report: Report) -> None:
-    """Every id the run feeds the model (eos, pad, and each data token, recorded by :func:`_tokenize`) must
-    have an embedding row; a tokenizer from another model otherwise fails deep in the forward pass."""
+    """Every id the run feeds the model must have an embedding row (the core's rule, the train stage's too)."""
     rows = report.embedding_rows
     if tok is None or rows is None:
         return
-    for name in ("eos_token_id", "pad_token_id"):
-        value = getattr(tok, name, None)
-        if isinstance(value, int) and value >= rows:
-            report.problems.append(_beyond(f"the tokenizer's {name.removesuffix('_id')} token id {value}", rows))
-    if report.max_token is not None and report.max_token[0] >= rows:
-        report.problems.append(_beyond(f"{report.max_token[1]}: token id {report.max_token[0]}", rows))
-
-
-def _beyond(what: str, rows: int) -> str:
-    return (f"model.name_or_path: {what} is beyond the model's embedding ({rows} rows, config vocab_size); the "
-            "tokenizer does not belong to this model: use the model's own tokenizer or resize its embeddings")
+    report.problems.extend(token_id_problems(rows, eos_token_id=getattr(tok, "eos_token_id", None),
+                                             pad_token_id=getattr(tok, "pad_token_id", None),
+                                             largest=report.max_token))
 
 
 def _tokenizer_usable(tok: Any, fmt: str) -> bool:
@@ -397,10 +388,9 @@ def _tokenize(name: str, rows: list[PreferenceRow], tok: Any, d: DataSpec, repor
             bad.append(f"{row.source}: cannot tokenize the row ({_short_exc(exc)})")
             continue
         truncated += seen.skipped.get("truncated", 0)
-        top = max((max(ids, default=-1) for ids in (pairs[0].prompt_ids, pairs[0].chosen_ids, pairs[0].rejected_ids)),
-                  default=-1) if pairs else -1
-        if report.max_token is None or top > report.max_token[0]:
-            report.max_token = (top, row.source)
+        top = largest_token(pairs)
+        if top is not None and (report.max_token is None or top[0] > report.max_token[0]):
+            report.max_token = top
         kept += 1
         tokens += pairs[0].num_tokens
         longest = max(longest, len(pairs[0].prompt_ids) + max(len(pairs[0].chosen_ids), len(pairs[0].rejected_ids)))

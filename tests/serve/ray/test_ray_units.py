@@ -131,8 +131,8 @@ class _Executor:
 def test_scheduler_reattaches_refuses_and_gives_up_after_repeated_node_losses(tmp_path: Path):
     from service.serve.config import ServeConfig
     from service.serve.db import ApiKey, EventRow, JobRow, make_engine, session_factory
-    from service.serve.store import job_by_id
     from service.serve.scheduler import MAX_LOSSES, Scheduler
+    from service.serve.store import job_by_id
 
     config = ServeConfig(data_dir=tmp_path, workers=4, host_id="here", executor="ray")
     sessions = session_factory(make_engine(config.database_url))
