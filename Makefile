@@ -46,8 +46,12 @@ image:
 test-all: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
+# mypy (pyproject [tool.mypy]): strict on hdpo_core and service/serve; its cache lives in the venv, so a rerun
+# rechecks only what changed
+MYPY_TARGETS ?= hdpo_core service/serve
 lint: install
 	$(VENV)/bin/ruff check hdpo_core service tests bench examples scripts
+	$(VENV)/bin/mypy $(MYPY_TARGETS)
 	$(VENV)/bin/hadolint Dockerfile
 
 bench: install

@@ -19,7 +19,7 @@ so the forward selects them with one gather instead of boolean indexing (a host 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -73,11 +73,11 @@ class TokenBatch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else to_device(t, device)
 
-        return TokenBatch(*(to_device(getattr(self, f), device) for f in
-                            ("input_ids", "position_ids", "attention_mask", "target_ids", "target_seq")),
-                          num_pairs=self.num_pairs, num_tokens=self.num_tokens, segments=self.segments,
-                          score_pos=move(self.score_pos), score_tgt=move(self.score_tgt),
-                          score_seq=move(self.score_seq))
+        return replace(self, input_ids=to_device(self.input_ids, device),
+                       position_ids=to_device(self.position_ids, device),
+                       attention_mask=to_device(self.attention_mask, device),
+                       target_ids=to_device(self.target_ids, device), target_seq=to_device(self.target_seq, device),
+                       score_pos=move(self.score_pos), score_tgt=move(self.score_tgt), score_seq=move(self.score_seq))
 
 
 def _sequences(pairs: Sequence[TokenizedPair]) -> list[tuple[list[int], int]]:
@@ -95,7 +95,8 @@ def _blank_rows(rows: int, width: int, pad_token_id: int) -> tuple[torch.Tensor,
             torch.full((rows, width), IGNORE_INDEX, dtype=torch.long), torch.full((rows, width), -1, dtype=torch.long))
 
 
-def _place(row_ids, row_pos, row_tgt, row_seq, offset: int, tokens: list[int], prompt_len: int, seq: int) -> None:
+def _place(row_ids: torch.Tensor, row_pos: torch.Tensor, row_tgt: torch.Tensor, row_seq: torch.Tensor, offset: int,
+           tokens: list[int], prompt_len: int, seq: int) -> None:
     n = len(tokens)
     row_ids[offset:offset + n] = torch.tensor(tokens)
     row_pos[offset:offset + n] = torch.arange(n)
@@ -152,11 +153,12 @@ def packed_batch(pairs: Sequence[TokenizedPair], pad_token_id: int, *, row_token
     """
     units: list[list[tuple[list[int], int, int, int]]] = []  # per pair: (tokens, prefix, a, b) segments
     for p in pairs:
-        prompt, c, r = list(p.prompt_ids), list(p.chosen_ids), list(p.rejected_ids)
-        if share_prompt and prompt and c and r:
-            units.append([(prompt + c + r, len(prompt), len(c), len(r))])
+        prompt, chosen, rejected = list(p.prompt_ids), list(p.chosen_ids), list(p.rejected_ids)
+        if share_prompt and prompt and chosen and rejected:
+            units.append([(prompt + chosen + rejected, len(prompt), len(chosen), len(rejected))])
         else:
-            units.append([(prompt + c, len(prompt + c), 0, 0), (prompt + r, len(prompt + r), 0, 0)])
+            units.append([(prompt + chosen, len(prompt + chosen), 0, 0),
+                          (prompt + rejected, len(prompt + rejected), 0, 0)])
     lengths = [sum(len(t) for t, *_ in u) for u in units]
     layout = pack_rows(lengths, max(row_tokens, max(lengths)))
     width = max(sum(lengths[i] for i in row) for row in layout)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -47,6 +47,10 @@ from .layout import MANIFEST as MANIFEST
 from .layout import checkpoint_name
 from .layout import list_checkpoints as list_checkpoints
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.optim.lr_scheduler import LRScheduler
+
 _REQUIRED = (WEIGHTS, SCHEDULER, RNG, STATE)
 
 
@@ -55,7 +59,7 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def backend(accelerator: Any) -> str:
+def backend(accelerator: Accelerator) -> str:
     """``"fsdp"``, ``"deepspeed"`` or ``"ddp"`` (DDP, single process, CPU: state is replicated)."""
     kind = str(getattr(getattr(accelerator, "distributed_type", "NO"), "value", "NO")).upper()
     return {"FSDP": "fsdp", "DEEPSPEED": "deepspeed"}.get(kind, "ddp")
@@ -66,7 +70,7 @@ def rng_state() -> dict[str, Any]:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def gather_trainable_state(accelerator: Any, prepared: nn.Module, model: nn.Module,
+def gather_trainable_state(accelerator: Accelerator, prepared: nn.Module, model: nn.Module,
                            prefix: str = "model.") -> dict[str, torch.Tensor] | None:
     """Trainable weights of ``model`` (the raw module inside ``prepared`` at ``prefix``) as full tensors on
     the main process; ``None`` on other ranks. A collective under FSDP/DeepSpeed: call it on every rank."""
@@ -79,7 +83,8 @@ def gather_trainable_state(accelerator: Any, prepared: nn.Module, model: nn.Modu
     return {n: full[prefix + n].detach().contiguous().clone() for n in names if prefix + n in full}
 
 
-def gather_full_state(accelerator: Any, prepared: nn.Module, prefix: str = "model.") -> dict[str, torch.Tensor] | None:
+def gather_full_state(accelerator: Accelerator, prepared: nn.Module, prefix: str = "model."
+                      ) -> dict[str, torch.Tensor] | None:
     """The whole model's state dict (for ``save_pretrained``) under FSDP/DeepSpeed on the main process, else
     ``None`` (under DDP the unwrapped model is complete and saves itself). Collective under FSDP/DeepSpeed."""
     if backend(accelerator) == "ddp":
@@ -90,7 +95,8 @@ def gather_full_state(accelerator: Any, prepared: nn.Module, prefix: str = "mode
     return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
 
 
-def gather_optimizer_state(accelerator: Any, prepared: nn.Module, optimizer: Any) -> dict[str, Any] | None:
+def gather_optimizer_state(accelerator: Accelerator, prepared: nn.Module, optimizer: torch.optim.Optimizer
+                           ) -> dict[str, Any] | None:
     """Optimizer state to save: the local one under DDP, the full (gathered) one under FSDP2, ``None`` under
     DeepSpeed (its partitioned fp32 state is not gathered: a resume restarts the Adam moments)."""
     kind = backend(accelerator)
@@ -105,8 +111,9 @@ def gather_optimizer_state(accelerator: Any, prepared: nn.Module, optimizer: Any
     return optimizer.state_dict()
 
 
-def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None, optimizer: Any = None,
-                    scheduler: Any, state: dict[str, Any], keep: int,
+def save_checkpoint(root: Path, step: int, *, model: nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: LRScheduler, state: dict[str, Any],
+                    keep: int,
                     weights: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None,
                     rng_states: list[dict[str, Any]] | None = None) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically; returns its folder.
@@ -265,7 +272,7 @@ def load_weights(path: Path, model: nn.Module, *, zero3: bool = False) -> None:
     if missing:
         raise RuntimeError(f"checkpoint {path} does not fit this model (unknown parameters, e.g. {missing[0]})")
     if zero3:
-        import deepspeed  # type: ignore[import-not-found]
+        import deepspeed
 
         targets = [params[n] for n in weights]
         with deepspeed.zero.GatheredParameters(targets, modifier_rank=0), torch.no_grad():
@@ -277,8 +284,9 @@ def load_weights(path: Path, model: nn.Module, *, zero3: bool = False) -> None:
             params[name].copy_(value)
 
 
-def load_training_state(path: Path, *, optimizer: Any, scheduler: Any, accelerator: Any = None,
-                        prepared: nn.Module | None = None, rank: int = 0) -> dict[str, Any]:
+def load_training_state(path: Path, *, optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
+                        accelerator: Accelerator | None = None, prepared: nn.Module | None = None, rank: int = 0
+                        ) -> dict[str, Any]:
     """Restore optimizer, scheduler and this rank's RNG (call after ``prepare``); returns ``state.json``."""
     kind = backend(accelerator) if accelerator is not None else "ddp"
     opt_file = path / OPTIMIZER
@@ -287,6 +295,7 @@ def load_training_state(path: Path, *, optimizer: Any, scheduler: Any, accelerat
         if kind == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+            assert prepared is not None  # FSDP: the caller passes the prepared model
             set_optimizer_state_dict(prepared, getattr(optimizer, "optimizer", optimizer), opt_state,
                                      options=StateDictOptions(full_state_dict=True))
         else:
@@ -298,10 +307,12 @@ def load_training_state(path: Path, *, optimizer: Any, scheduler: Any, accelerat
     torch.set_rng_state(mine["cpu"])
     if torch.cuda.is_available() and mine["cuda"]:
         torch.cuda.set_rng_state_all(mine["cuda"])
-    return json.loads((path / STATE).read_text(encoding="utf-8"))
+    state: dict[str, Any] = json.loads((path / STATE).read_text(encoding="utf-8"))
+    return state
 
 
-def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler
+                    ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and RNG from ``path`` (single process); returns ``state.json``."""
     load_weights(path, model)
     return load_training_state(path, optimizer=optimizer, scheduler=scheduler)

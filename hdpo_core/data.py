@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from .errors import InputError
 from .inputs import check_file, check_folder, check_text, iter_jsonl, open_file, read_file
-from .openai_format import is_openai_row, openai_to_conversational
+from .openai_format import Messages, is_openai_row, openai_to_conversational
 
 MAX_ROW_BYTES = 1 << 20  # default of data.max_row_bytes: a preference pair is kilobytes; see iter_raw_rows
 MAX_JSON_FILE_BYTES = 256 << 20  # a .json file is parsed whole; bigger datasets belong in JSONL or Parquet
@@ -173,7 +173,7 @@ def _iter_json(p: Path) -> Iterator[tuple[str, Any]]:
         yield f"{p}:{i + 1}", row
 
 
-def _is_messages(value: Any) -> bool:
+def _is_messages(value: object) -> bool:
     return isinstance(value, list) and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
     )
@@ -184,8 +184,8 @@ def normalise_row(location: str, row: Any) -> PreferenceRow:
     if not isinstance(row, dict):
         raise InputError(f"{location}: row must be a JSON object with 'chosen' and 'rejected', got {type(row).__name__}")
     if is_openai_row(row):
-        prompt, chosen, rejected, tools = openai_to_conversational(location, row)
-        return _checked(location, prompt, chosen, rejected, "conversational", implicit=False, tools=tools)
+        messages = openai_to_conversational(location, row)
+        return _checked(location, *messages[:3], "conversational", implicit=False, tools=messages[3])
     for key in ("chosen", "rejected"):
         if key not in row or row[key] is None:
             raise InputError(f"{location}: missing field '{key}'; every row needs 'chosen' and 'rejected' "
@@ -236,7 +236,7 @@ def _checked(location: str, prompt: Any, chosen: Any, rejected: Any, fmt: Format
                          implicit_prompt=implicit, tools=tools)
 
 
-def _type_name(value: Any) -> str:
+def _type_name(value: object) -> str:
     if isinstance(value, list):
         return "a list that is not {role, content} messages" if not _is_messages(value) else "messages"
     return type(value).__name__
@@ -260,7 +260,7 @@ def split_implicit_prompt(a: str, b: str) -> tuple[str, str, str]:
     return a[:n], a[n:], b[n:]
 
 
-def _split_common_prefix_messages(a: list[dict], b: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+def _split_common_prefix_messages(a: Messages, b: Messages) -> tuple[Messages, Messages, Messages]:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1

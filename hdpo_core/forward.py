@@ -21,8 +21,9 @@ no second copy of the weights; under full fine-tuning the reference is a frozen 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ from torch import nn
 
 from .batching import TokenBatch, to_device
 from .logps import chunked_token_logps
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -132,9 +136,11 @@ def _install_segment_attention() -> None:
         return
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    original = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    original: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] = ALL_ATTENTION_FUNCTIONS["sdpa"]
 
-    def sdpa_or_segments(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    def sdpa_or_segments(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                         **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         segments = kwargs.pop(SEGMENTS_KWARG, None)
         if segments is None:
             return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
@@ -144,7 +150,7 @@ def _install_segment_attention() -> None:
     _installed["sdpa"] = original
 
 
-def supports_segment_attention(lm: nn.Module) -> bool:
+def supports_segment_attention(lm: PreTrainedModel) -> bool:
     """True when ``lm``'s attention goes through the wrapped sdpa entry with no sliding window/soft-capping."""
     cfg = lm.config
     sliding = "sliding_attention" in (getattr(cfg, "layer_types", None) or []) or getattr(cfg, "use_sliding_window", False)
@@ -175,10 +181,13 @@ def uses_segment_kernel(model: nn.Module) -> bool:
     return supports_segment_attention(unwrap_causal_lm(model))
 
 
-def unwrap_causal_lm(model: nn.Module) -> nn.Module:
-    """The transformers ``*ForCausalLM`` inside a peft wrapper (LoRA layers stay injected)."""
+def unwrap_causal_lm(model: nn.Module) -> PreTrainedModel:
+    """The transformers ``*ForCausalLM`` inside a peft wrapper (LoRA layers stay injected), or ``model`` itself.
+
+    The scorer is given a causal LM or a peft model around one (:func:`hdpo_core.model.build_policy_and_reference`);
+    peft types its ``get_base_model`` as a plain module, so the causal LM's type is stated here, once."""
     get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+    return cast("PreTrainedModel", get_base() if callable(get_base) else model)
 
 
 class SequenceScorer(nn.Module):
@@ -195,7 +204,7 @@ class SequenceScorer(nn.Module):
         self.chunk_size = chunk_size
 
     @property
-    def causal_lm(self) -> nn.Module:
+    def causal_lm(self) -> PreTrainedModel:
         return unwrap_causal_lm(self.model)
 
     @property
@@ -233,7 +242,8 @@ class SequenceScorer(nn.Module):
                 # an already-4D mask is passed through untouched; the segment kernel ignores it
                 attention_mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=input_ids.device)
             else:
-                attention_mask = segments_to_mask(segments, *input_ids.shape, device=input_ids.device)
+                attention_mask = segments_to_mask(segments, input_ids.shape[0], input_ids.shape[1],
+                                                  device=input_ids.device)
         if attention_mask.dim() == 4 and not extra and getattr(lm.config, "_attn_implementation", "sdpa") == "eager":
             # eager attention adds the mask to the scores: turn the boolean block mask into 0 / -inf
             dtype = next(lm.parameters()).dtype
@@ -242,6 +252,7 @@ class SequenceScorer(nn.Module):
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=False, **extra).last_hidden_state  # [rows, T, H]
         if score_pos is not None:
+            assert score_tgt is not None and score_seq is not None  # a packed batch carries all three
             h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, score_pos)  # [N, H]
             targets, seq = score_tgt, score_seq
         else:  # boolean indexing: a host sync on a GPU (batches from hdpo_core.batching carry score_pos)
@@ -255,7 +266,7 @@ class SequenceScorer(nn.Module):
         return logps, entropy, counts
 
 
-def output_logps(lm: nn.Module, h: torch.Tensor, targets: torch.Tensor, chunk_size: int
+def output_logps(lm: PreTrainedModel, h: torch.Tensor, targets: torch.Tensor, chunk_size: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token ``(logps, entropy)`` of ``targets`` from final hidden states ``h`` ``[N, H]``.
 

@@ -134,7 +134,7 @@ def check_folder(path: str | os.PathLike[str], what: str, *, limits: dict[str, i
     return p
 
 
-def check_text(location: str, row: Any, *, max_bytes: int, setting: str | None) -> None:
+def check_text(location: str, row: object, *, max_bytes: int, setting: str | None) -> None:
     """Every string of a parsed row must be valid Unicode (no lone surrogate), and the row's text at most
     ``max_bytes`` (UTF-8); ``setting`` names the limit in the message. Iterative: no recursion limit."""
     total, stack = 0, [row]

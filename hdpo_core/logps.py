@@ -13,6 +13,8 @@ DPO bugs hide here, so both paths are small and tested against each other:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -83,8 +85,11 @@ class _ChunkedLogps(torch.autograd.Function):
     precision: tensor cores) and accumulates into a float32 buffer across chunks.
     """
 
+    # ctx is torch's per-call context object (torch types it Any): it holds what forward stores on it
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size):  # type: ignore[override]
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None, targets: torch.Tensor, chunk_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         dev = _device_type(hidden)
         ctx.autocast = (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev))
         n = hidden.shape[0]
@@ -105,13 +110,14 @@ class _ChunkedLogps(torch.autograd.Function):
         return logps, entropy
 
     @staticmethod
-    def backward(ctx, grad_logps, _grad_entropy):  # type: ignore[override]
+    def backward(ctx: Any, grad_logps: torch.Tensor, _grad_entropy: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, ...]:
         dev, enabled, dtype = ctx.autocast
         with torch.autocast(dev, dtype=dtype, enabled=enabled):
             return _ChunkedLogps._backward(ctx, grad_logps)
 
     @staticmethod
-    def _backward(ctx, grad_logps):  # type: ignore[no-untyped-def]
+    def _backward(ctx: Any, grad_logps: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias, targets, lse_all = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
@@ -168,4 +174,7 @@ def chunked_token_logps(
         raise ValueError(f"chunked_token_logps: hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree")
     if chunk_size < 1:
         raise ValueError("chunked_token_logps: chunk_size must be >= 1")
-    return _ChunkedLogps.apply(hidden, weight, bias, targets, chunk_size)
+    # torch leaves Function.apply unannotated (its result is what forward returns)
+    out: tuple[torch.Tensor, torch.Tensor] = _ChunkedLogps.apply(  # type: ignore[no-untyped-call]
+        hidden, weight, bias, targets, chunk_size)
+    return out

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +27,10 @@ from .settings import LoraOptions, ModelOptions
 
 __all__ = ["DTYPES", "LoraOptions", "ModelOptions", "apply_lora", "build_policy_and_reference", "disable_dropout",
            "has_tokenizer_files", "load_causal_lm", "load_tokenizer", "model_fingerprint"]
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -67,7 +71,7 @@ def _load_error(opts: ModelOptions, what: str, exc: Exception) -> InputError:
                       f"fetched from the Hub ({type(exc).__name__}); {hint}")
 
 
-def load_tokenizer(opts: ModelOptions) -> Any:
+def load_tokenizer(opts: ModelOptions) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     _check_local_folder(opts)
@@ -79,7 +83,7 @@ def load_tokenizer(opts: ModelOptions) -> Any:
     return tok
 
 
-def load_causal_lm(opts: ModelOptions) -> nn.Module:
+def load_causal_lm(opts: ModelOptions) -> PreTrainedModel:
     """Load a ``*ForCausalLM`` in ``opts.dtype`` (safetensors only unless ``allow_pickle``)."""
     from transformers import AutoModelForCausalLM
 
@@ -101,13 +105,14 @@ def load_causal_lm(opts: ModelOptions) -> nn.Module:
     return model
 
 
-def apply_lora(model: nn.Module, lora: LoraOptions) -> nn.Module:
+def apply_lora(model: PreTrainedModel, lora: LoraOptions) -> PeftModel:
     """Wrap ``model`` in a peft LoRA model; only adapter weights train."""
     from peft import LoraConfig, get_peft_model
 
     targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                        task_type="CAUSAL_LM")
+    # peft annotates lora_alpha as int, but it is only ever divided (scaling = lora_alpha / r): a float is valid
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha,  # type: ignore[arg-type]
+                        lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM")
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
@@ -115,7 +120,8 @@ def apply_lora(model: nn.Module, lora: LoraOptions) -> nn.Module:
                          "names of this model") from None
 
 
-def build_policy_and_reference(opts: ModelOptions, lora: LoraOptions | None) -> tuple[nn.Module, nn.Module | None]:
+def build_policy_and_reference(opts: ModelOptions, lora: LoraOptions | None
+                               ) -> tuple[PreTrainedModel | PeftModel, PreTrainedModel | None]:
     """Returns ``(policy, frozen_reference)``; the reference is ``None`` under LoRA (adapter-off instead)."""
     base = load_causal_lm(opts)
     if opts.quantization is not None:

@@ -58,7 +58,7 @@ def openai_to_conversational(location: str, row: dict[str, Any]) -> tuple[Messag
     return prompt, chosen, rejected, _tools(location, inp.get("tools"))
 
 
-def _output(location: str, name: str, value: Any) -> Messages:
+def _output(location: str, name: str, value: object) -> Messages:
     if not isinstance(value, list) or not value:
         raise InputError(f"{location}: '{name}' must be a non-empty list of assistant messages; {_HINT}")
     messages = _messages(location, name, value)
@@ -107,7 +107,7 @@ def _content(location: str, where: str, content: Any) -> str:
                      f"got {type(content).__name__}")
 
 
-def _tool_calls(location: str, where: str, calls: Any) -> list[dict[str, Any]]:
+def _tool_calls(location: str, where: str, calls: object) -> list[dict[str, Any]]:
     if not isinstance(calls, list):
         raise InputError(f"{location}: {where}.tool_calls must be a list")
     out = []

@@ -7,7 +7,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 class StopFlag:
@@ -25,15 +29,15 @@ class StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signal = signum
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
 
 
-def progress_printer(accelerator: Any, start: int, total: int) -> Callable[[dict[str, Any]], None]:
+def progress_printer(accelerator: Accelerator, start: int, total: int) -> Callable[[dict[str, Any]], None]:
     """A tqdm bar (loss, accuracy, tokens/s, ETA) on a terminal; in a log (stderr not a TTY: CI, Kubernetes,
     ``docker logs``) one plain line every 30 s and at the end instead of carriage-return redraws."""
     if not accelerator.is_main_process:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .errors import InputError
 from .layout import QLORA_SETTINGS as SETTINGS_FILE
+
+if TYPE_CHECKING:
+    from transformers import BitsAndBytesConfig, PreTrainedModel
 
 EXTRA = "pip install 'hdpo-tune[qlora]'"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -64,7 +67,7 @@ def existing_quantization(model_dir: Path) -> str | None:
     return str(qc.get("quant_method", "unknown")) if isinstance(qc, dict) else "unknown"
 
 
-def bnb_config(q: QuantOptions) -> Any:
+def bnb_config(q: QuantOptions) -> BitsAndBytesConfig:
     """transformers' ``BitsAndBytesConfig`` for ``q`` (the same object TRL/axolotl users pass)."""
     from transformers import BitsAndBytesConfig
 
@@ -81,25 +84,29 @@ def load_kwargs(q: QuantOptions) -> dict[str, Any]:
     return {"quantization_config": bnb_config(q), "device_map": {"": q.device}}
 
 
-def prepare_for_training(model: nn.Module, gradient_checkpointing: bool) -> nn.Module:
+def prepare_for_training(model: PreTrainedModel, gradient_checkpointing: bool) -> PreTrainedModel:
     """peft's k-bit preparation: every weight frozen, norms/embeddings/head upcast to float32 (the practice for
     stability), input grads enabled so gradient checkpointing reaches the adapters."""
     from peft import prepare_model_for_kbit_training
 
-    return prepare_model_for_kbit_training(
+    prepared: PreTrainedModel = prepare_model_for_kbit_training(  # the same model, prepared in place
         model, use_gradient_checkpointing=gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False})
+    return prepared
 
 
 def is_quantized(model: nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def dequantize(model: nn.Module, dtype: str) -> nn.Module:
+def dequantize(model: PreTrainedModel, dtype: str) -> PreTrainedModel:
     """The quantized model with every k-bit layer replaced by a plain ``nn.Linear`` holding the dequantized
     weights (transformers' ``dequantize``), in ``dtype``: the base a merged model is built from."""
-    out = model.dequantize(dtype=_DTYPES[dtype])
-    return out.to(_DTYPES[dtype])
+    out: PreTrainedModel = model.dequantize(dtype=_DTYPES[dtype])
+    # in place (nn.Module.to returns the module itself); transformers declares PreTrainedModel.to with
+    # functools.wraps(nn.Module.to), which mypy reads as an unbound function
+    out.to(_DTYPES[dtype])  # type: ignore[arg-type]
+    return out
 
 
 def check_base(name_or_path: str, *, trust_remote_code: bool = False) -> None:
@@ -136,7 +143,9 @@ def quantizable_layers(model_dir: str, *, trust_remote_code: bool = False) -> in
 def write_settings(model: nn.Module, folder: Path) -> None:
     """Next to a QLoRA adapter: the base's ``BitsAndBytesConfig``, so whoever loads the adapter (``hdpo-tune
     eval``) puts it on the same k-bit base it was trained on. Nothing for an adapter on a float base."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from .forward import unwrap_causal_lm
+
+    base = unwrap_causal_lm(model)
     qc = getattr(getattr(base, "config", None), "quantization_config", None)
     if qc is None:
         return

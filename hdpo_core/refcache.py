@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,6 +30,9 @@ from .batching import TokenBatch, to_device
 from .forward import SequenceScorer, SequenceScores, score
 from .inputs import check_file
 from .tokenize import TokenizedPair
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class RefLogps:
 
 def live_reference(frozen: nn.Module | None, policy: nn.Module, *, device: torch.device | str,
                    chunk_size: int = 1024,
-                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   autocast: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
                    ) -> Callable[[TokenBatch], SequenceScores]:
     """The reference's scores of a batch, live: THE place that says what "the reference" is.
 
@@ -63,7 +66,7 @@ def live_reference(frozen: nn.Module | None, policy: nn.Module, *, device: torch
     """
     if frozen is not None:
         scorer = SequenceScorer(frozen.to(device), chunk_size=chunk_size).eval()
-        mode: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        mode: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
     else:
         scorer = policy if isinstance(policy, SequenceScorer) else SequenceScorer(policy, chunk_size=chunk_size)
         mode = scorer.reference_mode
@@ -161,7 +164,7 @@ def save_cached(path: Path, ref: RefLogps) -> None:
     os.replace(tmp, path)
 
 
-def precompute_reference(accelerator: Any, frozen: nn.Module | None, policy: nn.Module,
+def precompute_reference(accelerator: Accelerator, frozen: nn.Module | None, policy: nn.Module,
                          sets: Sequence[tuple[Sequence[TokenizedPair], Path | None]],
                          make_batch: Callable[[Sequence[TokenizedPair]], TokenBatch], *, batch_pairs: int,
                          chunk_size: int = 1024) -> list[tuple[RefLogps, bool]]:
@@ -185,7 +188,7 @@ def precompute_reference(accelerator: Any, frozen: nn.Module | None, policy: nn.
     return out
 
 
-def _load_or_compute(accelerator: Any, path: Path | None, pairs: Sequence[TokenizedPair],
+def _load_or_compute(accelerator: Accelerator, path: Path | None, pairs: Sequence[TokenizedPair],
                      make_batch: Callable[[Sequence[TokenizedPair]], TokenBatch],
                      score_ref: Callable[[TokenBatch], SequenceScores], batch_pairs: int) -> tuple[RefLogps, bool]:
     world = accelerator.num_processes

@@ -94,7 +94,7 @@ def pair_loss(policy: SequenceScores, ref: SequenceScores, settings: LossSetting
 
 
 def saved_tensors_on_host(device: torch.device | str, weight_shapes: set[tuple[int, ...]],
-                          min_bytes: int = 1 << 14) -> contextlib.AbstractContextManager:
+                          min_bytes: int = 1 << 14) -> contextlib.AbstractContextManager[None]:
     """Keep the activations autograd saves for backward in (pinned) host memory, but NOT weights or small
     tensors. ``save_on_cpu`` alone also moves every weight a Linear saves (under autocast, its bf16 copy): the
     whole model would cross to the host and back each micro-batch. A saved tensor is taken for a weight when it
@@ -112,7 +112,10 @@ def saved_tensors_on_host(device: torch.device | str, weight_shapes: set[tuple[i
 
     def unpack(packed: tuple[torch.Tensor | None, torch.Tensor | None]) -> torch.Tensor:
         kept, host = packed
-        return kept if host is None else host.to(device, non_blocking=pin)
+        if host is not None:
+            return host.to(device, non_blocking=pin)
+        assert kept is not None  # pack() keeps exactly one of the two
+        return kept
 
     return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
@@ -161,7 +164,7 @@ def run_micro_batches(
 def evaluate_pairs(scorer: torch.nn.Module, ref_scores: Callable[[Sequence[int], TokenBatch], SequenceScores],
                    pairs: Sequence[TokenizedPair], make_batch: Callable[[Sequence[TokenizedPair]], TokenBatch],
                    settings: LossSettings, *, micro_batch_size: int, device: torch.device,
-                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   autocast: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
                    ) -> dict[str, float]:
     """Metric means over ``pairs`` without gradients (dropout off), read with one host transfer.
 

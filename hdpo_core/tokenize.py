@@ -21,10 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .data import PreferenceRow, RowProblems
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 OverlongPolicy = Literal["truncate", "drop", "error"]
 
@@ -44,7 +47,7 @@ class TokenizedPair:
         return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
 
 
-def check_tokenizer(tokenizer: Any, fmt: str) -> None:
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, fmt: str) -> None:
     """Raise :class:`InputError` when the tokenizer cannot serve this data format."""
     if tokenizer.eos_token_id is None:
         raise InputError("model.name_or_path: the tokenizer has no eos_token; set one in tokenizer_config.json "
@@ -57,13 +60,13 @@ def check_tokenizer(tokenizer: Any, fmt: str) -> None:
                          "none; add chat_template.jinja to the model folder or use standard string rows")
 
 
-def _ids(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
-def _render(tokenizer: Any, messages: list[dict], generation_prompt: bool,
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]], generation_prompt: bool,
             tools: list[dict[str, Any]] | None) -> str:
-    return str(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+    return str(tokenizer.apply_chat_template(messages, tools=None if tools is None else list(tools), tokenize=False,
                                              add_generation_prompt=generation_prompt))
 
 
@@ -79,7 +82,7 @@ def _with_eos(completion: list[int], eos_id: int | None) -> list[int]:
     return completion if eos_id is None or completion[-1:] == [eos_id] else completion + [eos_id]
 
 
-def _check_template_renders(tokenizer: Any, row: PreferenceRow) -> None:
+def _check_template_renders(tokenizer: PreTrainedTokenizerBase, row: PreferenceRow) -> None:
     """Tools or tool calls that the chat template never mentions would be dropped from the text silently."""
     template = str(getattr(tokenizer, "chat_template", "") or "")
     calls = any(m.get("tool_calls") for part in (row.prompt, row.chosen, row.rejected) for m in part)
@@ -90,7 +93,7 @@ def _check_template_renders(tokenizer: Any, row: PreferenceRow) -> None:
                              "template supports tools, or remove them from the row")
 
 
-def _encode_row(tokenizer: Any, row: PreferenceRow) -> tuple[list[int], list[int], list[int]]:
+def _encode_row(tokenizer: PreTrainedTokenizerBase, row: PreferenceRow) -> tuple[list[int], list[int], list[int]]:
     eos_id = tokenizer.eos_token_id
     if row.format == "standard":
         full = [_ids(tokenizer, row.prompt + c, True) for c in (row.chosen, row.rejected)]
@@ -123,7 +126,7 @@ def _encode_row(tokenizer: Any, row: PreferenceRow) -> tuple[list[int], list[int
 
 def tokenize_rows(
     rows: list[PreferenceRow],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     max_length: int,
     overlong: OverlongPolicy = "truncate",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -33,6 +33,10 @@ from .refcache import RefLogps, live_reference
 from .steps import METRIC_SUMS, evaluate_pairs, metric_means, run_micro_batches
 from .tokenize import TokenizedPair
 from .train_types import EvalSet, TrainHooks, TrainOptions, TrainPaths, TrainResult
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = ["EvalSet", "TrainHooks", "TrainOptions", "TrainPaths", "TrainResult", "batch_order", "configure_deepspeed",
            "evaluate", "finish", "fit", "make_batcher", "prepare", "train"]
@@ -66,7 +70,7 @@ def make_batcher(opts: TrainOptions, pad_token_id: int, model: nn.Module | None 
     return lambda pairs: padded_batch(pairs, pad_token_id)
 
 
-def _optimizer_and_scheduler(model: nn.Module, opts: TrainOptions) -> tuple[torch.optim.Optimizer, Any]:
+def _optimizer_and_scheduler(model: nn.Module, opts: TrainOptions) -> tuple[torch.optim.Optimizer, LRScheduler]:
     from transformers import get_scheduler
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -82,7 +86,7 @@ def _optimizer_and_scheduler(model: nn.Module, opts: TrainOptions) -> tuple[torc
 class _Session:
     """What :func:`prepare` builds and :func:`fit` runs: the prepared modules, the reference, the start step."""
 
-    accelerator: Any
+    accelerator: Accelerator
     opts: TrainOptions
     paths: TrainPaths
     hooks: TrainHooks
@@ -90,8 +94,8 @@ class _Session:
     pairs: Sequence[TokenizedPair]
     scorer: nn.Module  # prepared: DDP/FSDP2/DeepSpeed-wrapped SequenceScorer
     raw_scorer: SequenceScorer
-    optimizer: Any
-    scheduler: Any
+    optimizer: torch.optim.Optimizer  # prepared: accelerate's AcceleratedOptimizer
+    scheduler: LRScheduler
     make_batch: Callable[[Sequence[TokenizedPair]], TokenBatch]
     ref_scores: Callable[[Sequence[int], TokenBatch], SequenceScores]
     evaluation: EvalSet | None
@@ -102,7 +106,7 @@ class _Session:
 
 
 def train(
-    accelerator: Any,
+    accelerator: Accelerator,
     policy: nn.Module,
     reference: nn.Module | None,
     pairs: Sequence[TokenizedPair],
@@ -146,7 +150,7 @@ def train(
                        last_metrics=metrics)
 
 
-def prepare(accelerator: Any, policy: nn.Module, reference: nn.Module | None, pairs: Sequence[TokenizedPair], *,
+def prepare(accelerator: Accelerator, policy: nn.Module, reference: nn.Module | None, pairs: Sequence[TokenizedPair], *,
             pad_token_id: int, alpha: AlphaController | None, opts: TrainOptions, paths: TrainPaths,
             ref_cache: RefLogps | None, evaluation: EvalSet | None, hooks: TrainHooks,
             chunk_size: int) -> _Session:
@@ -191,7 +195,7 @@ def prepare(accelerator: Any, policy: nn.Module, reference: nn.Module | None, pa
     return session
 
 
-def _latest_checkpoint(accelerator: Any, paths: TrainPaths, hooks: TrainHooks) -> Path | None:
+def _latest_checkpoint(accelerator: Accelerator, paths: TrainPaths, hooks: TrainHooks) -> Path | None:
     """The newest checkpoint whose checksums verify; each damaged newer one is named in one warning line."""
     if paths.checkpoints is None:
         return None
@@ -205,8 +209,8 @@ def _latest_checkpoint(accelerator: Any, paths: TrainPaths, hooks: TrainHooks) -
     return last
 
 
-def _reference_source(cache: RefLogps | None, live: Callable[[TokenBatch], SequenceScores] | None, accelerator: Any
-                      ) -> Callable[[Sequence[int], TokenBatch], SequenceScores]:
+def _reference_source(cache: RefLogps | None, live: Callable[[TokenBatch], SequenceScores] | None,
+                      accelerator: Accelerator) -> Callable[[Sequence[int], TokenBatch], SequenceScores]:
     """``(pair indices, batch) -> reference scores``: the precomputed rows when there is a cache, else live."""
     if cache is not None:
         on_device = cache.to(accelerator.device)  # a few floats per pair: read without host round trips
@@ -372,7 +376,7 @@ def finish(s: _Session, save_final: Callable[..., None]) -> None:
     _save(s, s.opts.total_steps)
 
 
-def _grad_norm(accelerator: Any, scorer: nn.Module, max_norm: float | None) -> torch.Tensor:
+def _grad_norm(accelerator: Accelerator, scorer: nn.Module, max_norm: float | None) -> torch.Tensor:
     """The total gradient norm before clipping, as a device tensor (read with the step's other numbers).
     Clips to ``max_norm`` when set; under DeepSpeed the engine clipped and reports the norm itself."""
     params = [p for p in scorer.parameters() if p.requires_grad]
@@ -385,7 +389,8 @@ def _grad_norm(accelerator: Any, scorer: nn.Module, max_norm: float | None) -> t
         grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
         norm = torch.stack(grads).norm() if grads else torch.zeros((), device=accelerator.device)
     full = getattr(norm, "full_tensor", None)  # FSDP2 may hand back a DTensor
-    return (full() if callable(full) else norm).detach()
+    total: torch.Tensor = full() if callable(full) else norm
+    return total.detach()
 
 
 def _handle_nonfinite(step: int, loss: float, grad_norm: float, opts: TrainOptions, hooks: TrainHooks,

@@ -43,6 +43,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypedDict
 
 from . import seccomp
 
@@ -142,7 +143,15 @@ def prepared(iso: Isolation, source: bytes,
         yield command(iso, prog.fileno(), budget, seccomp_fd), fds
 
 
-def popen_user(iso: Isolation) -> dict[str, object]:
+class PopenUser(TypedDict, total=False):
+    """The ``subprocess.Popen`` keyword arguments that change who the child runs as."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def popen_user(iso: Isolation) -> PopenUser:
     """``subprocess.Popen`` keyword arguments that start bwrap as the unprivileged uid when we are root."""
     if iso.drop_to is None:
         return {}
@@ -194,7 +203,7 @@ def _try(iso: Isolation) -> tuple[bool, str]:
         try:
             done = subprocess.run(cmd, pass_fds=fds, cwd="/",
                                   stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
-                                  **popen_user(iso))  # type: ignore[call-overload]
+                                  **popen_user(iso))
         except (OSError, subprocess.SubprocessError) as exc:
             return False, f"{iso.bwrap} could not start ({exc})"
     if done.returncode == 0 and done.stdout.strip() == str(SANDBOX_UID).encode():

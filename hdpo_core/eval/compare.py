@@ -23,7 +23,7 @@ def load_run(run: Path, alpha: float | None = None) -> dict[str, Any]:
     path = next((c for c in candidates if c.is_file()), None)
     if path is None:
         raise InputError(f"{run}: no {EVAL}/{EVAL_RESULTS}; run `hdpo-tune eval {run}` first")
-    results = json.loads(path.read_text(encoding="utf-8"))
+    results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     results["alpha"] = alpha if alpha is not None else results.get("alpha")
     results["name"] = run.name if run.is_dir() else run.parent.name
     return results

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hdpo_core.tokenize import TokenizedPair
 
@@ -19,6 +19,9 @@ from .sampling import Samples, sample_batched
 from .targets import EvalSide
 from .tasks import encode_prompt
 from .verifiers import Verifier, judge_many, sum_tallies
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -37,23 +40,24 @@ class SamplingSettings:
     allow_unsandboxed_code: bool = False
 
 
-def _draw(side: EvalSide, prompts: list[list[int]], tokenizer: Any, s: SamplingSettings, t: float) -> Samples:
-    kwargs = {"n": s.n, "temperature": t, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens, "seed": s.seed,
-              "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-              "max_batch_size": s.max_batch_size}
+def _draw(side: EvalSide, prompts: list[list[int]], tokenizer: PreTrainedTokenizerBase, s: SamplingSettings,
+          t: float) -> Samples:
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if side.sampler is not None:
-        return side.sampler.sample(prompts, **kwargs)
+        return side.sampler.sample(prompts, n=s.n, temperature=t, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                                   seed=s.seed, eos_token_id=eos, pad_token_id=pad, max_batch_size=s.max_batch_size)
     if side.model is None:
         raise ValueError(f"{side.name}: an EvalSide needs a torch model or a sampler")
-    return sample_batched(side.model, prompts, **kwargs)
+    return sample_batched(side.model, prompts, n=s.n, temperature=t, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                          seed=s.seed, eos_token_id=eos, pad_token_id=pad, max_batch_size=s.max_batch_size)
 
 
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def sample_and_score(side: EvalSide, tokenizer: Any, tasks: Sequence[dict[str, Any]], verifier: Verifier,
-                     s: SamplingSettings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def sample_and_score(side: EvalSide, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[dict[str, Any]],
+                     verifier: Verifier, s: SamplingSettings) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Per-temperature metrics for one side, and the samples (for samples.jsonl)."""
     prompts = [encode_prompt(tokenizer, t["prompt"]) for t in tasks]
     per_temp: dict[str, Any] = {}
@@ -63,7 +67,7 @@ def sample_and_score(side: EvalSide, tokenizer: Any, tasks: Sequence[dict[str, A
         with side.active():
             samples = _draw(side, prompts, tokenizer, s, temp)
         seconds = time.perf_counter() - start
-        texts = [tokenizer.decode(t, skip_special_tokens=True) for t in samples.tokens]
+        texts = [str(tokenizer.decode(t, skip_special_tokens=True)) for t in samples.tokens]
         items = [(tasks[r // s.n], texts[r]) for r in range(len(texts))]
         judged = judge_many(verifier, items, workers=s.workers, timeout_s=s.timeout_s, memory_mb=s.memory_mb,
                             allow_unsandboxed=s.allow_unsandboxed_code)
@@ -98,7 +102,7 @@ def _entropy_temperature(temps: Sequence[float]) -> float:
     return min(temps, key=lambda t: abs(t - 1.0))
 
 
-def run_evaluation(policy: EvalSide, reference: EvalSide | None, tokenizer: Any, *,
+def run_evaluation(policy: EvalSide, reference: EvalSide | None, tokenizer: PreTrainedTokenizerBase, *,
                    tasks: Sequence[dict[str, Any]] | None, verifier: Verifier, settings: SamplingSettings,
                    pairs: Sequence[TokenizedPair] | None, alpha: float, beta: float,
                    sample_reference: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:

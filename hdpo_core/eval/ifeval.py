@@ -82,7 +82,7 @@ def _lm_eval_ifeval() -> tuple[ModuleType, ModuleType]:
     return instructions_registry, utils
 
 
-def _prompt_text(prompt: Any) -> str:
+def _prompt_text(prompt: object) -> str:
     """IFEval's instructions see the prompt as text; a message list contributes its last user message."""
     if isinstance(prompt, list):
         users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]

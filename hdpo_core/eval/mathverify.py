@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -20,7 +21,7 @@ from hdpo_core.errors import InputError
 _HASHES = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
 
 
-def _api() -> tuple[Any, Any]:
+def _api() -> tuple[Callable[..., list[Any]], Callable[..., bool]]:
     try:
         from math_verify import parse, verify
     except ImportError:
@@ -53,7 +54,8 @@ def parse_answer(completion: str) -> list[Any]:
     """The completion's answer as math-verify sees it (``#### N`` first); ``[]`` when there is none."""
     parse, _ = _api()
     number = _gsm8k_number(completion)
-    return parse(number if number is not None else completion, parsing_timeout=_timeout())
+    answer = parse(number if number is not None else completion, parsing_timeout=_timeout())
+    return answer
 
 
 def gold_problem(task: dict[str, Any]) -> str | None:

@@ -21,7 +21,7 @@ def clean(value: Any) -> Any:
     return value
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
+def _fmt(x: object, digits: int = 3) -> str:
     if isinstance(x, float):
         return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
     return "n/a" if x is None else str(x)

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Unpack
 
 from hdpo_core.errors import InputError
 
@@ -168,12 +169,12 @@ def _run_unsandboxed(source: str, timeout_s: float) -> SandboxResult:
 
 
 def _run(cmd: list[str], timeout_s: float, *, cwd: str, env: dict[str, str], pass_fds: tuple[int, ...],
-         **user: object) -> SandboxResult:
+         **user: Unpack[bwrap.PopenUser]) -> SandboxResult:
     start = time.monotonic()
     try:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds,
-                                **user)  # type: ignore[call-overload]
+                                **user)
     except OSError as exc:
         return SandboxResult(False, "error", None, f"cannot start sandbox: {exc}", 0.0)
     try:

@@ -6,10 +6,10 @@ The core only recognises a run folder by its files; reading the run's job spec i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
@@ -17,6 +17,12 @@ from hdpo_core.errors import InputError
 from hdpo_core.inputs import CONFIG_BYTES, check_model_folder, read_json
 from hdpo_core.layout import FINAL, MERGED, ONNX, RESOLVED_SPEC
 from hdpo_core.model import has_tokenizer_files
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .sampling import Samples
 
 Kind = Literal["hf", "peft", "onnx"]
 
@@ -63,7 +69,7 @@ def resolve_target(path: str | Path) -> ResolvedTarget:
     return ResolvedTarget(p, kind)
 
 
-def _load_tokenizer(folder: Path, fallback: Path | None) -> Any:
+def _load_tokenizer(folder: Path, fallback: Path | None) -> PreTrainedTokenizerBase:
     import transformers
 
     for f in (folder, fallback):
@@ -77,7 +83,7 @@ def _load_tokenizer(folder: Path, fallback: Path | None) -> Any:
 
 
 def load_causal_lm(folder: Path, kind: Kind, *, device: str = "cpu", dtype: torch.dtype | None = None
-                   ) -> tuple[torch.nn.Module, Any]:
+                   ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` in eval mode. A peft adapter is loaded on its base
     (``base_model_name_or_path`` in adapter_config.json) and kept unmerged, so its reference is the same
     model with the adapter disabled."""
@@ -88,6 +94,7 @@ def load_causal_lm(folder: Path, kind: Kind, *, device: str = "cpu", dtype: torc
     check_model_folder(folder)
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     base_dir: Path | None = None
+    model: PreTrainedModel | PeftModel
     try:
         if kind == "peft":
             import peft
@@ -107,7 +114,17 @@ def load_causal_lm(folder: Path, kind: Kind, *, device: str = "cpu", dtype: torc
     except (OSError, ValueError) as exc:
         raise InputError(f"{folder}: cannot load the model ({type(exc).__name__}: {str(exc)[:200]})") from None
     tokenizer = _load_tokenizer(folder, base_dir)
-    return model.to(device).eval(), tokenizer
+    # transformers declares PreTrainedModel.to with functools.wraps(nn.Module.to), which mypy reads unbound
+    return model.to(device).eval(), tokenizer  # type: ignore[arg-type]
+
+
+class Sampler(Protocol):
+    """A sampling backend other than the torch model's own (:func:`hdpo_core.eval.sampling.sample_batched`
+    arguments, the same :class:`Samples` back): the ONNX generator, or a test's scripted one."""
+
+    def sample(self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float | None,
+               max_new_tokens: int, seed: int, eos_token_id: int, pad_token_id: int, max_batch_size: int
+               ) -> Samples: ...
 
 
 @dataclass
@@ -122,15 +139,15 @@ class EvalSide:
     name: str
     model: torch.nn.Module | None
     active: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
-    sampler: Any = None
+    sampler: Sampler | None = None
 
 
-def peft_reference(model: torch.nn.Module) -> EvalSide:
+def peft_reference(model: PeftModel) -> EvalSide:
     """The reference of a LoRA policy: the same model with the adapter switched off."""
 
     @contextlib.contextmanager
     def disabled() -> Iterator[None]:
-        with model.disable_adapter():  # type: ignore[operator]
+        with model.disable_adapter():
             yield
 
     return EvalSide("reference", model, disabled)
@@ -156,8 +173,9 @@ class OnnxSampler:
         tok.eos_token = tok.convert_ids_to_tokens(cfg.eos_token_ids[0])
         self.tokenizer = tok
 
-    def sample(self, prompts: Any, *, n: int, temperature: float, top_p: float | None, max_new_tokens: int,
-               seed: int, eos_token_id: int, pad_token_id: int, max_batch_size: int) -> Any:
+    def sample(self, prompts: Sequence[Sequence[int]], *, n: int, temperature: float, top_p: float | None,
+               max_new_tokens: int, seed: int, eos_token_id: int, pad_token_id: int, max_batch_size: int
+               ) -> Samples:
         from .sampling import Samples
 
         eos = set(self.decoder.config.eos_token_ids) | {eos_token_id}

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hdpo_core.errors import InputError
 from hdpo_core.inputs import iter_jsonl
 
 from .verifiers import Verifier
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MAX_TASK_BYTES = 1 << 20  # one task line (prompt + test): kilobytes in every benchmark
 
@@ -37,9 +40,9 @@ def load_tasks(path: str | Path, verifier: Verifier, problems: list[str] | None 
     tasks: list[dict[str, Any]] = []
     for loc, row in iter_jsonl(p, "task file", max_row_bytes=MAX_TASK_BYTES):
         problem = row_problem(row, verifier)
-        if problem and problems is None:
-            raise InputError(f"{loc}: {problem}")
         if problem:
+            if problems is None:
+                raise InputError(f"{loc}: {problem}")
             problems.append(f"{loc}: {problem}")
         else:
             tasks.append(row)
@@ -48,7 +51,7 @@ def load_tasks(path: str | Path, verifier: Verifier, problems: list[str] | None 
     return tasks
 
 
-def encode_prompt(tokenizer: Any, prompt: Any) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: object) -> list[int]:
     """Token ids of a task prompt (string or message list)."""
     if isinstance(prompt, list):
         if not getattr(tokenizer, "chat_template", None):

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 GENAI_CONFIG = "genai_config.json"
 # model_type (config.json) -> onnxruntime-genai decoder type; these are in its list of plain decoders
 GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gpt2": "gpt2"}
 
 
-def genai_config(hdpo_config: dict, hf_config: dict, generation: dict, *, model_file: str) -> dict:
+def genai_config(hdpo_config: dict[str, Any], hf_config: dict[str, Any], generation: dict[str, Any], *,
+                 model_file: str) -> dict[str, Any]:
     """The ``genai_config.json`` dict for ``model_file`` from our ``hdpo_onnx.json`` and the HF configs.
 
     ``search`` is greedy by default (``do_sample`` false): the serving default that parity is checked for;
@@ -38,7 +40,7 @@ def genai_config(hdpo_config: dict, hf_config: dict, generation: dict, *, model_
         text.get("max_position_embeddings") or text.get("n_positions") or text.get("n_ctx") or 2048
     )
     eos = hdpo_config["eos_token_ids"]
-    heads = int(text.get("num_attention_heads") or text.get("n_head"))
+    heads = int(text.get("num_attention_heads") or text["n_head"])
     return {
         "model": {
             "bos_token_id": text.get("bos_token_id") if text.get("bos_token_id") is not None else eos[0],
@@ -47,7 +49,7 @@ def genai_config(hdpo_config: dict, hf_config: dict, generation: dict, *, model_
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
                 "filename": model_file,
                 "head_size": hdpo_config["head_dim"],
-                "hidden_size": int(text.get("hidden_size") or text.get("n_embd")),
+                "hidden_size": int(text.get("hidden_size") or text["n_embd"]),
                 "inputs": {
                     "input_ids": "input_ids",
                     "attention_mask": "attention_mask",

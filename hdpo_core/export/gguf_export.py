@@ -22,11 +22,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hdpo_core.errors import InputError
 from hdpo_core.export.gguf_tokenizer import read_vocab, write_vocab
+
+if TYPE_CHECKING:
+    import gguf
 
 ARCHS = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 GGUF_TYPES = ("f16", "q8_0")
@@ -41,7 +45,7 @@ class GgufFile:
     size_bytes: int
 
 
-def _text_config(model_dir: Path) -> dict:
+def _text_config(model_dir: Path) -> dict[str, Any]:
     cfg = json.loads((model_dir / "config.json").read_text())
     return {**cfg, **(cfg.get("text_config") or {})}
 
@@ -61,7 +65,7 @@ def check_supported(model_dir: Path) -> str:
             f"{model_dir}/config.json: rope_type {rope.get('rope_type')!r} is not written to GGUF here "
             "(default and linear only); set export.gguf.enabled: false"
         )
-    return kind
+    return str(kind)
 
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -69,7 +73,7 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _hparams(writer, cfg: dict, kind: str) -> None:  # noqa: ANN001 - gguf.GGUFWriter
+def _hparams(writer: gguf.GGUFWriter, cfg: dict[str, Any], kind: str) -> None:
     heads = cfg["num_attention_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
     writer.add_context_length(cfg["max_position_embeddings"])
@@ -94,7 +98,7 @@ def _hparams(writer, cfg: dict, kind: str) -> None:  # noqa: ANN001 - gguf.GGUFW
     writer.add_vocab_size(cfg["vocab_size"])
 
 
-def _tensor_data(name: str, w: np.ndarray, qtype: str):  # noqa: ANN202 - (array, raw_dtype or None)
+def _tensor_data(name: str, w: np.ndarray, qtype: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
     import gguf
 
     if w.ndim == 1:
@@ -118,7 +122,7 @@ def write_gguf(model_dir: Path, out_path: Path, *, qtype: str, name: str) -> Ggu
     gen_path = model_dir / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.exists() else {}
     eos = gen.get("eos_token_id")
-    eos_id = eos[0] if isinstance(eos, list) and eos else eos
+    eos_id = (eos[0] if eos else None) if isinstance(eos, list) else eos
     vocab = read_vocab(model_dir, cfg["vocab_size"])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer logs file layout at INFO: noise for users
@@ -167,14 +171,14 @@ def export_gguf(
     modelfile: bool,
     max_rel_logit_error: dict[str, float],
     min_top1_agreement: float,
-) -> dict:
+) -> dict[str, Any]:
     """Write ``out_dir/model.<type>.gguf`` per type (+ ``Modelfile``), check each with transformers' GGUF
     loader, and return the report for ``gguf/validation.json`` (``passed``, ``failures``, per-file numbers)."""
     from hdpo_core.export.gguf_validate import compare_gguf, gguf_failures
 
     check_supported(model_dir)
     files = [write_gguf(model_dir, out_dir / f"model.{t}.gguf", qtype=t, name=name) for t in types]
-    report: dict = {"files": {}, "failures": []}
+    report: dict[str, Any] = {"files": {}, "failures": []}
     for f in files:
         result = compare_gguf(model_dir, f.path)
         result["size_bytes"] = f.size_bytes
@@ -199,13 +203,13 @@ def write_modelfile(model_dir: Path, out_dir: Path, gguf_name: str) -> str:
     template = None
     if isinstance(tok.chat_template, str):
         pieces = chat_pieces(
-            lambda msgs, gen: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen),
+            lambda msgs, gen: str(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)),
             runtime_prefix=tok.bos_token if adds_bos(tok) else "",
         )
         template = go_template(pieces)
     gen_path = model_dir / "generation_config.json"
     eos = json.loads(gen_path.read_text()).get("eos_token_id") if gen_path.exists() else None
     eos_ids = eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id]
-    stops = [tok.convert_ids_to_tokens(int(i)) for i in eos_ids if i is not None]
+    stops = [str(tok.convert_ids_to_tokens(int(i))) for i in eos_ids if i is not None]
     (out_dir / "Modelfile").write_text(modelfile(gguf_name, template, stops))
     return "Modelfile"

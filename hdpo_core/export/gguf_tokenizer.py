@@ -21,8 +21,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hdpo_core.errors import InputError
+
+if TYPE_CHECKING:
+    import gguf
+    from transformers import PreTrainedTokenizerBase
 
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -52,7 +57,7 @@ class GgufVocab:
     chat_template: str | None
 
 
-def _byte_level(node: dict, *, use_regex: bool) -> bool:
+def _byte_level(node: dict[str, Any], *, use_regex: bool) -> bool:
     return (
         node.get("type") == "ByteLevel"
         and node.get("use_regex", True) is use_regex
@@ -60,7 +65,7 @@ def _byte_level(node: dict, *, use_regex: bool) -> bool:
     )
 
 
-def pre_tokenizer_name(pre: dict | None, where: str) -> str:
+def pre_tokenizer_name(pre: dict[str, Any] | None, where: str) -> str:
     """llama.cpp's ``tokenizer.ggml.pre`` for a ``tokenizer.json`` pre_tokenizer; InputError if none fits."""
     if pre is None:
         raise InputError(f"{where}: tokenizer.json has no pre_tokenizer; GGUF export needs a byte-level BPE one")
@@ -82,11 +87,11 @@ def pre_tokenizer_name(pre: dict | None, where: str) -> str:
     )
 
 
-def _merges(model: dict) -> list[str]:
+def _merges(model: dict[str, Any]) -> list[str]:
     return [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
 
 
-def adds_bos(tok) -> bool:  # noqa: ANN001 - a transformers tokenizer
+def adds_bos(tok: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer puts a BOS before plain text (Llama 3's post-processor does, Qwen2's does not):
     written as ``tokenizer.ggml.add_bos_token``, so llama.cpp and Ollama add it to every prompt themselves."""
     probe = tok("a")["input_ids"]
@@ -139,7 +144,7 @@ def read_vocab(model_dir: Path, vocab_size: int) -> GgufVocab:
     )
 
 
-def write_vocab(writer, vocab: GgufVocab, *, eos_id: int | None) -> None:  # noqa: ANN001 - gguf.GGUFWriter
+def write_vocab(writer: gguf.GGUFWriter, vocab: GgufVocab, *, eos_id: int | None) -> None:
     """Add the tokenizer keys; ``eos_id`` (from generation_config) wins over the tokenizer's."""
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(vocab.pre)

@@ -11,11 +11,15 @@ agreement, identical token ids.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from hdpo_core.export.onnx_validate import PROMPTS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 PROBE_TEXTS = (
     "Tom has 146 apples and buys 148 more: 146 + 148 = 294.",
@@ -25,12 +29,12 @@ PROBE_TEXTS = (
 )
 
 
-def _logits(model, rows: list[list[int]]) -> list[np.ndarray]:  # noqa: ANN001 - a transformers causal LM
+def _logits(model: PreTrainedModel, rows: list[list[int]]) -> list[np.ndarray]:
     with torch.no_grad():
         return [model(torch.tensor([r])).logits[0].float().numpy() for r in rows]
 
 
-def compare_gguf(model_dir: Path, gguf_path: Path) -> dict:
+def compare_gguf(model_dir: Path, gguf_path: Path) -> dict[str, Any]:
     """Numbers for one GGUF file against ``model_dir`` (float32); no gate applied here."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,7 +70,7 @@ def compare_gguf(model_dir: Path, gguf_path: Path) -> dict:
     }
 
 
-def gguf_failures(result: dict, *, max_rel_logit_error: float, min_top1_agreement: float) -> list[str]:
+def gguf_failures(result: dict[str, Any], *, max_rel_logit_error: float, min_top1_agreement: float) -> list[str]:
     """Gate messages for one file's numbers (empty when it passes)."""
     out = []
     name = result["file"]

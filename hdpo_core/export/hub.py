@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -23,9 +24,9 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 class HubClient(Protocol):
     """The four ``HfApi`` calls the push uses."""
 
-    def create_repo(self, repo_id: str, *, private: bool, repo_type: str, exist_ok: bool) -> Any: ...
-    def repo_info(self, repo_id: str, *, repo_type: str) -> Any: ...
-    def create_branch(self, repo_id: str, *, branch: str, repo_type: str, exist_ok: bool) -> Any: ...
+    def create_repo(self, repo_id: str, *, private: bool, repo_type: str, exist_ok: bool) -> object: ...
+    def repo_info(self, repo_id: str, *, repo_type: str) -> object: ...
+    def create_branch(self, repo_id: str, *, branch: str, repo_type: str, exist_ok: bool) -> object: ...
     def upload_folder(
         self,
         *,
@@ -73,8 +74,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TimeoutError | ConnectionError):
         return True
     try:
-        from huggingface_hub.utils import httpx
-    except ImportError:  # pragma: no cover - hub 1.x/2.x both export it
+        import httpx  # huggingface_hub's HTTP client (hub 1.x/2.x)
+    except ImportError:  # pragma: no cover - a dependency of huggingface_hub
         return False
     return isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError)
 
@@ -161,7 +162,8 @@ def push(
         pr_now = create_pr and (target is None or not target.startswith("refs/pr/"))
         res = retry(
             f"upload_folder {up.folder.name}",
-            lambda up=up, pr_now=pr_now, target=target: client.upload_folder(
+            partial(
+                client.upload_folder,
                 repo_id=repo_id,
                 folder_path=str(up.folder),
                 path_in_repo=up.path_in_repo,

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +26,8 @@ from hdpo_core.io import read_json
 from hdpo_core.layout import MERGE_INFO as MARKER
 from hdpo_core.public_paths import public_path
 
+if TYPE_CHECKING:
+    from transformers import BatchEncoding, PreTrainedModel, PreTrainedTokenizerBase
 SAMPLE_TEXTS = (
     "Question: what is the capital of France? Answer:",
     "Write a short poem about the sea.",
@@ -66,7 +69,7 @@ def fingerprint(folder: Path, dtype: str) -> str:
     return h.hexdigest()
 
 
-def up_to_date(out_dir: Path, fp: str) -> dict | None:
+def up_to_date(out_dir: Path, fp: str) -> dict[str, Any] | None:
     """The existing ``merge.json`` if ``out_dir`` is whole (its manifest verifies) and was produced from the
     same inputs, else None (a torn or missing ``merge.json`` included: that folder is rebuilt)."""
     if artifact.verify(out_dir, required=(MARKER, "config.json")) is not None:
@@ -90,7 +93,7 @@ def default_dtype(model_dir_or_id: str) -> str:
     return name if name in DTYPES else "float32"
 
 
-def _set_generation_ids(model, tokenizer) -> None:  # noqa: ANN001
+def _set_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """transformers 5 keeps eos/pad only in generation_config: set them so generate() stops and pads."""
     gen = model.generation_config
     if gen.eos_token_id is None:
@@ -104,9 +107,10 @@ def _set_generation_ids(model, tokenizer) -> None:  # noqa: ANN001
         )
 
 
-def _logits(model, batch) -> torch.Tensor:  # noqa: ANN001
+def _logits(model: torch.nn.Module, batch: BatchEncoding) -> torch.Tensor:
     with torch.no_grad():
-        return model(**batch).logits.float()
+        logits: torch.Tensor = model(**batch).logits
+    return logits.float()
 
 
 #: Files the caller adds to the merged folder (model card, provenance) from the merge's result, so they are

@@ -13,15 +13,22 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from hdpo_core import artifact
 from hdpo_core.errors import RunError
+from hdpo_core.forward import unwrap_causal_lm
+from hdpo_core.layout import MERGE_INFO
 from hdpo_core.public_paths import public_path
 from hdpo_core.quant import QuantOptions, dequantize, load_kwargs
 
 from . import merge as m
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import BatchEncoding, PreTrainedModel
 
 GREEDY_TOKENS = 16
 
@@ -35,9 +42,12 @@ class QloraMergeResult(m.MergeResult):
     greedy_identical: int = 0
 
 
-def _greedy(model, batch) -> torch.Tensor:  # noqa: ANN001
+def _greedy(model: PreTrainedModel | PeftModel, batch: BatchEncoding) -> torch.Tensor:
     with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS, do_sample=False)
+        # a causal-LM adapter loads as PeftModelForCausalLM (which has generate); peft types from_pretrained as
+        # the PeftModel base class, whose other attributes go through nn.Module's __getattr__
+        out: torch.Tensor = model.generate(**batch, max_new_tokens=GREEDY_TOKENS,  # type: ignore[operator]
+                                           min_new_tokens=GREEDY_TOKENS, do_sample=False)
     return out[:, batch["input_ids"].shape[1]:]
 
 
@@ -60,7 +70,7 @@ def merge_qlora(adapter_dir: Path, out_dir: Path, *, base_id: str, dtype: str, t
     base = AutoModelForCausalLM.from_pretrained(base_id, dtype=torch.float32, **load_kwargs(exact))
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     batch = tokenizer(list(m.SAMPLE_TEXTS), return_tensors="pt", padding=True).to(quant.device)
-    m._set_generation_ids(model.get_base_model(), tokenizer)
+    m._set_generation_ids(unwrap_causal_lm(model), tokenizer)
     ref, ref_tokens = m._logits(model, batch), _greedy(model, batch)
     plain = dequantize(model.unload(), "float32")
     try:
@@ -83,9 +93,9 @@ def merge_qlora(adapter_dir: Path, out_dir: Path, *, base_id: str, dtype: str, t
     result = QloraMergeResult("lora", False, dtype, diff, tolerance, m.fingerprint(adapter_dir, dtype),
                               public_path(base_id, out_dir.parent), base_quantization=quant.identity(),
                               greedy_tokens=int(ref_tokens.numel()), greedy_identical=same)
-    with artifact.building(out_dir, required=(m.MARKER, "config.json")) as tmp:
+    with artifact.building(out_dir, required=(MERGE_INFO, "config.json")) as tmp:
         merged.save_pretrained(tmp, max_shard_size="5GB")
         tokenizer.save_pretrained(tmp)
-        (tmp / m.MARKER).write_text(json.dumps(asdict(result), indent=2) + "\n")
+        (tmp / MERGE_INFO).write_text(json.dumps(asdict(result), indent=2) + "\n")
         m._write_extra(tmp, result, extra)
     return result

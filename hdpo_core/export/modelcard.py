@@ -62,7 +62,7 @@ def git_commit() -> str | None:
     return res.stdout.strip() or None if res.returncode == 0 else None
 
 
-def fingerprints_in(obj: Any, path: str = "") -> dict[str, Any]:
+def fingerprints_in(obj: object, path: str = "") -> dict[str, Any]:
     """Every ``*fingerprint*`` / ``*sha256*`` entry found in ``obj`` (nested dicts), keyed by its dotted path."""
     found: dict[str, Any] = {}
     if isinstance(obj, dict):
@@ -75,10 +75,11 @@ def fingerprints_in(obj: Any, path: str = "") -> dict[str, Any]:
     return found
 
 
-def provenance(spec: dict, *, run_dir: Path, merge_info: dict, extra: dict | None = None) -> dict:
+def provenance(spec: dict[str, Any], *, run_dir: Path, merge_info: dict[str, Any], extra: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     """The provenance record: scrubbed spec, versions, git commit, data fingerprints, merge info."""
     sources = {"spec": spec, **(extra or {})}
-    return scrub(
+    record: dict[str, Any] = scrub(
         {
             "run": run_dir.name,
             "spec": spec,
@@ -88,9 +89,10 @@ def provenance(spec: dict, *, run_dir: Path, merge_info: dict, extra: dict | Non
             "merge": merge_info,
         }
     )
+    return record
 
 
-def _flat(section: Any, prefix: str) -> dict[str, Any]:
+def _flat(section: object, prefix: str) -> dict[str, Any]:
     if not isinstance(section, dict):
         return {}
     out: dict[str, Any] = {}
@@ -100,7 +102,7 @@ def _flat(section: Any, prefix: str) -> dict[str, Any]:
     return out
 
 
-def dataset_names(data: Any) -> list[str]:
+def dataset_names(data: object) -> list[str]:
     """Dataset ids/paths named in the spec's ``data`` section (``data.train``, ``data.eval``, or any string under
     a key mentioning path/dataset/name/id)."""
     flat = _flat(data, "data")
@@ -122,13 +124,14 @@ def hub_model_id(name: str | None) -> str | None:
 
 
 def build_card(
-    spec: dict, *, base_model: str | None, eval_results: dict | None, repo_id: str | None, onnx: bool
+    spec: dict[str, Any], *, base_model: str | None, eval_results: dict[str, Any] | None, repo_id: str | None, onnx: bool
 ) -> str:
     """Render the card text with ``huggingface_hub.ModelCard`` (YAML metadata + markdown body). ``base_model``
     goes into the metadata only when it is a Hub id; a local folder is named in the text only."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    hdpo = spec.get("hdpo") if isinstance(spec.get("hdpo"), dict) else {}
+    section = spec.get("hdpo")
+    hdpo = section if isinstance(section, dict) else {}
     alpha, beta = hdpo.get("alpha"), hdpo.get("beta")
     datasets = dataset_names(spec.get("data"))
     name = repo_id or "hdpo-tune-model"
@@ -195,7 +198,7 @@ measured parity with PyTorch. Provenance (spec, package versions, git commit): `
     return str(ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
 
 
-def _lm_eval_section(eval_results: dict | None) -> str:
+def _lm_eval_section(eval_results: dict[str, Any] | None) -> str:
     """lm-evaluation-harness's numbers (``eval.lm_eval``) as the leaderboards name them: task, metric, value."""
     head = (eval_results or {}).get("headline", {}).get("lm_eval") or {}
     if not head:
@@ -204,7 +207,7 @@ def _lm_eval_section(eval_results: dict | None) -> str:
     return f"\n### lm-evaluation-harness\n\n| task | metric | value |\n|---|---|---|\n{rows}\n"
 
 
-def _quant_text(spec: dict) -> str:
+def _quant_text(spec: dict[str, Any]) -> str:
     """QLoRA: the adapter was trained on a k-bit base; these weights are the dequantized base plus the adapter."""
     q = spec.get("quantization")
     if not isinstance(q, dict):
@@ -214,7 +217,7 @@ def _quant_text(spec: dict) -> str:
             "the dequantized base plus the adapter.")
 
 
-def load_json(path: Path) -> dict | None:
+def load_json(path: Path) -> dict[str, Any] | None:
     """A JSON object from ``path``; None when absent, torn or not an object (never a traceback)."""
     data = read_json(path)
     return data if isinstance(data, dict) else None

@@ -15,9 +15,13 @@ the result with Go's own ``text/template`` when a Go toolchain is installed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hdpo_core.errors import InputError
+
+# render(messages, add_generation_prompt) -> text: the tokenizer's apply_chat_template, untokenised
+Render = Callable[[list[dict[str, str]], bool], str]
 
 _M = {"s": "\x02S\x02", "u1": "\x02U1\x02", "a1": "\x02A1\x02", "u2": "\x02U2\x02"}
 
@@ -59,7 +63,7 @@ def _strip(text: str, prefix: str = "", suffix: str = "") -> str:
     return text[len(prefix): len(text) - len(suffix)]
 
 
-def _without_prefix(render, prefix: str):  # noqa: ANN001, ANN202 - the same kind of callable as render
+def _without_prefix(render: Render, prefix: str) -> Render:
     if not prefix:
         return render
 
@@ -70,7 +74,7 @@ def _without_prefix(render, prefix: str):  # noqa: ANN001, ANN202 - the same kin
     return cut
 
 
-def chat_pieces(render, runtime_prefix: str = "") -> ChatPieces:  # noqa: ANN001 - render(messages, gen) -> str
+def chat_pieces(render: Render, runtime_prefix: str = "") -> ChatPieces:
     """Derive the pieces from ``render`` (the tokenizer's ``apply_chat_template``) and check them.
 
     ``runtime_prefix`` (the BOS text when the runtime adds the BOS) is cut from the start of every rendering

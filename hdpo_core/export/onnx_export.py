@@ -13,6 +13,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +21,9 @@ from torch import nn
 from hdpo_core.compat import cache_kwarg
 from hdpo_core.errors import RunError
 from hdpo_core.export.ort_generate import CONFIG_NAME
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -39,7 +43,7 @@ class CacheGeometry:
     head_dim: int
 
     @classmethod
-    def of(cls, config) -> CacheGeometry:  # noqa: ANN001 - any transformers PreTrainedConfig
+    def of(cls, config: PretrainedConfig) -> CacheGeometry:
         text = config.get_text_config(decoder=True)
         heads = text.num_attention_heads
         kv = getattr(text, "num_key_value_heads", None) or heads
@@ -57,13 +61,14 @@ class FlatCacheDecoder(nn.Module):
     loaded into a ``DynamicCache`` so the model's own cache code runs, and the grown cache is returned flat.
     """
 
-    def __init__(self, model: nn.Module, geometry: CacheGeometry) -> None:
+    def __init__(self, model: PreTrainedModel, geometry: CacheGeometry) -> None:
         super().__init__()
         self.model = model
         self.geometry = geometry
         self.cache_kw = cache_kwarg(model)
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):  # noqa: ANN001, ANN201
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
@@ -95,7 +100,7 @@ def _example_inputs(geometry: CacheGeometry, vocab: int) -> tuple[torch.Tensor, 
     return (ids, mask, pos, *cache)
 
 
-def export_decoder(model_dir: Path, out_dir: Path, *, opset: int | None = None) -> dict:
+def export_decoder(model_dir: Path, out_dir: Path, *, opset: int | None = None) -> dict[str, Any]:
     """Export ``model_dir`` (a merged HF folder) to ``out_dir/model.onnx`` (+ ``model.onnx.data``), float32.
 
     Also copies tokenizer/config files and writes ``hdpo_onnx.json``; returns that config dict.
@@ -170,7 +175,8 @@ def _output_names(geometry: CacheGeometry) -> list[str]:
     return ["logits", *geometry.names("present")]
 
 
-def _runtime_config(model: nn.Module, tokenizer, geometry: CacheGeometry, onnx_path: Path) -> dict:  # noqa: ANN001
+def _runtime_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, geometry: CacheGeometry,
+                    onnx_path: Path) -> dict[str, Any]:
     """``hdpo_onnx.json``: what the torch-free runtime needs (names, cache geometry, EOS/pad ids, opset)."""
     import onnx
 

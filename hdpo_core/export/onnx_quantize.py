@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from hdpo_core.export.ort_generate import OrtDecoder
 
@@ -64,7 +65,7 @@ def quantization_report(
     max_new_tokens: int,
     batch: int = 16,
     threads: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Size, greedy decode speed and (with ``check(prompt_index, tokens)``) accuracy, float32 vs quantized.
 
     Speed is measured, never asserted: it depends on the machine and its load; both graphs run the same
@@ -75,7 +76,7 @@ def quantization_report(
     ref, ref_speed = _greedy(fp32, prompts, max_new_tokens, batch)
     got, q_speed = _greedy(quant, prompts, max_new_tokens, batch)
     size_fp32, size_q = model_bytes(onnx_dir, "model.onnx"), model_bytes(onnx_dir, quantized_file)
-    report: dict = {
+    report: dict[str, Any] = {
         "model_file": quantized_file,
         "size_bytes": {"float32": size_fp32, "quantized": size_q, "ratio": size_q / size_fp32},
         "greedy_tokens_per_s": {"float32": ref_speed, "quantized": q_speed, "ratio": q_speed / ref_speed},

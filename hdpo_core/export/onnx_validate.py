@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ import torch
 from hdpo_core.compat import cache_kwarg
 from hdpo_core.errors import RunError
 from hdpo_core.export.ort_generate import OrtDecoder, left_pad, position_ids_for
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache, PreTrainedModel
 
 PROMPTS = ("The aligned model answers the question carefully and", "Hi")
 
@@ -38,7 +42,8 @@ class ParityResult:
     ort_greedy: list[list[int]]
 
 
-def _torch_step(model, ids, mask, cache):  # noqa: ANN001, ANN202 - thin helper
+def _torch_step(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cache: DynamicCache
+               ) -> tuple[torch.Tensor, DynamicCache]:
     pos = torch.from_numpy(position_ids_for(mask.numpy(), ids.shape[1]))
     kw = cache_kwarg(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache})
@@ -46,8 +51,8 @@ def _torch_step(model, ids, mask, cache):  # noqa: ANN001, ANN202 - thin helper
 
 
 def compare(
-    model, decoder: OrtDecoder, prompts: list[list[int]], *, decode_steps: int, greedy_tokens: int
-) -> ParityResult:  # noqa: ANN001
+    model: PreTrainedModel, decoder: OrtDecoder, prompts: list[list[int]], *, decode_steps: int, greedy_tokens: int
+) -> ParityResult:
     """Run both sides; see module docstring. ``model`` is a float32 HF causal LM in eval mode."""
     from transformers import DynamicCache
 
@@ -103,7 +108,7 @@ def _check_present(past: dict[str, np.ndarray], decoder: OrtDecoder, total_len: 
             )
 
 
-def _torch_greedy(model, prompts: list[list[int]], pad_id: int, n: int) -> list[list[int]]:  # noqa: ANN001
+def _torch_greedy(model: PreTrainedModel, prompts: list[list[int]], pad_id: int, n: int) -> list[list[int]]:
     """Greedy decode with the same left padding/position ids as ORT, without EOS stopping."""
     from transformers import DynamicCache
 
@@ -128,7 +133,7 @@ def validate_export(
     quantized_file: str | None = None,
     quantized_min_top1_agreement: float = 0.9,
     quantized_max_rel_logit_error: float = 0.1,
-) -> dict:
+) -> dict[str, Any]:
     """Check the float32 graph (and the quantized one if given) against ``model_dir`` in PyTorch float32.
 
     Returns the report for ``validation.json``: ``passed`` and one message per failed gate in ``failures``
@@ -148,7 +153,7 @@ def validate_export(
         decode_steps=decode_steps,
         greedy_tokens=greedy_tokens,
     )
-    report: dict = {
+    report: dict[str, Any] = {
         "prompts": list(PROMPTS),
         "batch": "left-padded, 2 prompts of lengths " + ", ".join(str(len(p)) for p in prompts),
         "decode_steps": decode_steps,
@@ -196,7 +201,7 @@ def validate_export(
     return report
 
 
-def quantized_failures(q: dict, model_file: str) -> list[str]:
+def quantized_failures(q: dict[str, Any], model_file: str) -> list[str]:
     """The gate messages for a quantized model's parity numbers (empty when it passes)."""
     out = []
     precision = "int4" if "int4" in model_file else "int8"

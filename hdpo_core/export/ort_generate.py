@@ -46,7 +46,8 @@ class OrtDecoderConfig:
 def position_ids_for(attention_mask: np.ndarray, new_len: int) -> np.ndarray:
     """Position ids of the last ``new_len`` tokens: ``cumsum(mask) - 1`` clamped at 0, shape ``[B, new_len]``."""
     pos = np.cumsum(attention_mask, axis=-1) - 1
-    return np.maximum(pos, 0)[:, -new_len:].astype(np.int64)
+    out: np.ndarray = np.maximum(pos, 0)[:, -new_len:].astype(np.int64)
+    return out
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +140,8 @@ class OrtDecoder:
 def _pick(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
     """Next token per row from ``logits [B, V]``: argmax, or temperature + nucleus (top-p) sampling."""
     if temperature <= 0:
-        return logits.argmax(axis=-1)
+        greedy: np.ndarray = logits.argmax(axis=-1)
+        return greedy
     z = logits.astype(np.float64) / temperature
     probs = np.exp(z - z.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)

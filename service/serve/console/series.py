@@ -107,9 +107,9 @@ def python_columns(raw: bytes, after: int | None = None) -> Columns:
 
 def arrow_columns(raw: bytes, after: int | None = None) -> Columns | None:
     """The fast reader (pyarrow); None when pyarrow refuses the text or it has no integer ``step``."""
-    # pyarrow ships no type information (no py.typed, no stubs package): its calls here are checked by the tests
-    import pyarrow as pa  # type: ignore[import-untyped]
-    import pyarrow.json as pj  # type: ignore[import-untyped]
+    # pyarrow ships no type information (pyproject: ignore_missing_imports): its calls here are checked by the tests
+    import pyarrow as pa
+    import pyarrow.json as pj
 
     end = raw.rfind(b"\n") + 1  # a line still being written waits for the next read
     if end == 0:
