@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -195,8 +197,15 @@ def test_two_process_run_killed_and_resumed_under_torchrun_continues_the_traject
             if "HDPO-STALLED" in line or time.monotonic() > deadline:
                 break
     finally:
+        # torch's elastic agent starts each worker in a session of its own, so killing the launcher's process
+        # group alone would leave the workers running (and holding the run folder's lock): kill every descendant
+        workers = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGKILL)
+        for w in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                w.kill()
         proc.wait(timeout=30)
+        psutil.wait_procs(workers, timeout=30)
     assert any("HDPO-STALLED" in s for s in seen), "".join(seen)[-3000:]
     run = tmp_path / "killed" / "run"
     assert (run / "checkpoints" / "step-00000002" / "state.json").exists() and not (run / "final").exists()
