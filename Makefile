@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 VARIANT ?= cuda
 ENGINE ?=
 
-.PHONY: install quickstart test test-all test-container image lint bench clean
+.PHONY: install quickstart test test-e2e test-all test-container image lint bench clean
 
 # Two stamps: the quickstart needs the runtime dependencies only (.runtime); the tests add the dev extras
 # (trackers, TRL, linters, the SDKs the tests drive).
@@ -30,8 +30,13 @@ quickstart: $(VENV)/.runtime
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hdpo-tune run examples/quickstart.yaml
 	@echo "Watch it in the console (curves, eval, exports): $(VENV)/bin/hdpo-tune ui runs/quickstart"
 
+# The everyday suite; the costly end-to-end tests (marker `e2e`: multi-process launches, the benchmark's
+# child processes, the quickstart, the genai runtime) run in `make test-e2e`, CI's step after it (docs/testing.md).
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not e2e" $(PYTEST_ARGS)
+
+test-e2e: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "e2e and not slow" $(PYTEST_ARGS)
 
 # The real image through podman: installs podman and a local Debian 12 base image when missing (root), builds
 # the CPU image and runs tests/container against it (deploy/docker/test_container.sh).

@@ -7,6 +7,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub at import: tests never reach the Hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread per process (this one and the commands the tests start), unless the caller sets another
+# count: the tests' models are tiny (hidden 32), where a second thread buys nothing and its hand-offs cost,
+# a lot on a busy machine (the same batched sampling, load 12 on 2 cores: 4.0 s of CPU with 2 threads,
+# 0.08 s with 1; docs/testing.md). Nothing here depends on the thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
@@ -32,6 +37,13 @@ def tiny_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_conv_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 conversational preference pairs (message lists) as JSONL."""
     return write_pairs_jsonl(tmp_path_factory.mktemp("pairs") / "prefs_conv.jsonl", 16, conversational=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """torch reads OMP_NUM_THREADS when it is first imported; set it here as well in case a plugin was first."""
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

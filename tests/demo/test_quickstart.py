@@ -35,6 +35,7 @@ def _job_copy(tmp: Path) -> Path:
     return path
 
 
+@pytest.mark.e2e  # the whole pipeline on the demo model
 def test_quickstart_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)

@@ -133,6 +133,7 @@ def test_launch_command_line_per_backend(tmp_path, tiny_model_dir, tiny_pairs):
     assert CliRunner().invoke(app, ["launch", str(job), "--dry-run"]).exit_code == 2
 
 
+@pytest.mark.e2e  # a 2-process launch
 def test_lora_two_processes_match_one_and_only_rank0_writes(tmp_path, tiny_model_dir, tiny_pairs):
     """`hdpo-tune launch --cpu --num-processes 2` (accelerate -> torchrun, gloo) against one process."""
     one = write_job(tmp_path / "one", tiny_model_dir, tiny_pairs, lora=True)
@@ -153,6 +154,7 @@ def test_lora_two_processes_match_one_and_only_rank0_writes(tmp_path, tiny_model
         torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.e2e  # a 2-process launch
 def test_full_finetune_two_processes_with_sharded_ref_precompute(tmp_path, tiny_model_dir, tiny_pairs):
     """Full fine-tuning under `accelerate launch` with the reference log-probs scored in shards over 2 ranks."""
     one = write_job(tmp_path / "one", tiny_model_dir, tiny_pairs, lora=False, precompute_ref_logps=True,

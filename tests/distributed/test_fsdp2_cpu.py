@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e  # a subprocess with a gloo process group: `make test-e2e`
 
 
 def _run(mode: str) -> dict:

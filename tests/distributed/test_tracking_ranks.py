@@ -3,10 +3,13 @@ metric history is metrics.jsonl's, and no other rank writes into the test's fold
 
 import json
 
+import pytest
 import yaml
 
 from service.stages.tracking import metric_values
 from tests.distributed.test_distributed import PY, Path, audited, launched, write_job
+
+pytestmark = pytest.mark.e2e  # a 2-process launch: `make test-e2e`
 
 
 def test_two_processes_log_one_tracker_run_from_rank_zero(tmp_path, tiny_model_dir, tiny_pairs):

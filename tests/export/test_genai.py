@@ -15,6 +15,7 @@ from service.stages.ship import export_run
 from tests.export.conftest import copy_run
 
 og = pytest.importorskip("onnxruntime_genai")
+pytestmark = pytest.mark.e2e  # three ONNX exports and the genai runtime: `make test-e2e`
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "demo"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from hdpo_core.artifact import write_manifest
+from hdpo_core.artifact import MANIFEST, write_manifest
 from hdpo_core.errors import RunError
 from hdpo_core.export import ort_generate
 from hdpo_core.export.onnx_validate import validate_export
@@ -28,6 +28,21 @@ def llama_exported(llama_lora_template, tmp_path_factory) -> Path:
     run = copy_run(llama_lora_template, tmp_path_factory.mktemp("llama_onnx") / "run")
     export_run(run, **QUIET)
     return run
+
+
+def reuse_exported_graph(monkeypatch: pytest.MonkeyPatch, exported: Path) -> None:
+    """Make the export stage take the float32 graph of ``exported`` (a run exported by ``export_run``) instead
+    of tracing the model again: what :func:`export_decoder` writes, at a copy's cost. Only for runs whose merged
+    weights are the ones that graph was exported from, or that a test changed on purpose after it was made."""
+    import hdpo_core.export.onnx_export as onnx_export
+
+    def copy_graph(model_dir: Path, out_dir: Path, opset: int | None = None) -> dict:
+        # the stage's own files (report, manifest, genai config) are the stage's to write again
+        stage_files = shutil.ignore_patterns(MANIFEST, "validation.json", "genai_config.json")
+        shutil.copytree(exported / "onnx", out_dir, dirs_exist_ok=True, ignore=stage_files)
+        return json.loads((out_dir / "hdpo_onnx.json").read_text())
+
+    monkeypatch.setattr(onnx_export, "export_decoder", copy_graph)
 
 
 def _check_report(run: Path) -> dict:
@@ -95,8 +110,6 @@ def test_corrupted_weight_fails_export_stage(llama_exported, tmp_path, monkeypat
     """
     from transformers import AutoModelForCausalLM
 
-    import hdpo_core.export.onnx_export as onnx_export
-
     run = copy_run(llama_exported, tmp_path / "run")
     shutil.rmtree(run / "onnx")
     model = AutoModelForCausalLM.from_pretrained(run / "merged")
@@ -105,11 +118,7 @@ def test_corrupted_weight_fails_export_stage(llama_exported, tmp_path, monkeypat
     model.save_pretrained(run / "merged")
     write_manifest(run / "merged")  # as if the merge had written these weights
 
-    def reuse_good_graph(model_dir, out_dir, opset=None):
-        shutil.copytree(llama_exported / "onnx", out_dir, dirs_exist_ok=True)
-        return json.loads((out_dir / "hdpo_onnx.json").read_text())
-
-    monkeypatch.setattr(onnx_export, "export_decoder", reuse_good_graph)
+    reuse_exported_graph(monkeypatch, llama_exported)
     with pytest.raises(
         RunError, match=r"max abs logit diff .* > export\.onnx\.atol 0\.0001.*validation\.json"
     ):
@@ -119,8 +128,10 @@ def test_corrupted_weight_fails_export_stage(llama_exported, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("precision", ["int8", "int4"])
-def test_quantized_export_reports_agreement(llama_run, precision):
-    """Weight-only MatMulNBits (onnxruntime's quantizer): gated by top-1 agreement and relative logit error."""
+def test_quantized_export_reports_agreement(llama_run, llama_exported, precision, monkeypatch):
+    """Weight-only MatMulNBits (onnxruntime's quantizer): gated by top-1 agreement and relative logit error.
+    (The float32 graph is the module's export of the same merged weights: tracing is tested above.)"""
+    reuse_exported_graph(monkeypatch, llama_exported)
     write_spec(
         llama_run,
         export={"onnx": {"enabled": True, "quantize": precision, "greedy_tokens": 8,
@@ -151,7 +162,8 @@ def test_quantized_export_reports_agreement(llama_run, precision):
     print(precision, q, stats["size_bytes"])
 
 
-def test_quantized_gate_fails_with_one_line(llama_run):
+def test_quantized_gate_fails_with_one_line(llama_run, llama_exported, monkeypatch):
+    reuse_exported_graph(monkeypatch, llama_exported)
     write_spec(llama_run, export={"onnx": {"enabled": True, "quantize": "int4", "greedy_tokens": 4,
                                            "int4_min_top1_agreement": 0.0, "quantized_max_rel_logit_error": 1e-6}})
     with pytest.raises(RunError, match=r"relative logit error .* > export\.onnx\.quantized_max_rel_logit_error"):

@@ -39,6 +39,7 @@ def _bench(tmp_path, *args: str) -> dict:
     return json.loads(result.read_text())
 
 
+@pytest.mark.e2e  # the benchmark and its child processes
 def test_bench_runs_both_engines_side_by_side(tmp_path) -> None:
     """The benchmark's plumbing (one step each, not a measurement): both engines train on the same pairs and
     count the same tokens, so the ratio compares like with like."""
@@ -49,6 +50,7 @@ def test_bench_runs_both_engines_side_by_side(tmp_path) -> None:
     assert "| lora | trl |" in res["table"] and "1.00x" in res["table"]
 
 
+@pytest.mark.e2e  # the benchmark and its child processes
 def test_bench_length_sweep_plumbing(tmp_path) -> None:
     res = _bench(tmp_path, "--sweep-lengths", "--mode", "full", "--reps", "1", "--steps", "1", "--warmup", "0",
                  "--budget", "1024")
@@ -58,6 +60,7 @@ def test_bench_length_sweep_plumbing(tmp_path) -> None:
     assert shares == sorted(shares) and points[0]["vs_256"] == 1.0
 
 
+@pytest.mark.e2e  # the benchmark and its child processes
 def test_bench_max_batch_stops_at_the_memory_limit(tmp_path) -> None:
     """--max-batch doubles the batch until a try runs out of memory (here a host-memory budget, the CPU's
     stand-in for GPU memory) and reports the last batch that fitted."""

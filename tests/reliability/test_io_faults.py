@@ -15,6 +15,8 @@ import pytest
 from tests.reliability._jobs import checkpoint_dirs, status, write_job
 from tests.reliability._proc import hdpo, one_error
 
+pytestmark = pytest.mark.e2e  # about 20 real console-script runs with faults injected: `make test-e2e`
+
 
 def _no_temporaries(run: Path) -> None:
     left = [p.relative_to(run).as_posix() for p in run.rglob("*")

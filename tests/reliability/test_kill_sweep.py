@@ -30,6 +30,8 @@ from service.runfolder.ownership import ARTIFACT_FOLDERS
 from tests.reliability._jobs import status, write_job
 from tests.reliability._proc import hdpo
 
+pytestmark = pytest.mark.e2e  # every stage through the real console script, killed and rerun: `make test-e2e`
+
 KINDS = ("write", "rename", "remove")
 STAGE_FOLDERS = {"train": ("final", "checkpoints"), "eval": ("eval",), "merge": ("merged",), "export": ("gguf",)}
 HUB_ENV = {"HF_TOKEN": "hf_test"}

@@ -13,6 +13,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from .._server import TINY, Server, create_key, demo_rows, wait_for
@@ -22,6 +23,8 @@ SPEC = {**TINY, "train": {**TINY["train"], "batch_size": 4, "micro_batch_size": 
 #: the jobs that only need training skip the merge stage (test time)
 BARE = {**SPEC, "merge": {"enabled": False}}
 PLACED = re.compile(r"rank (\d) on \S+ \(node (\w+)\)")
+#: a three-node cluster and real jobs: `make test-e2e` (CI) runs these, `make test` leaves them out
+pytestmark = pytest.mark.e2e
 
 
 def serve(cluster: Cluster, data: Path, model_root: Path) -> Server:
