@@ -25,3 +25,19 @@ def tool(name: str, pip_package: str) -> str:
 def yaml_docs(path: Path) -> list[dict[str, Any]]:
     """Every non-empty document of a (multi-document) YAML file."""
     return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
+
+
+def broken_copy(doc: dict[str, Any], path: list[str | int], value: object) -> dict[str, Any]:
+    """A deep copy of a manifest with the field at ``path`` set to ``value`` (deleted when ``value`` is None):
+    the broken-copy tests of every vendored schema take their mutation from here."""
+    import copy
+
+    out = copy.deepcopy(doc)
+    parent: Any = out
+    for key in path[:-1]:
+        parent = parent[key]
+    if value is None:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return out

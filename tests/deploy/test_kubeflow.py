@@ -16,7 +16,7 @@ import pytest
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from accelerate.utils.launch import prepare_multi_gpu_env
 
-from ._util import DEPLOY, yaml_docs
+from ._util import DEPLOY, broken_copy, yaml_docs
 
 jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema")
 
@@ -67,15 +67,7 @@ BROKEN = [  # (path, value): value None deletes the key
 
 @pytest.mark.parametrize(("path", "value"), BROKEN, ids=["/".join(map(str, p)) for p, _ in BROKEN])
 def test_broken_copies_fail(path, value):
-    doc = copy.deepcopy(TRAINJOB)
-    parent = doc
-    for key in path[:-1]:
-        parent = parent[key]
-    if value is None:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    assert errors(doc), "the schema accepted a broken TrainJob"
+    assert errors(broken_copy(TRAINJOB, path, value)), "the schema accepted a broken TrainJob"
 
 
 def _pod_patch() -> dict:

@@ -6,7 +6,6 @@ version is pyproject's pin, the uid is the Dockerfile's, and the server's start 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from ._util import DEPLOY, REPO, yaml_docs
+from ._util import DEPLOY, REPO, broken_copy, yaml_docs
 
 jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema")
 kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
@@ -136,15 +135,7 @@ BROKEN = [  # (path, value): value None deletes the key
 
 @pytest.mark.parametrize(("path", "value"), BROKEN, ids=["/".join(map(str, p)) for p, _ in BROKEN])
 def test_a_broken_raycluster_fails(path, value):
-    doc = copy.deepcopy(RAYCLUSTER)
-    parent = doc
-    for key in path[:-1]:
-        parent = parent[key]
-    if value is None:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    assert errors(doc), "the schema accepted a broken RayCluster"
+    assert errors(broken_copy(RAYCLUSTER, path, value)), "the schema accepted a broken RayCluster"
 
 
 @pytest.mark.parametrize("group", [n for n, _ in groups()], ids=lambda n: f"{n}-group")  # an id "gpu" is the GPU mark
